@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Classify every row of a text, jsonl or csv file with a fine-tuned model (plain or LoRA adapter folder).
+
+    python scripts/predict.py runs/tiny-llama/finetune-sentiment reviews.txt --output predictions.jsonl
+
+Writes one row per input: the text, the predicted label and its probability (jsonl, or csv if --output ends
+in .csv; stdout as jsonl when --output is not given).
+"""
+
+import argparse
+
+from lmrecipes.errors import exit_on_recipe_error
+from lmrecipes.prediction import predict_file
+
+
+@exit_on_recipe_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="fine-tuning output folder (or merged checkpoint)")
+    parser.add_argument("input", help="a .txt (one text per line), .jsonl or .csv file")
+    parser.add_argument("--output", help="where to write predictions (.jsonl or .csv)")
+    parser.add_argument("--text_column", default="text", help="column holding the text in jsonl/csv input")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=None, help="truncate inputs (default: the run's max_length)")
+    args = parser.parse_args(argv)
+    count = predict_file(args.model_dir, args.input, args.output, text_column=args.text_column,
+                         batch_size=args.batch_size, max_length=args.max_length)
+    if args.output:
+        print(f"{count} predictions written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+#!/usr/bin/env python
+"""Train (or load) the tokenizer a pretraining recipe describes and save it to a folder.
+
+    python scripts/train_tokenizer.py recipes/tiny-llama/pretrain.yaml --save_dir runs/tokenizer [--vocab_size 8000]
+
+The result loads with `AutoTokenizer.from_pretrained(save_dir)`; point `tokenizer_name_or_path` at it to reuse it.
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+from lmrecipes.errors import exit_on_recipe_error
+from lmrecipes.modeling import build_config, infer_objective
+from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer
+from lmrecipes.recipe import parse_recipe
+from lmrecipes.training import setup_logging
+
+
+@dataclass
+class SaveArguments:
+    save_dir: str = field(metadata={"help": "Folder the tokenizer is saved to (save_pretrained)."})
+
+
+@exit_on_recipe_error
+def main(argv=None):
+    model_args, tokenizer_args, data_args, training_args, save, _ = parse_recipe(
+        (*PRETRAIN_ARGUMENTS, SaveArguments), sys.argv[1:] if argv is None else argv)
+    setup_logging(training_args)
+    objective = infer_objective(build_config(model_args), model_args.objective)
+    raw, _, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective)
+    tokenizer.save_pretrained(save.save_dir)
+    sample = next(iter(raw["validation"]))[data_args.text_column][:2000]
+    chars_per_token = len(sample) / max(len(tokenizer(sample, add_special_tokens=False)["input_ids"]), 1)
+    print(f"Tokenizer ({len(tokenizer)} tokens, {chars_per_token:.2f} characters/token on held-out text) saved to "
+          f"{save.save_dir}")
+    return tokenizer
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The typed recipe keys. Every key a recipe may hold is a field below or a `transformers.TrainingArguments` field.
+
+Each field's `help` is the documentation of that recipe key (`scripts/pretrain.py --help` prints them all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import RecipeError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED_CORPUS = "data/corpus/*.jsonl.gz"
+EMBEDDED_SENTIMENT = "data/sentiment/movie_reviews.jsonl.gz"
+
+
+def parse_mapping(value, key: str) -> dict:
+    """Accept a YAML mapping, a JSON object string or `k=v,k=v` (values parsed as JSON where possible)."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    text = str(value).strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"key '{key}': not valid JSON: {err}") from None
+        if not isinstance(parsed, dict):
+            raise RecipeError(f"key '{key}': expected a mapping, got {text!r}")
+        return parsed
+    result = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise RecipeError(f"key '{key}': expected key=value pairs, got {item!r}")
+        try:
+            result[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            result[name.strip()] = raw.strip()
+    return result
+
+
+@dataclass
+class ModelArguments:
+    """Which model to build (from a config class) or load (from a checkpoint)."""
+
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": "Architecture built from scratch: any AutoConfig model type (llama, gpt2, qwen2, bert, "
+                  "roberta, modernbert, ...). Nothing is downloaded."},
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "Instead of model_type: a config.json file, a folder holding one, or a Hub id whose "
+                  "config (not weights) defines the architecture."},
+    )
+    config_overrides: dict | str | None = field(
+        default=None,
+        metadata={"help": "Config attributes set on top of the defaults, e.g. {hidden_size: 64, num_hidden_layers: 2}."
+                  " On the command line: JSON or key=value,key=value."},
+    )
+    objective: Literal["causal_lm", "masked_lm"] | None = field(
+        default=None,
+        metadata={"help": "Pretraining objective. Default: masked_lm for encoder types (bert, roberta, ...), "
+                  "causal_lm otherwise."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained weights to start from (local folder, Hub id, or package:NAME for a model an "
+                  "installed Python package ships). Pretraining: continue from them instead of a random init. "
+                  "Fine-tuning: the checkpoint to fine-tune."},
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow model/tokenizer code from the checkpoint's repository to run. Off unless you "
+                  "set it; logged loudly when on."},
+    )
+    attn_implementation: str | None = field(
+        default="sdpa",
+        metadata={"help": "Attention kernel: sdpa (PyTorch scaled_dot_product_attention), eager, "
+                  "flash_attention_2, ..."},
+    )
+
+    def __post_init__(self):
+        self.config_overrides = parse_mapping(self.config_overrides, "config_overrides")
+
+
+@dataclass
+class TokenizerArguments:
+    """Train a tokenizer on the training text, or load one."""
+
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Load this tokenizer (local folder or Hub id) instead of training one. Fine-tuning "
+                  "defaults to the checkpoint's own tokenizer."},
+    )
+    tokenizer_type: Literal["bpe", "wordpiece", "unigram"] | None = field(
+        default=None,
+        metadata={"help": "Algorithm for a trained tokenizer: bpe (byte-level, default for causal_lm), wordpiece "
+                  "(default for masked_lm) or unigram."},
+    )
+    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained tokenizer (special tokens included)."})
+    min_frequency: int = field(default=2, metadata={"help": "Minimum count of a merge/piece in a trained tokenizer."})
+    lowercase: bool = field(default=False, metadata={"help": "Lowercase text before tokenizing (trained tokenizer)."})
+    special_tokens: dict | str | None = field(
+        default=None,
+        metadata={"help": "Special tokens of a trained tokenizer by role, e.g. {eos_token: '</s>'}. Defaults: "
+                  "bos/eos/pad/unk for causal_lm, cls/sep/mask/pad/unk for masked_lm."},
+    )
+    tokenizer_max_bytes: int | None = field(
+        default=None,
+        metadata={"help": "Train the tokenizer on at most this many bytes of training text (None: all of it)."},
+    )
+
+    def __post_init__(self):
+        self.special_tokens = parse_mapping(self.special_tokens, "special_tokens")
+        if self.vocab_size < 32:
+            raise RecipeError(f"key 'vocab_size': must be at least 32, got {self.vocab_size}")
+
+
+@dataclass
+class DataSourceArguments:
+    """Where the data comes from: local files (default: the embedded data) or a Hub dataset."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (e.g. HuggingFaceFW/fineweb-edu). Overrides train_file."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "Local training files or glob patterns: txt, json, jsonl, csv, parquet (txt/json/jsonl/csv"
+                  " may be .gz). Relative paths are tried from the working directory, then the repository root."},
+    )
+    validation_file: list[str] | None = field(
+        default=None, metadata={"help": "Local validation files. Default: a deterministic held-out split of train."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "Fraction of training rows held out for validation when none is given."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training examples (blocks when pretraining)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most this many examples (blocks when pretraining)."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream the data instead of preparing it up front (corpora larger than memory). "
+                  "Needs max_steps."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where trained tokenizers and tokenized data are cached and reused. Default: "
+                  "$LMRECIPES_CACHE or ~/.cache/lmrecipes."},
+    )
+
+    def __post_init__(self):
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise RecipeError(f"key 'validation_fraction': must be between 0 and 1, got {self.validation_fraction}")
+        for key in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise RecipeError(f"key '{key}': must be at least 1, got {value}")
+
+    @property
+    def cache_root(self) -> Path:
+        root = self.data_cache_dir or os.environ.get("LMRECIPES_CACHE") or Path.home() / ".cache" / "lmrecipes"
+        return Path(root)
+
+
+@dataclass
+class PretrainDataArguments(DataSourceArguments):
+    """Pretraining data: packed into fixed-length blocks."""
+
+    block_size: int = field(default=256, metadata={"help": "Tokens per packed training block (sequence length)."})
+    mlm_probability: float = field(
+        default=0.15, metadata={"help": "masked_lm: fraction of tokens masked (DataCollatorForLanguageModeling)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.train_file is None and self.dataset_name is None:
+            self.train_file = [EMBEDDED_CORPUS]
+        if self.block_size < 8:
+            raise RecipeError(f"key 'block_size': must be at least 8, got {self.block_size}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise RecipeError(f"key 'mlm_probability': must be between 0 and 1, got {self.mlm_probability}")

@@ -1,0 +1,41 @@
+"""Atomic folders and content fingerprints for the preprocessing cache (tokenizers, tokenized data)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path):
+    """Yield a temporary folder beside `target`; rename it to `target` only if the block finishes.
+
+    A killed process leaves a `.tmp-*` folder, never a half-written `target`.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def files_fingerprint(paths: list[str]) -> str:
+    """sha256 over the files' names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

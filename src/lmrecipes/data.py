@@ -1,0 +1,235 @@
+"""Data shared by pretraining and fine-tuning: find and load the files (or a Hub dataset), split off held-out rows
+deterministically, and, for pretraining, tokenize and pack into fixed-length blocks with a reusable cache."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+
+from .arguments import REPO_ROOT, DataSourceArguments, PretrainDataArguments
+from .cache import atomic_directory, files_fingerprint
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+FILE_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
+
+
+def resolve_data_files(patterns: list[str], key: str) -> list[str]:
+    """Expand paths and globs: relative ones from the working directory first, then from the repository root."""
+    found = []
+    for pattern in patterns:
+        expanded = str(Path(pattern).expanduser())
+        matches = sorted(glob.glob(expanded))
+        if not matches and not Path(expanded).is_absolute():
+            matches = sorted(glob.glob(str(REPO_ROOT / expanded)))
+        matches = [m for m in matches if Path(m).is_file()]
+        if not matches:
+            raise RecipeError(f"key '{key}': no file matches {pattern!r}")
+        found += matches
+    return found
+
+
+def _builder_for(files: list[str], key: str) -> str:
+    kinds = set()
+    for name in files:
+        suffixes = [s.lower() for s in Path(name).suffixes]
+        if suffixes and suffixes[-1] == ".gz":
+            suffixes = suffixes[:-1]
+        ext = suffixes[-1] if suffixes else ""
+        if ext not in _BUILDERS or (ext == ".parquet" and name.endswith(".gz")):
+            raise RecipeError(f"key '{key}': unsupported file type {name!r} (txt, json, jsonl, csv, parquet; .gz for "
+                              "text formats)")
+        kinds.add(_BUILDERS[ext])
+    if len(kinds) > 1:
+        raise RecipeError(f"key '{key}': files of different formats in one split: {sorted(kinds)}")
+    return kinds.pop()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, text_sample_by: str = "document"):
+    """Load the recipe's data as a dict of split name -> (Iterable)Dataset, plus a fingerprint of the source.
+
+    Local files: `train_file` / `validation_file` / `test_file` (txt files are one row per file:
+    `text_sample_by`). Hub: `dataset_name` / `dataset_config_name` with its own splits.
+    """
+    if source.dataset_name:
+        try:
+            loaded = load_dataset(source.dataset_name, source.dataset_config_name, streaming=streaming)
+        except Exception as err:  # offline, unknown id, bad config: all one line for the user
+            raise RecipeError(f"key 'dataset_name': cannot load {source.dataset_name!r}: {_first_line(err)}") from None
+        splits = dict(loaded)
+        fingerprint = json.dumps([source.dataset_name, source.dataset_config_name])
+    else:
+        splits, fingerprint_files = {}, []
+        for split, key in FILE_KEYS.items():
+            patterns = getattr(source, key, None)
+            if not patterns:
+                continue
+            files = resolve_data_files(patterns, key)
+            builder = _builder_for(files, key)
+            kwargs = {"sample_by": text_sample_by} if builder == "text" else {}
+            try:
+                splits[split] = load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
+            except Exception as err:
+                raise RecipeError(f"key '{key}': cannot read {', '.join(files)}: {_first_line(err)}") from None
+            if not streaming and len(splits[split]) == 0:
+                raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows")
+            fingerprint_files += files
+        fingerprint = files_fingerprint(fingerprint_files)
+    if "train" not in splits:
+        raise RecipeError(f"the data has no 'train' split (splits: {', '.join(splits) or 'none'})")
+    return splits, fingerprint
+
+
+def _unit_hash(index: int) -> float:
+    digest = hashlib.blake2b(str(index).encode(), digest_size=8, person=b"lmrecipes").digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def split_held_out(dataset, fractions: dict[str, float]):
+    """Deterministically split rows into 'train' and the named held-out splits.
+
+    A row's split depends only on its position, through a fixed hash, so it is the same in normal and
+    streaming mode, on every machine and every run. Returns a dict split name -> dataset.
+    """
+    bounds, low = {}, 0.0
+    for name, fraction in fractions.items():
+        bounds[name] = (low, low + fraction)
+        low += fraction
+
+    def in_split(name):
+        lo, hi = bounds[name] if name != "train" else (low, 1.0 + 1e-9)
+        return lambda batch, indices: [lo <= _unit_hash(i) < hi for i in indices]
+
+    kwargs = {} if isinstance(dataset, IterableDataset) else {"desc": "Splitting"}
+    return {name: dataset.filter(in_split(name), with_indices=True, batched=True, **kwargs)
+            for name in ["train", *fractions]}
+
+
+def check_text_column(dataset, column: str, key: str = "text_column") -> None:
+    names = dataset.column_names
+    if names is not None and column not in names:
+        raise RecipeError(f"key '{key}': column {column!r} not in the data (columns: {', '.join(names)})")
+
+
+# ---------------------------------------------------------------- pretraining: tokenize and pack
+
+
+def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text_column: str, num_proc=None):
+    """Tokenize documents, separate them with EOS (causal) or SEP (masked), and cut the stream into blocks.
+
+    Masked blocks are wrapped as [CLS] ... [SEP]. Each block records `num_bytes`, the UTF-8 bytes of text it
+    covers (pro rata within a map batch), for bits-per-byte. The tail shorter than a block is dropped.
+    """
+    separator = tokenizer.eos_token_id if objective == "causal_lm" else tokenizer.sep_token_id
+    if separator is None:
+        role = "eos_token" if objective == "causal_lm" else "sep_token"
+        raise RecipeError(f"the tokenizer has no {role}, needed to separate documents for {objective}")
+    wrap = objective == "masked_lm"
+    body = block_size - 2 if wrap else block_size
+
+    def tokenize(batch):
+        texts = [t for t in batch[text_column] if t]
+        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        return {"input_ids": [row + [separator] for row in ids], "num_bytes": [len(t.encode("utf-8")) for t in texts]}
+
+    def pack(batch):
+        stream = [token for row in batch["input_ids"] for token in row]
+        bytes_per_token = sum(batch["num_bytes"]) / max(len(stream), 1)
+        blocks = [stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
+        if wrap:
+            blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
+        out = {"input_ids": blocks, "num_bytes": [body * bytes_per_token] * len(blocks)}
+        if wrap:
+            out["special_tokens_mask"] = [[1] + [0] * body + [1] for _ in blocks]
+        else:
+            out["labels"] = [list(b) for b in blocks]
+        return out
+
+    columns = dataset.column_names or [text_column]
+    streaming = isinstance(dataset, IterableDataset)
+    extra = {} if streaming else {"num_proc": num_proc}
+    dataset = dataset.select_columns([text_column]) if streaming else dataset
+    tokenized = dataset.map(tokenize, batched=True, remove_columns=[text_column] if streaming else columns,
+                            **extra, **({} if streaming else {"desc": "Tokenizing"}))
+    return tokenized.map(pack, batched=True, batch_size=64, **extra, **({} if streaming else {"desc": "Packing"}))
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: str, args: PretrainDataArguments,
+                             *, shuffle_seed: int = 42):
+    """Tokenize and pack `raw["train"]` and `raw["validation"]`; return (train, eval, eval_bytes_per_token).
+
+    Normal mode: tokenized+packed blocks are saved under the cache once per corpus+tokenizer+settings and
+    reused on later runs (hand-written: datasets' own map cache cannot tell the user it was reused, and is
+    keyed on pickled function state rather than on what defines the result). Streaming mode: the training
+    blocks are produced on the fly; the evaluation blocks (max_eval_samples, default 256) are materialized.
+    """
+    for split in raw.values():
+        check_text_column(split, args.text_column)
+    train_raw, eval_raw = raw["train"], raw["validation"]
+
+    if args.streaming:
+        train = _tokenize_and_pack(train_raw, tokenizer, objective, args.block_size, args.text_column)
+        train = train.remove_columns(["num_bytes"]).shuffle(seed=shuffle_seed, buffer_size=10_000)
+        if args.max_train_samples:
+            train = train.take(args.max_train_samples)
+        blocks = _tokenize_and_pack(eval_raw, tokenizer, objective, args.block_size, args.text_column)
+        evaluation = Dataset.from_list(list(blocks.take(args.max_eval_samples or 256)))
+    else:
+        key_parts = [fingerprint, _tokenizer_fingerprint(tokenizer), objective, args.block_size, args.text_column,
+                     args.validation_fraction, 1]
+        key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+        folder = args.cache_root / "data" / key
+        if (folder / "dataset_dict.json").is_file():
+            logger.info("Reusing tokenized and packed data from %s", folder)
+        else:
+            packed = DatasetDict({
+                "train": _tokenize_and_pack(train_raw, tokenizer, objective, args.block_size, args.text_column,
+                                            args.preprocessing_num_workers),
+                "validation": _tokenize_and_pack(eval_raw, tokenizer, objective, args.block_size, args.text_column,
+                                                 args.preprocessing_num_workers),
+            })
+            with atomic_directory(folder) as tmp:
+                packed.save_to_disk(str(tmp))
+            logger.info("Tokenized data saved to %s", folder)
+        packed = load_from_disk(str(folder))
+        train, evaluation = packed["train"].remove_columns(["num_bytes"]), packed["validation"]
+        if len(train) == 0:
+            raise RecipeError(f"the training text is shorter than one block of block_size={args.block_size} tokens")
+        if len(evaluation) == 0:
+            raise RecipeError(f"the held-out text is shorter than one block of block_size={args.block_size} tokens; "
+                              "raise validation_fraction or give validation_file")
+        if args.max_train_samples:
+            train = train.select(range(min(args.max_train_samples, len(train))))
+        if args.max_eval_samples:
+            evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    if len(evaluation) == 0:
+        raise RecipeError("the held-out data produced no evaluation block")
+    eval_bytes_per_token = sum(evaluation["num_bytes"]) / (len(evaluation) * args.block_size)
+    return train, evaluation.remove_columns(["num_bytes"]), eval_bytes_per_token
+
+
+def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:
+    """Cross-entropy per UTF-8 byte in bits: comparable across tokenizers (nats/token / (ln 2 x bytes/token))."""
+    return loss_nats_per_token / (math.log(2) * bytes_per_token)
+
+
+datasets.logging.set_verbosity_warning()

@@ -1,0 +1,310 @@
+"""Fine-tuning for text classification: a sequence-classification head on a pretrained body, full or LoRA."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import evaluate
+import numpy as np
+from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
+                          TrainingArguments, set_seed)
+
+from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, TokenizerArguments
+from .data import load_raw_splits, split_held_out
+from .errors import RecipeError
+from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
+from .recipe import resolved_recipe
+from .tokenizer import load_tokenizer
+from .training import (check_world_size, find_checkpoint, setup_logging, start_output_dir, throughput_callback,
+                       train_and_save)
+
+logger = logging.getLogger("lmrecipes")
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class ClassificationDataArguments(DataSourceArguments):
+    """Classification data: text (or text pairs) and a label per row."""
+
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column, for pair tasks."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the label (string or integer)."})
+    test_file: list[str] | None = field(
+        default=None, metadata={"help": "Local test files. Default: a deterministic held-out split of train."}
+    )
+    test_fraction: float = field(
+        default=0.1, metadata={"help": "Fraction of training rows held out as the test split when none is given."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.train_file is None and self.dataset_name is None:
+            self.train_file = [EMBEDDED_SENTIMENT]
+        if not 0.0 < self.test_fraction < 1.0 or self.validation_fraction + self.test_fraction >= 1.0:
+            raise RecipeError(f"key 'test_fraction': must be in (0, 1) with validation_fraction + test_fraction < 1, "
+                              f"got {self.test_fraction}")
+        if self.max_length < 2:
+            raise RecipeError(f"key 'max_length': must be at least 2, got {self.max_length}")
+
+
+@dataclass
+class FinetuneArguments:
+    """How the model is fine-tuned: from the checkpoint or from scratch, fully or with LoRA."""
+
+    init_from: Literal["pretrained", "scratch"] = field(
+        default="pretrained",
+        metadata={"help": "pretrained: load the body's weights from model_name_or_path. scratch: the same architecture"
+                  " with random weights, to measure what pretraining brings."},
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) plus the new head only."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt. Default: peft's choice for the architecture (attention projections"
+                  ", e.g. q_proj/v_proj for Llama, query/value for BERT). 'all-linear' adapts every linear layer."},
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "After LoRA training, also write the merged plain checkpoint to output_dir/merged."},
+    )
+
+    def __post_init__(self):
+        if self.use_lora and self.init_from == "scratch":
+            raise RecipeError("key 'use_lora': LoRA on a randomly initialised body makes no sense; use init_from: "
+                              "pretrained or full fine-tuning")
+        if self.lora_r < 1:
+            raise RecipeError(f"key 'lora_r': must be at least 1, got {self.lora_r}")
+
+
+FINETUNE_ARGUMENTS = (ModelArguments, TokenizerArguments, ClassificationDataArguments, FinetuneArguments,
+                      TrainingArguments)
+
+
+# ---------------------------------------------------------------- data
+
+
+def _label_names(dataset, column: str) -> list[str]:
+    feature = dataset.features[column] if dataset.features else None
+    if hasattr(feature, "names"):  # datasets.ClassLabel
+        return list(feature.names)
+    values = dataset.unique(column)
+    if any(v is None for v in values):
+        raise RecipeError(f"key 'label_column': some training rows have no label in column {column!r}")
+    return [str(v) for v in sorted(values)]
+
+
+def load_classification_data(args: ClassificationDataArguments):
+    """Train / validation / test splits (held out deterministically when missing) and the label names."""
+    raw, _ = load_raw_splits(args, streaming=False)
+    if args.streaming:
+        raise RecipeError("key 'streaming': fine-tuning loads its data into memory; set streaming: false")
+    fractions = {name: fraction for name, fraction in
+                 (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw}
+    if fractions:
+        raw.update(split_held_out(raw["train"], fractions))
+    needed = [c for c in (args.text_column, args.text_pair_column, args.label_column) if c]
+    for split, dataset in raw.items():
+        for column in needed:
+            if column not in dataset.column_names:
+                key = {args.text_column: "text_column", args.label_column: "label_column"}.get(column, "text_pair_column")
+                raise RecipeError(f"key '{key}': column {column!r} not in the {split} data (columns: "
+                                  f"{', '.join(dataset.column_names)})")
+        if len(dataset) == 0:
+            raise RecipeError(f"the {split} split is empty; add rows or change validation_fraction/test_fraction")
+    labels = _label_names(raw["train"], args.label_column)
+    if len(labels) < 2:
+        raise RecipeError(f"key 'label_column': the training data has a single class ({labels[0] if labels else '-'})"
+                          "; classification needs at least two")
+    known = set(labels)
+    for split in ("validation", "test"):
+        feature = raw[split].features[args.label_column]
+        unseen = set() if hasattr(feature, "names") else {str(v) for v in raw[split].unique(args.label_column)} - known
+        if unseen:
+            raise RecipeError(f"key 'label_column': label(s) {sorted(unseen)} in the {split} split never occur in "
+                              "training")
+    return {k: raw[k] for k in ("train", "validation", "test")}, labels
+
+
+def tokenize_for_classification(splits: dict, tokenizer, labels: list[str], args: ClassificationDataArguments):
+    """Tokenize (truncating at max_length; padding happens per batch) and map labels to ids 0..n-1."""
+    label_ids = {name: i for i, name in enumerate(labels)}
+    class_label = hasattr(splits["train"].features[args.label_column], "names")  # already ids
+
+    def encode(batch):
+        pair = batch[args.text_pair_column] if args.text_pair_column else None
+        encoded = tokenizer(batch[args.text_column], pair, truncation=True, max_length=args.max_length)
+        encoded["labels"] = [v if class_label else label_ids[str(v)] for v in batch[args.label_column]]
+        return encoded
+
+    out = {}
+    for name, dataset in splits.items():
+        if name == "train" and args.max_train_samples:
+            dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+        if name == "validation" and args.max_eval_samples:
+            dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))
+        out[name] = dataset.map(encode, batched=True, remove_columns=dataset.column_names,
+                                num_proc=args.preprocessing_num_workers, desc=f"Tokenizing {name}")
+    return out
+
+
+# ---------------------------------------------------------------- model
+
+
+def prepare_pad_token(tokenizer) -> None:
+    """Batched classification needs a pad token: use EOS when the tokenizer has no pad token (decoder LMs)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise RecipeError("the tokenizer has no pad_token and no eos_token to pad with; give it a pad token "
+                              "(special_tokens.pad_token) or use another tokenizer")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("The tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token)
+
+
+def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer, labels: list[str]):
+    """AutoModelForSequenceClassification with labels from the data; new head, body loaded (or random: scratch)."""
+    if not model_args.model_name_or_path:
+        raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
+    path = resolve_model_path(model_args.model_name_or_path)
+    config = build_config(model_args)
+    config.num_labels = len(labels)
+    config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+    config.pad_token_id = tokenizer.pad_token_id
+    vocab = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise RecipeError(f"the tokenizer ({len(tokenizer)} tokens) does not match the checkpoint (vocab_size {vocab})"
+                          ": use the checkpoint's own tokenizer")
+    kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
+    if finetune_args.init_from == "scratch":
+        logger.info("init_from: scratch: %s with random weights", config.model_type)
+        return AutoModelForSequenceClassification.from_config(config, **kwargs)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, use_safetensors=True, output_loading_info=True, revision=model_args.model_revision,
+        **kwargs)
+    logger.info("Loaded the body of %s; newly initialised: %s; not used: %s", model_args.model_name_or_path,
+                ", ".join(sorted(info["missing_keys"])) or "none", ", ".join(sorted(info["unexpected_keys"])) or "none")
+    # Modules holding new weights (the head; BERT's pooler when the checkpoint had none) are trained in full by LoRA.
+    model.newly_initialised_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+    return model
+
+
+def apply_lora(model, finetune_args: FinetuneArguments):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=finetune_args.lora_r, lora_alpha=finetune_args.lora_alpha,
+                      lora_dropout=finetune_args.lora_dropout,
+                      modules_to_save=getattr(model, "newly_initialised_modules", None) or None,
+                      target_modules=(finetune_args.lora_target_modules[0]
+                                      if finetune_args.lora_target_modules == ["all-linear"]
+                                      else finetune_args.lora_target_modules))
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise RecipeError(f"key 'lora_target_modules': {str(err).strip().splitlines()[0]}") from None
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA on %s: %s trainable parameters of %s (%.2f%%)", sorted(model.peft_config["default"].target_modules),
+                f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def load_metric(name: str):
+    """The shipped `evaluate` module (works offline): accuracy, f1, precision, recall, confusion_matrix."""
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+def classification_metrics(num_labels: int):
+    metrics = {name: load_metric(name) for name in ("accuracy", "f1", "precision", "recall", "confusion_matrix")}
+
+    def compute(eval_prediction):
+        logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) \
+            else eval_prediction.predictions
+        predictions, references = np.argmax(logits, axis=-1), eval_prediction.label_ids
+        result = {}
+        for name, metric in metrics.items():
+            kwargs = {"average": "macro"} if name in ("f1", "precision", "recall") else {}
+            if name == "confusion_matrix":
+                kwargs = {"num_labels": num_labels}
+            result.update(metric.compute(predictions=predictions, references=references, **kwargs))
+        return result
+
+    return compute
+
+
+def majority_accuracy(train_labels, test_labels) -> float:
+    """Accuracy of always predicting the most frequent training label: what chance is on this test split."""
+    majority = np.bincount(np.asarray(train_labels)).argmax()
+    return float((np.asarray(test_labels) == majority).mean())
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                   data_args: ClassificationDataArguments, finetune_args: FinetuneArguments,
+                   training_args: TrainingArguments, explicit: dict | None = None, callbacks=()) -> dict:
+    """Fine-tune a classifier end to end; returns the results also written to `output_dir/all_results.json`."""
+    setup_logging(training_args)
+    check_world_size(training_args)
+    warn_remote_code(model_args)
+    set_seed(training_args.seed)  # the new head's initial weights depend on it
+    if not model_args.model_name_or_path:
+        raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
+    tokenizer = load_tokenizer(
+        resolve_model_path(tokenizer_args.tokenizer_name_or_path or model_args.model_name_or_path),
+        trust_remote_code=model_args.trust_remote_code,
+        key="tokenizer_name_or_path" if tokenizer_args.tokenizer_name_or_path else "model_name_or_path")
+    prepare_pad_token(tokenizer)
+    with training_args.main_process_first(desc="classification data"):
+        splits, labels = load_classification_data(data_args)
+        encoded = tokenize_for_classification(splits, tokenizer, labels, data_args)
+    model = build_classifier(model_args, finetune_args, tokenizer, labels)
+    if finetune_args.use_lora:
+        model = apply_lora(model, finetune_args)
+    logger.info("Classifier: %s parameters, %s trainable; labels %s; %d/%d/%d train/validation/test rows",
+                f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
+                len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
+
+    recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args, finetune_args)
+    start_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)")
+    if training_args.should_save:
+        (Path(training_args.output_dir) / LABELS_FILE).write_text(json.dumps(
+            {"labels": labels, "base_model": model_args.model_name_or_path, "init_from": finetune_args.init_from,
+             "use_lora": finetune_args.use_lora}, indent=2))
+    checkpoint = find_checkpoint(training_args)
+
+    throughput = throughput_callback(model, training_args, data_args.max_length)
+    trainer = Trainer(model=model, args=training_args, train_dataset=encoded["train"],
+                      eval_dataset=encoded["validation"], processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=classification_metrics(len(labels)),
+                      callbacks=[throughput, *callbacks])
+    train_metrics = train_and_save(trainer, checkpoint, throughput)
+
+    eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+    test_metrics = trainer.evaluate(encoded["test"], metric_key_prefix="test")
+    test_metrics["test_majority_accuracy"] = majority_accuracy(encoded["train"]["labels"], encoded["test"]["labels"])
+    eval_metrics["eval_samples"], test_metrics["test_samples"] = len(encoded["validation"]), len(encoded["test"])
+    for split, metrics in (("eval", eval_metrics), ("test", test_metrics)):
+        trainer.log_metrics(split, {k: v for k, v in metrics.items() if not isinstance(v, list)})
+        logger.info("%s confusion matrix (rows: true %s, columns: predicted): %s", split, labels,
+                    metrics[f"{split}_confusion_matrix"])
+        trainer.save_metrics(split, metrics)
+    if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
+        from .lora import merge_adapter
+
+        merge_adapter(training_args.output_dir, Path(training_args.output_dir) / "merged")
+    results = {**train_metrics, **eval_metrics, **test_metrics}
+    if training_args.should_log:
+        print(f"Fine-tuning done: test accuracy {test_metrics['test_accuracy']:.4f}, macro F1 "
+              f"{test_metrics['test_f1']:.4f} (majority class {test_metrics['test_majority_accuracy']:.4f}). "
+              f"Model in {training_args.output_dir}", flush=True)
+    return results

@@ -1,0 +1,59 @@
+"""LoRA adapters: load a fine-tuned classifier folder (plain or adapter), merge an adapter into a plain checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from .errors import RecipeError
+
+logger = logging.getLogger("lmrecipes")
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def load_classifier(model_dir):
+    """(model, tokenizer) from a fine-tuning output folder: a plain checkpoint, or a LoRA adapter on its base.
+
+    An adapter folder's base is rebuilt with the run's labels (labels.json) before the adapter is applied.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise RecipeError(f"model folder not found: {model_dir}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not is_adapter_dir(model_dir):
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True), tokenizer
+    from peft import PeftModel
+
+    base_path = json.loads((model_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    labels_file = model_dir / "labels.json"
+    if not labels_file.is_file():
+        raise RecipeError(f"{labels_file} is missing: cannot rebuild the classification head of the adapter")
+    labels = json.loads(labels_file.read_text())["labels"]
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id, use_safetensors=True)
+    return PeftModel.from_pretrained(base, model_dir), tokenizer
+
+
+def merge_adapter(adapter_dir, output_dir) -> Path:
+    """Fold the LoRA weights into the base and save a plain safetensors checkpoint (no peft needed to load it)."""
+    if not is_adapter_dir(adapter_dir):
+        raise RecipeError(f"{adapter_dir} holds no LoRA adapter ({ADAPTER_CONFIG} missing)")
+    model, tokenizer = load_classifier(adapter_dir)
+    merged = model.merge_and_unload()
+    output_dir = Path(output_dir)
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    for extra in ("labels.json", "recipe.yaml"):
+        if (Path(adapter_dir) / extra).is_file():
+            (output_dir / extra).write_text((Path(adapter_dir) / extra).read_text())
+    logger.info("Merged LoRA adapter %s into %s", adapter_dir, output_dir)
+    return output_dir

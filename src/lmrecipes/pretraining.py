@@ -1,0 +1,103 @@
+"""Pretraining from scratch: tokenizer, model from a config class, packed data, `Trainer`, perplexity and bits/byte."""
+
+from __future__ import annotations
+
+import logging
+import math
+from itertools import chain
+
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, default_data_collator, set_seed
+
+from .arguments import ModelArguments, PretrainDataArguments, TokenizerArguments
+from .data import bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out
+from .errors import RecipeError
+from .modeling import (build_config, build_language_model, count_parameters, fit_config_to_tokenizer,
+                       infer_objective, warn_remote_code)
+from .recipe import resolved_recipe
+from .tokenizer import get_or_train_tokenizer
+from .training import (check_world_size, find_checkpoint, setup_logging, start_output_dir, throughput_callback,
+                       train_and_save)
+
+logger = logging.getLogger("lmrecipes")
+
+PRETRAIN_ARGUMENTS = (ModelArguments, TokenizerArguments, PretrainDataArguments, TrainingArguments)
+
+
+def _iter_texts(dataset, column: str):
+    if hasattr(dataset, "iter") and not hasattr(dataset, "_ex_iterable"):
+        return chain.from_iterable(batch[column] for batch in dataset.iter(batch_size=64))
+    return (row[column] for row in dataset)
+
+
+def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                              data_args: PretrainDataArguments, objective: str, is_main_process: bool = True):
+    """The raw train/validation splits, their fingerprint, and the recipe's tokenizer (trained on train if needed)."""
+    raw, fingerprint = load_raw_splits(data_args, streaming=data_args.streaming)
+    if "validation" not in raw:
+        raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction}))
+    tokenizer = get_or_train_tokenizer(
+        tokenizer_args, objective, lambda: _iter_texts(raw["train"], data_args.text_column), fingerprint,
+        data_args.cache_root, trust_remote_code=model_args.trust_remote_code, is_main_process=is_main_process,
+    )
+    return raw, fingerprint, tokenizer
+
+
+def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                    data_args: PretrainDataArguments, training_args: TrainingArguments, explicit: dict | None = None,
+                    callbacks=()) -> dict:
+    """Run a pretraining recipe end to end; returns the results also written to `output_dir/all_results.json`.
+
+    `explicit` holds the keys the user set (recorded in recipe.yaml); `callbacks` are extra `TrainerCallback`s.
+    """
+    setup_logging(training_args)
+    check_world_size(training_args)
+    warn_remote_code(model_args)
+    set_seed(training_args.seed)  # the model's initial weights depend on it
+    config = build_config(model_args)
+    objective = infer_objective(config, model_args.objective)
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise RecipeError("key 'streaming': streaming needs max_steps (the stream has no known length)")
+
+    with training_args.main_process_first(desc="tokenizer and data preparation"):
+        raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective,
+                                                                training_args.process_index == 0)
+        train_dataset, eval_dataset, eval_bytes_per_token = prepare_pretraining_data(
+            raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed)
+
+    fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
+                            vocab_size_set="vocab_size" in model_args.config_overrides)
+    tokenizer.model_max_length = data_args.block_size
+    model = build_language_model(config, objective, model_args)
+    logger.info("Model: %s (%s), %s parameters (shared weights counted once)", config.model_type, objective,
+                f"{count_parameters(model):,}")
+    if not data_args.streaming:
+        logger.info("Data: %d training blocks, %d evaluation blocks of %d tokens", len(train_dataset),
+                    len(eval_dataset), data_args.block_size)
+
+    recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args)
+    recipe["objective"] = objective
+    start_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)")
+    checkpoint = find_checkpoint(training_args)
+
+    training_args.prediction_loss_only = True  # eval needs the loss only: no logits kept in memory
+    if objective == "causal_lm":
+        collator = default_data_collator  # packed blocks carry their labels and need no padding
+    else:
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
+    throughput = throughput_callback(model, training_args, data_args.block_size)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                      processing_class=tokenizer, data_collator=collator, callbacks=[throughput, *callbacks])
+    train_metrics = train_and_save(trainer, checkpoint, throughput)
+
+    eval_metrics = trainer.evaluate()
+    eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 700 else math.inf
+    if objective == "causal_lm":
+        eval_metrics["bits_per_byte"] = bits_per_byte(eval_metrics["eval_loss"], eval_bytes_per_token)
+    trainer.log_metrics("eval", eval_metrics)
+    trainer.save_metrics("eval", eval_metrics)
+    results = {**train_metrics, **eval_metrics}
+    if training_args.should_log:
+        bpb = f", bits/byte {eval_metrics['bits_per_byte']:.3f}" if "bits_per_byte" in eval_metrics else ""
+        print(f"Pretraining done: eval loss {eval_metrics['eval_loss']:.4f}, perplexity "
+              f"{eval_metrics['perplexity']:.2f}{bpb}. Model in {training_args.output_dir}", flush=True)
+    return results

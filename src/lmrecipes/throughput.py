@@ -1,0 +1,119 @@
+"""Tokens per second and model FLOPs utilisation (MFU) of a training run.
+
+FLOPs per token follow the PaLM appendix / nanoGPT estimate: 6 x (weights used in matrix multiplies) for
+forward+backward, plus 12 x layers x hidden x sequence length for the attention scores and weighted sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from transformers import TrainerCallback
+from transformers.pytorch_utils import Conv1D
+
+logger = logging.getLogger(__name__)
+
+# Dense peak FLOP/s per device from vendor data sheets (no sparsity). bf16/fp16 on tensor cores; fp32 is the
+# TF32 tensor-core figure where the chip has one (PyTorch uses TF32 for fp32 matmuls only when allowed).
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp32": 494e12},
+    "H100": {"bf16": 989e12, "fp32": 494e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp32": 183e12},
+    "A10G": {"bf16": 70e12, "fp32": 35e12},
+    "L4": {"bf16": 121e12, "fp32": 60e12},
+    "RTX 4090": {"bf16": 165e12, "fp32": 83e12},
+    "V100": {"bf16": 125e12, "fp32": 15.7e12},
+    "T4": {"bf16": 65e12, "fp32": 8.1e12},
+}
+
+
+def matmul_weight_count(model) -> int:
+    """Weights that take part in matrix multiplies: Linear/Conv1D layers, the LM head even when tied.
+
+    Embedding lookups (token, position) cost no matmul FLOPs and are left out.
+    """
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+
+
+def flops_per_token(matmul_weights: int, num_layers: int, hidden_size: int, seq_len: int) -> float:
+    """Training (forward + backward) FLOPs per token: 6 N + 12 L H T."""
+    return 6.0 * matmul_weights + 12.0 * num_layers * hidden_size * seq_len
+
+
+def model_flops_per_token(model, seq_len: int) -> float:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    return flops_per_token(matmul_weight_count(model), layers, hidden, seq_len)
+
+
+def peak_flops_per_device(device: torch.device, dtype_name: str) -> tuple[float | None, str]:
+    """(peak FLOP/s, where the number comes from). GPUs from the table; CPUs by a short measured matmul."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in PEAK_FLOPS.items():
+            if key in name:
+                return peaks[dtype_name], f"{name} data sheet ({dtype_name})"
+        return None, f"unknown accelerator {name!r}"
+    if device.type == "cpu":
+        return measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32), "measured CPU matmul"
+    return None, f"unknown device type {device.type!r}"
+
+
+def measure_cpu_matmul_flops(dtype=torch.float32, size: int = 1024, seconds: float = 0.3) -> float:
+    """Achieved FLOP/s of a square matmul on this CPU with the current thread count: a practical peak."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        count += 1
+    return 2.0 * size**3 * count / (time.perf_counter() - start)
+
+
+class ThroughputCallback(TrainerCallback):
+    """Measures training tokens/s over the time spent in training steps (not eval or checkpoint saves) and MFU.
+
+    Tokens come from the Trainer's own count (`include_num_input_tokens_seen`), gathered over processes.
+    """
+
+    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int):
+        self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self.step_seconds, self.tokens_at_start, self._t0 = 0.0, 0, None
+        self.metrics: dict[str, float | None] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_at_start = state.num_input_tokens_seen
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t0 is not None:
+            self.step_seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def _update(self, state):
+        tokens = state.num_input_tokens_seen - self.tokens_at_start
+        if self.step_seconds <= 0 or tokens <= 0:
+            return
+        total = tokens / self.step_seconds
+        per_device = total / self.world_size
+        mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
+        self.metrics = {"train_tokens_per_second": total, "train_tokens_per_second_per_device": per_device,
+                        "mfu": mfu, "train_tokens": state.num_input_tokens_seen}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._update(state)
+        if self.metrics and state.is_world_process_zero and logs and "loss" in logs:
+            mfu = self.metrics["mfu"]
+            logger.info("step %d: %.0f tokens/s (%.0f per device), MFU %s", state.global_step,
+                        self.metrics["train_tokens_per_second"], self.metrics["train_tokens_per_second_per_device"],
+                        f"{100 * mfu:.1f}%" if mfu is not None else "unknown")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._update(state)

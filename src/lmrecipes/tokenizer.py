@@ -1,0 +1,137 @@
+"""Train a BPE / WordPiece / Unigram tokenizer with `tokenizers`, or load an existing one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from .arguments import TokenizerArguments
+from .cache import atomic_directory
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+CAUSAL_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+MASKED_SPECIAL_TOKENS = {
+    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
+}
+SPECIAL_TOKEN_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def special_tokens_for(args: TokenizerArguments, objective: str) -> dict[str, str]:
+    defaults = CAUSAL_SPECIAL_TOKENS if objective == "causal_lm" else MASKED_SPECIAL_TOKENS
+    tokens = {**defaults, **args.special_tokens}
+    for role in tokens:
+        if role not in SPECIAL_TOKEN_ROLES:
+            raise RecipeError(f"key 'special_tokens': unknown role '{role}' (roles: {', '.join(SPECIAL_TOKEN_ROLES)})")
+    return tokens
+
+
+def _limited(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+    seen = 0
+    for text in texts:
+        if max_bytes is not None and seen >= max_bytes:
+            return
+        if max_bytes is not None:
+            text = text.encode("utf-8")[: max_bytes - seen].decode("utf-8", errors="ignore")
+        seen += len(text.encode("utf-8"))
+        yield text
+
+
+def train_tokenizer(texts: Iterable[str], args: TokenizerArguments, objective: str) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on `texts` with the recipe's algorithm, vocabulary size and special tokens."""
+    kind = args.tokenizer_type or ("bpe" if objective == "causal_lm" else "wordpiece")
+    specials = special_tokens_for(args, objective)
+    special_list = list(dict.fromkeys(specials.values()))
+    lowercase = [normalizers.Lowercase()] if args.lowercase else []
+
+    if kind == "bpe":  # byte-level BPE (GPT-2 / Llama-3 style): never an unknown token
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.Sequence([normalizers.NFC(), *lowercase])
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=args.vocab_size, min_frequency=args.min_frequency, special_tokens=special_list,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+    elif kind == "wordpiece":  # BERT style
+        tok = Tokenizer(models.WordPiece(unk_token=specials.get("unk_token", "[UNK]")))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=args.lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=args.vocab_size, min_frequency=args.min_frequency, special_tokens=special_list,
+            show_progress=False,
+        )
+    else:  # unigram (SentencePiece / T5 style)
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), *lowercase])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=args.vocab_size, special_tokens=special_list, unk_token=specials.get("unk_token"),
+            show_progress=False,
+        )
+
+    tok.train_from_iterator(_limited(texts, args.tokenizer_max_bytes), trainer=trainer)
+    if tok.get_vocab_size() <= len(special_list):
+        raise RecipeError("the tokenizer learned no vocabulary: the training text is empty")
+
+    if "cls_token" in specials and "sep_token" in specials:  # encoders: [CLS] A [SEP] (B [SEP])
+        cls, sep = specials["cls_token"], specials["sep_token"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+        )
+    elif kind == "bpe":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revision: str = "main", key: str):
+    """AutoTokenizer.from_pretrained with a one-line error naming the recipe key."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise RecipeError(f"key '{key}': path does not exist: {name_or_path}")
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(Path(name_or_path).expanduser()) if looks_local else name_or_path,
+            trust_remote_code=trust_remote_code, revision=revision,
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"key '{key}': cannot load a tokenizer from {name_or_path!r}: {first}") from None
+
+
+def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_factory, data_fingerprint: str,
+                           cache_root: Path, *, trust_remote_code: bool = False, is_main_process: bool = True):
+    """Load the recipe's tokenizer, or train one once per (corpus, settings) and reuse it from the cache.
+
+    `texts_factory()` returns an iterable of training texts; it is only called when training is needed.
+    Hand-written because `tokenizers` has no notion of a cache keyed on the corpus.
+    """
+    if args.tokenizer_name_or_path:
+        return load_tokenizer(args.tokenizer_name_or_path, trust_remote_code=trust_remote_code,
+                              key="tokenizer_name_or_path")
+    settings = {k: getattr(args, k) for k in ("tokenizer_type", "vocab_size", "min_frequency", "lowercase",
+                                               "special_tokens", "tokenizer_max_bytes")}
+    key = hashlib.sha256(json.dumps([settings, objective, data_fingerprint], sort_keys=True).encode()).hexdigest()
+    folder = cache_root / "tokenizers" / key[:16]
+    if (folder / "tokenizer.json").is_file():
+        logger.info("Reusing the tokenizer trained earlier on this corpus: %s", folder)
+        return AutoTokenizer.from_pretrained(folder)
+    if not is_main_process:
+        raise RuntimeError(f"tokenizer missing from {folder} after the main process trained it")
+    logger.info("Training a %s tokenizer (vocab %d) on the training text...",
+                args.tokenizer_type or ("bpe" if objective == "causal_lm" else "wordpiece"), args.vocab_size)
+    tokenizer = train_tokenizer(texts_factory(), args, objective)
+    with atomic_directory(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
+    logger.info("Tokenizer saved to %s (%d tokens)", folder, len(tokenizer))
+    return AutoTokenizer.from_pretrained(folder)

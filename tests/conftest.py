@@ -1,0 +1,83 @@
+"""Shared fixtures: an offline environment, a small corpus, and tiny model sizes for fast runs."""
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' "Loading weights" bars
+
+# Tiny sizes (hidden 32-64, 2 layers) laid over the shipped recipes.
+TINY_LLAMA = {
+    "config_overrides": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 128},
+    "vocab_size": 512, "block_size": 64, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+    "max_eval_samples": 32, "logging_steps": 1, "eval_strategy": "no", "save_steps": 1000,
+    "warmup_steps": 0, "disable_tqdm": True, "report_to": "none", "learning_rate": 3e-3,
+}
+TINY_BERT = {
+    "config_overrides": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "max_position_embeddings": 128},
+    "vocab_size": 512, "block_size": 64, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+    "max_eval_samples": 32, "logging_steps": 1, "eval_strategy": "no", "save_steps": 1000,
+    "warmup_steps": 0, "disable_tqdm": True, "report_to": "none", "learning_rate": 2e-3,
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Tokenizers and tokenized data are cached per test session, not in the user's home."""
+    os.environ["LMRECIPES_CACHE"] = str(tmp_path_factory.mktemp("lmrecipes-cache"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> str:
+    """~240 KB of the embedded corpus as 40 jsonl documents (a glob pattern), so tiny runs take seconds."""
+    folder = tmp_path_factory.mktemp("corpus")
+    docs = []
+    for name in ("shakespeare", "austen"):
+        with gzip.open(REPO / "data" / "corpus" / f"{name}.jsonl.gz", "rt", encoding="utf-8") as handle:
+            text = json.loads(handle.readline())["text"]
+        docs += [text[i : i + 6000] for i in range(0, 120_000, 6000)]
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as handle:
+        for doc in docs:
+            handle.write(json.dumps({"text": doc}) + "\n")
+    return str(folder / "*.jsonl")
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+LLAMA_PRETRAIN = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
+BERT_PRETRAIN = str(REPO / "recipes" / "tiny-bert" / "pretrain.yaml")
+
+
+@pytest.fixture(scope="session")
+def causal_run(tmp_path_factory, small_corpus):
+    """A tiny Llama pretrained for 30 steps through the API: (output folder, results)."""
+    import lmrecipes
+
+    out = tmp_path_factory.mktemp("causal") / "run"
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], validation_fraction=0.15,
+                                 max_steps=30, output_dir=str(out))
+    return out, results
+
+
+@pytest.fixture(scope="session")
+def masked_run(tmp_path_factory, small_corpus):
+    """A tiny BERT pretrained for 40 steps through the API: (output folder, results)."""
+    import lmrecipes
+
+    out = tmp_path_factory.mktemp("masked") / "run"
+    results = lmrecipes.pretrain(BERT_PRETRAIN, **TINY_BERT, train_file=[small_corpus], validation_fraction=0.15,
+                                 max_steps=40, output_dir=str(out))
+    return out, results

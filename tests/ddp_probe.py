@@ -1,0 +1,39 @@
+"""Run by test_pretrain.py under `accelerate launch`: a user's script that pretrains through the API and records,
+per rank, the world size, a fingerprint of every training batch it saw, and of the final parameters."""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+import lmrecipes
+
+
+class Probe(TrainerCallback):
+    def __init__(self):
+        self.batches = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def record(module, inputs, kw):
+            if module.training:
+                self.batches.append(hashlib.sha256(kw["input_ids"].numpy().tobytes()).hexdigest())
+        model.register_forward_pre_hook(record, with_kwargs=True)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        params = hashlib.sha256()
+        for tensor in model.state_dict().values():
+            params.update(tensor.detach().float().numpy().tobytes())
+        record = {"rank": args.process_index, "world_size": args.world_size, "batches": self.batches,
+                  "params": params.hexdigest(), "steps": state.global_step,
+                  "device": str(args.device), "tokens": state.num_input_tokens_seen}
+        Path(args.output_dir, f"probe-rank{args.process_index}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    recipe, corpus, output_dir = sys.argv[1:4]
+    overrides = json.loads(sys.argv[4])
+    lmrecipes.pretrain(recipe, callbacks=[Probe()], train_file=[corpus], output_dir=output_dir, **overrides)
+    torch.distributed.barrier() if torch.distributed.is_initialized() else None

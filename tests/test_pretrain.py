@@ -1,0 +1,106 @@
+"""Pretraining, as a user runs it: tiny causal and masked runs, reload into pipelines, resume, and DDP on 2 CPUs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainerCallback, pipeline
+
+from conftest import REPO, TINY_LLAMA, read_json
+
+import lmrecipes
+
+LLAMA_RECIPE = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
+
+
+def losses(output_dir):
+    history = read_json(output_dir / "trainer_state.json")["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_causal_pretraining_learns_and_writes_its_results(causal_run):
+    out, results = causal_run
+    written = read_json(out / "all_results.json")
+    for key in ("eval_loss", "perplexity", "bits_per_byte", "train_tokens_per_second", "mfu", "train_loss"):
+        assert key in written, key
+    assert written["perplexity"] == pytest.approx(2.718281828 ** written["eval_loss"], rel=1e-6)
+    assert 0.5 < written["bits_per_byte"] < 8
+    assert written["train_tokens"] == 30 * 8 * 64
+    curve = losses(out)
+    assert len(curve) == 30
+    assert sum(curve[-5:]) / 5 < curve[0] - 0.6, f"loss did not fall: {curve[0]:.2f} -> {curve[-5:]}"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "trainer_state.json"):
+        assert (out / name).is_file(), name
+    recipe = (out / "recipe.yaml").read_text()
+    assert "max_steps: 30" in recipe and "objective: causal_lm" in recipe
+
+
+def test_causal_model_reloads_and_generates(causal_run):
+    out, _ = causal_run
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == 512 and model.config.hidden_size == 48
+    generator = pipeline("text-generation", model=str(out))
+    text = generator("The king", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The king") and len(text) > len("The king")
+
+
+def test_masked_pretraining_learns_and_fills_masks(masked_run):
+    out, _ = masked_run
+    written = read_json(out / "all_results.json")
+    assert {"eval_loss", "perplexity"} <= set(written)
+    curve = losses(out)
+    assert sum(curve[-5:]) / 5 < curve[0] - 0.4, f"loss did not fall: {curve[0]:.2f} -> {curve[-5:]}"
+    assert AutoModelForMaskedLM.from_pretrained(out).config.model_type == "bert"
+    filler = pipeline("fill-mask", model=str(out))
+    predictions = filler("the king [MASK] the land .")
+    assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
+
+
+class StopAt(TrainerCallback):
+    """Simulates a run that stops (preempted) after `step` steps."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_rerun_resumes_from_the_last_checkpoint(tmp_path, small_corpus, capsys):
+    out = tmp_path / "resumable"
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 8,
+                "save_steps": 4, "output_dir": str(out)}
+    lmrecipes.pretrain(LLAMA_RECIPE, callbacks=[StopAt(4)], **settings)
+    assert read_json(out / "trainer_state.json")["global_step"] == 4
+    assert (out / "checkpoint-4").is_dir()
+    capsys.readouterr()
+
+    lmrecipes.pretrain(LLAMA_RECIPE, **settings)  # the same command again
+    assert f"Resuming from {out / 'checkpoint-4'}" in capsys.readouterr().out
+    state = read_json(out / "trainer_state.json")
+    assert state["global_step"] == 8
+    steps_logged = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert steps_logged == list(range(1, 9)), "steps 5-8 continue the history of steps 1-4"
+
+
+def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_path, small_corpus):
+    out = tmp_path / "ddp"
+    overrides = {**TINY_LLAMA, "validation_fraction": 0.15, "max_steps": 6}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0",
+         str(REPO / "tests" / "ddp_probe.py"), LLAMA_RECIPE, small_corpus, str(out), json.dumps(overrides)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [read_json(out / f"probe-rank{r}.json") for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["steps"] == 6 and len(r["batches"]) == 6 for r in ranks)
+    assert not set(ranks[0]["batches"]) & set(ranks[1]["batches"]), "each rank saw different data"
+    assert ranks[0]["params"] == ranks[1]["params"], "parameters identical on both ranks"
+    assert ranks[0]["tokens"] == 6 * 2 * 8 * 64, "tokens counted over both processes"
+    assert read_json(out / "all_results.json")["train_tokens"] == 6 * 2 * 8 * 64

@@ -1,0 +1,109 @@
+"""Recipes: every shipped recipe parses and validates; flags override YAML; bad keys and values fail in one line."""
+
+import glob
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+from conftest import REPO
+
+from lmrecipes import RecipeError, load_recipe
+from lmrecipes.data import resolve_data_files
+from lmrecipes.modeling import build_config, infer_objective
+from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
+
+PRETRAIN_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pretrain.yaml")))
+
+
+def test_the_promised_recipes_exist():
+    names = {str(Path(p).relative_to(REPO)) for p in PRETRAIN_RECIPES}
+    assert {"recipes/tiny-llama/pretrain.yaml", "recipes/tiny-bert/pretrain.yaml",
+            "recipes/llama-125m/pretrain.yaml", "recipes/bert-base/pretrain.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", PRETRAIN_RECIPES, ids=lambda p: str(Path(p).relative_to(REPO)))
+def test_every_pretrain_recipe_parses_and_validates(path):
+    # GPU recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU unless use_cpu is set
+    on_cpu = {} if torch.cuda.is_available() else {"use_cpu": True}
+    model_args, tokenizer_args, data_args, training_args, explicit = load_recipe(path, PRETRAIN_ARGUMENTS, **on_cpu)
+    assert set(yaml.safe_load(Path(path).read_text())) <= set(explicit)
+    objective = infer_objective(build_config(model_args), model_args.objective)
+    assert objective == model_args.objective
+    if data_args.train_file:
+        assert resolve_data_files(data_args.train_file, "train_file")
+    assert training_args.output_dir.startswith("runs/")
+    assert Path(path).read_text().startswith("#"), "recipes open with a comment header"
+
+
+def test_a_flag_overrides_the_yaml_value():
+    path = REPO / "recipes" / "tiny-llama" / "pretrain.yaml"
+    assert yaml.safe_load(path.read_text())["learning_rate"] != 0.01
+    *_, training_args, explicit = load_recipe(path, PRETRAIN_ARGUMENTS, learning_rate=0.01, max_steps=7)
+    assert training_args.learning_rate == 0.01 and training_args.max_steps == 7
+    assert explicit["learning_rate"] == 0.01
+
+
+def run_script_main(capsys, *argv):
+    from importlib import util
+
+    spec = util.spec_from_file_location("pretrain_script", REPO / "scripts" / "pretrain.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return exit_info.value.code, err
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("model_type: llama\nlearnin_rate: 0.1\n", "unknown key 'learnin_rate' (did you mean 'learning_rate'?)"),
+    ("model_type: llama\nlearning_rate: fast\n", "key 'learning_rate': invalid float value: 'fast'"),
+    ("model_type: llama\nblock_size: [1, 2\n", "malformed YAML"),
+    ("model_type: llama\neval_strategy: sometimes\n", "key 'eval_strategy': invalid choice"),
+    ("- a list\n", "a recipe is a mapping"),
+])
+def test_bad_recipe_files_fail_in_one_line_with_exit_2(tmp_path, capsys, content, expected):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(content)
+    code, err = run_script_main(capsys, str(recipe), "--output_dir", str(tmp_path / "out"))
+    assert code == 2
+    assert err.startswith("error: ") and expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists(), "nothing is written for a bad recipe"
+
+
+def test_bad_flags_fail_with_the_key_named(capsys, tmp_path):
+    recipe = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
+    code, err = run_script_main(capsys, recipe, "--max_steps", "ten", "--output_dir", str(tmp_path))
+    assert code == 2 and "key 'max_steps': invalid int value: 'ten'" in err
+    code, err = run_script_main(capsys, "--config", recipe, "--no_such_key", "1")
+    assert code == 2 and "--no_such_key" in err
+    code, err = run_script_main(capsys, str(tmp_path / "missing.yaml"))
+    assert code == 2 and "recipe file not found" in err
+
+
+def test_validation_errors_name_the_key():
+    with pytest.raises(RecipeError, match="key 'validation_fraction'"):
+        load_recipe(REPO / "recipes" / "tiny-llama" / "pretrain.yaml", PRETRAIN_ARGUMENTS, validation_fraction=1.5)
+    model_args, *_ = load_recipe({"model_type": "nope"}, PRETRAIN_ARGUMENTS)
+    with pytest.raises(RecipeError, match="key 'model_type': unknown model type 'nope'"):
+        build_config(model_args)
+    model_args, *_ = load_recipe({"model_type": "llama", "config_overrides": "hidden_sise=3"}, PRETRAIN_ARGUMENTS)
+    with pytest.raises(RecipeError, match="no attribute 'hidden_sise'"):
+        build_config(model_args)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(REPO / "accelerate_configs" / "*.yaml"))),
+                         ids=lambda p: Path(p).name)
+def test_accelerate_configs_load(path):
+    config = load_config_from_file(path)
+    assert config.num_processes >= 1
+
+
+def test_config_overrides_go_through_the_config_constructor():
+    model_args, *_ = load_recipe({"model_type": "llama", "config_overrides": {"hidden_size": 64,
+                                  "num_attention_heads": 4, "num_hidden_layers": 2}}, PRETRAIN_ARGUMENTS)
+    config = build_config(model_args)
+    assert (config.hidden_size, config.num_hidden_layers, config.head_dim) == (64, 2, 16)

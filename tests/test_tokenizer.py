@@ -1,0 +1,62 @@
+"""Tokenizer training: BPE, WordPiece and Unigram round-trip through save_pretrained / AutoTokenizer."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import REPO
+
+from lmrecipes.arguments import TokenizerArguments
+from lmrecipes.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def texts():
+    with gzip.open(REPO / "data" / "corpus" / "austen.jsonl.gz", "rt", encoding="utf-8") as handle:
+        text = json.loads(handle.readline())["text"][:200_000]
+    return [text[i : i + 2000] for i in range(0, len(text), 2000)]
+
+
+@pytest.mark.parametrize("kind, objective", [("bpe", "causal_lm"), ("wordpiece", "masked_lm"),
+                                             ("unigram", "causal_lm")])
+def test_trained_tokenizer_round_trips(tmp_path, texts, kind, objective):
+    args = TokenizerArguments(tokenizer_type=kind, vocab_size=600, lowercase=kind == "wordpiece")
+    tokenizer = train_tokenizer(texts, args, objective)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(reloaded) == len(tokenizer) <= 600
+    sample = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
+    ids = reloaded(sample, add_special_tokens=False)["input_ids"]
+    assert ids == tokenizer(sample, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(sample) / 2, "the tokenizer learned merges, not characters"
+    decoded = reloaded.decode(ids).strip()
+    assert decoded == (sample.lower() if kind == "wordpiece" else sample)
+    if objective == "causal_lm":
+        assert reloaded.eos_token == "</s>" and reloaded.pad_token == "<pad>" and reloaded.bos_token == "<s>"
+    else:
+        assert reloaded.mask_token == "[MASK]" and reloaded.cls_token == "[CLS]"
+        encoded = reloaded("a pair", "of texts")["input_ids"]
+        assert encoded[0] == reloaded.cls_token_id and encoded.count(reloaded.sep_token_id) == 2
+
+
+def test_special_tokens_come_from_the_recipe(texts):
+    args = TokenizerArguments(vocab_size=300, special_tokens={"eos_token": "<|end|>", "pad_token": "<|pad|>"})
+    tokenizer = train_tokenizer(texts[:20], args, "causal_lm")
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
+    assert tokenizer.convert_tokens_to_ids("<|end|>") < 4, "special tokens come first in the vocabulary"
+
+
+def test_train_tokenizer_script_saves_a_loadable_tokenizer(tmp_path, small_corpus):
+    out = tmp_path / "tok"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_tokenizer.py"), str(REPO / "recipes/tiny-bert/pretrain.yaml"),
+         "--train_file", small_corpus, "--vocab_size", "700", "--validation_fraction", "0.2", "--save_dir", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "saved to" in result.stdout
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 700 and tokenizer.mask_token == "[MASK]"
