@@ -1,15 +1,18 @@
 # Each target sets up .venv on first use (scripts/setup_env.sh), then runs.
 RECIPE ?= recipes/tiny-llama/pretrain.yaml
+PIPELINE ?= recipes/tiny-llama/pipeline.yaml
 ARGS ?=
 
-.PHONY: setup pretrain test
+.PHONY: setup pipeline pretrain test
 
 setup:
 	@bash scripts/setup_env.sh
 
+pipeline: setup
+	.venv/bin/python scripts/pipeline.py $(PIPELINE) $(ARGS)
+
 pretrain: setup
-	.venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		scripts/pretrain.py $(RECIPE) $(ARGS)
+	.venv/bin/python scripts/pretrain.py $(RECIPE) $(ARGS)
 
 test: setup
 	.venv/bin/python -m pytest $(ARGS)

@@ -1,8 +1,10 @@
 """Shared fixtures: an offline environment, a small corpus, and tiny model sizes for fast runs."""
 
+import csv
 import gzip
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,23 @@ def masked_run(tmp_path_factory, small_corpus):
     results = lmrecipes.pretrain(BERT_PRETRAIN, **TINY_BERT, train_file=[small_corpus], validation_fraction=0.15,
                                  max_steps=40, output_dir=str(out))
     return out, results
+
+
+WORDS = ("the king and his lords went to the town with the queen of france where many men "
+         "spoke of war and peace in the night while the lady sat by the fire").split()
+
+
+@pytest.fixture(scope="session")
+def learnable_csv(tmp_path_factory):
+    """Bring-your-own data with other column names and string labels: the label is the review's last word
+    ("good" -> pos, "poor" -> neg) after 3-12 random filler words, so lengths and padding vary."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("byo") / "reviews.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "verdict"])
+        for _ in range(600):
+            label = rng.choice(["pos", "neg"])
+            filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+            writer.writerow([f"{filler} and it was {'good' if label == 'pos' else 'poor'}", label])
+    return str(path)

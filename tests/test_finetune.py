@@ -1,9 +1,7 @@
 """Fine-tuning, as a user runs it: tiny causal and masked checkpoints (pretrained in the test session) fine-tuned
 fully and with LoRA on a learnable task, merge round-trip, bring-your-own data, prediction, MiniLM, bad input."""
 
-import csv
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -24,25 +22,6 @@ RECIPES = {("causal", False): "recipes/tiny-llama/finetune-sentiment.yaml",
 FAST = {"per_device_train_batch_size": 16, "per_device_eval_batch_size": 64, "logging_steps": 5,
         "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "disable_tqdm": True,
         "report_to": "none", "warmup_steps": 0, "max_length": 32}
-WORDS = ("the king and his lords went to the town with the queen of france where many men "
-         "spoke of war and peace in the night while the lady sat by the fire").split()
-
-
-@pytest.fixture(scope="module")
-def learnable_csv(tmp_path_factory):
-    """Bring-your-own data with other column names and string labels: the label is the review's last word
-    ("good" -> pos, "poor" -> neg) after 3-12 random filler words, so lengths and padding vary."""
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("byo") / "reviews.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["review", "verdict"])
-        for _ in range(600):
-            label = rng.choice(["pos", "neg"])
-            filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
-            writer.writerow([f"{filler} and it was {'good' if label == 'pos' else 'poor'}", label])
-    return str(path)
-
 
 def finetune(checkpoint, kind, lora, csv_path, out, **extra):
     settings = {**FAST, "model_name_or_path": str(checkpoint), "train_file": [csv_path], "text_column": "review",
@@ -56,7 +35,9 @@ def finetune(checkpoint, kind, lora, csv_path, out, **extra):
 def test_finetuning_learns_a_learnable_task(request, tmp_path, learnable_csv, kind, lora):
     checkpoint, _ = request.getfixturevalue(f"{kind}_run")
     out = tmp_path / "clf"
-    results = finetune(checkpoint, kind, lora, learnable_csv, out)
+    # LoRA on the barely pretrained tiny BERT must first teach [CLS] where to look: it gets more epochs
+    results = finetune(checkpoint, kind, lora, learnable_csv, out, num_train_epochs=8 if (kind, lora) == (
+        "masked", True) else 4)
     written = read_json(out / "all_results.json")
     for key in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "test_precision", "test_recall",
                 "test_majority_accuracy", "train_tokens_per_second", "mfu"):
@@ -144,7 +125,7 @@ def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run
     cases.append((["--train_file", learnable_csv, "--text_column", "body", "--label_column", "verdict"],
                   "key 'text_column': column 'body' not in the train data"))
     one_class = tmp_path / "one.jsonl"
-    one_class.write_text("".join(json.dumps({"text": f"t {i}", "label": "pos"}) + "\n" for i in range(30)))
+    one_class.write_text("".join(json.dumps({"text": f"t {i}", "label": "pos"}) + "\n" for i in range(200)))
     cases.append((["--train_file", one_class], "single class"))
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "b"][i % 2]}) + "\n" for i in range(40)))

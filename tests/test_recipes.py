@@ -13,9 +13,18 @@ from conftest import REPO
 from lmrecipes import RecipeError, load_recipe
 from lmrecipes.data import resolve_data_files
 from lmrecipes.modeling import build_config, infer_objective
+from lmrecipes.finetuning import FINETUNE_ARGUMENTS
+from lmrecipes.pipeline import PipelineArguments
 from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
 
 PRETRAIN_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pretrain.yaml")))
+FINETUNE_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "finetune-*.yaml")))
+PIPELINE_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pipeline.yaml")))
+
+
+def test_every_recipe_is_covered_by_a_parsing_test():
+    every = set(glob.glob(str(REPO / "recipes" / "**" / "*.yaml"), recursive=True))
+    assert every == set(PRETRAIN_RECIPES) | set(FINETUNE_RECIPES) | set(PIPELINE_RECIPES)
 
 
 def test_the_promised_recipes_exist():
@@ -107,3 +116,24 @@ def test_config_overrides_go_through_the_config_constructor():
                                   "num_attention_heads": 4, "num_hidden_layers": 2}}, PRETRAIN_ARGUMENTS)
     config = build_config(model_args)
     assert (config.hidden_size, config.num_hidden_layers, config.head_dim) == (64, 2, 16)
+
+
+@pytest.mark.parametrize("path", FINETUNE_RECIPES, ids=lambda p: str(Path(p).relative_to(REPO)))
+def test_every_finetune_recipe_parses_and_validates(path):
+    model_args, tokenizer_args, data_args, finetune_args, training_args, explicit = load_recipe(
+        path, FINETUNE_ARGUMENTS)
+    assert set(yaml.safe_load(Path(path).read_text())) <= set(explicit)
+    assert model_args.model_name_or_path and resolve_data_files(data_args.train_file, "train_file")
+    assert finetune_args.use_lora == path.endswith("-lora.yaml")
+    assert training_args.output_dir.startswith("runs/")
+    if model_args.model_name_or_path.startswith("runs/"):  # made by the matching pretraining recipe
+        pretrain_recipe = Path(path).parent / "pretrain.yaml"
+        assert yaml.safe_load(pretrain_recipe.read_text())["output_dir"] == model_args.model_name_or_path
+
+
+@pytest.mark.parametrize("path", PIPELINE_RECIPES, ids=lambda p: str(Path(p).relative_to(REPO)))
+def test_every_pipeline_recipe_parses_and_names_existing_recipes(path):
+    args, _ = load_recipe(path, [PipelineArguments])
+    assert Path(args.pretrain_recipe).is_file() and Path(args.finetune_recipe).is_file()
+    load_recipe(args.pretrain_recipe, PRETRAIN_ARGUMENTS, **args.pretrain_overrides)
+    load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS, **args.finetune_overrides)

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets import (Dataset, DatasetDict, Features, IterableDataset, Sequence, Value, load_dataset,
+                      load_from_disk)
 
 from .arguments import REPO_ROOT, DataSourceArguments, PretrainDataArguments
 from .cache import atomic_directory, files_fingerprint
@@ -94,16 +95,17 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
     return splits, fingerprint
 
 
-def _unit_hash(index: int) -> float:
-    digest = hashlib.blake2b(str(index).encode(), digest_size=8, person=b"lmrecipes").digest()
+def _unit_hash(text) -> float:
+    digest = hashlib.blake2b(str(text).encode("utf-8"), digest_size=8, person=b"lmrecipes").digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
-def split_held_out(dataset, fractions: dict[str, float]):
+def split_held_out(dataset, fractions: dict[str, float], key_column: str):
     """Deterministically split rows into 'train' and the named held-out splits.
 
-    A row's split depends only on its position, through a fixed hash, so it is the same in normal and
-    streaming mode, on every machine and every run. Returns a dict split name -> dataset.
+    A row's split depends only on its `key_column` value (the text), through a fixed hash: the same in normal
+    and streaming mode, on every machine and run, and identical texts never straddle two splits (no leakage
+    through duplicates). Returns a dict split name -> dataset.
     """
     bounds, low = {}, 0.0
     for name, fraction in fractions.items():
@@ -112,11 +114,11 @@ def split_held_out(dataset, fractions: dict[str, float]):
 
     def in_split(name):
         lo, hi = bounds[name] if name != "train" else (low, 1.0 + 1e-9)
-        return lambda batch, indices: [lo <= _unit_hash(i) < hi for i in indices]
+        return lambda batch: [lo <= _unit_hash(key) < hi for key in batch[key_column]]
 
+    check_text_column(dataset, key_column)
     kwargs = {} if isinstance(dataset, IterableDataset) else {"desc": "Splitting"}
-    return {name: dataset.filter(in_split(name), with_indices=True, batched=True, **kwargs)
-            for name in ["train", *fractions]}
+    return {name: dataset.filter(in_split(name), batched=True, **kwargs) for name in ["train", *fractions]}
 
 
 def check_text_column(dataset, column: str, key: str = "text_column") -> None:
@@ -131,7 +133,7 @@ def check_text_column(dataset, column: str, key: str = "text_column") -> None:
 def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text_column: str, num_proc=None):
     """Tokenize documents, separate them with EOS (causal) or SEP (masked), and cut the stream into blocks.
 
-    Masked blocks are wrapped as [CLS] ... [SEP]. Each block records `num_bytes`, the UTF-8 bytes of text it
+    Masked blocks are wrapped as [CLS] ... [SEP]. Each block records `block_bytes`, the UTF-8 bytes of text it
     covers (pro rata within a map batch), for bits-per-byte. The tail shorter than a block is dropped.
     """
     separator = tokenizer.eos_token_id if objective == "causal_lm" else tokenizer.sep_token_id
@@ -152,7 +154,7 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
         blocks = [stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
         if wrap:
             blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
-        out = {"input_ids": blocks, "num_bytes": [body * bytes_per_token] * len(blocks)}
+        out = {"input_ids": blocks, "block_bytes": [body * bytes_per_token] * len(blocks)}
         if wrap:
             out["special_tokens_mask"] = [[1] + [0] * body + [1] for _ in blocks]
         else:
@@ -165,7 +167,11 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     dataset = dataset.select_columns([text_column]) if streaming else dataset
     tokenized = dataset.map(tokenize, batched=True, remove_columns=[text_column] if streaming else columns,
                             **extra, **({} if streaming else {"desc": "Tokenizing"}))
-    return tokenized.map(pack, batched=True, batch_size=64, **extra, **({} if streaming else {"desc": "Packing"}))
+    features = Features({"input_ids": Sequence(Value("int32")), "block_bytes": Value("float64"),
+                         **({"special_tokens_mask": Sequence(Value("int8"))} if wrap
+                            else {"labels": Sequence(Value("int32"))})})
+    return tokenized.map(pack, batched=True, batch_size=64, remove_columns=["input_ids", "num_bytes"],
+                         features=features, **extra, **({} if streaming else {"desc": "Packing"}))
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
@@ -188,14 +194,14 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
 
     if args.streaming:
         train = _tokenize_and_pack(train_raw, tokenizer, objective, args.block_size, args.text_column)
-        train = train.remove_columns(["num_bytes"]).shuffle(seed=shuffle_seed, buffer_size=10_000)
+        train = train.remove_columns(["block_bytes"]).shuffle(seed=shuffle_seed, buffer_size=10_000)
         if args.max_train_samples:
             train = train.take(args.max_train_samples)
         blocks = _tokenize_and_pack(eval_raw, tokenizer, objective, args.block_size, args.text_column)
         evaluation = Dataset.from_list(list(blocks.take(args.max_eval_samples or 256)))
     else:
         key_parts = [fingerprint, _tokenizer_fingerprint(tokenizer), objective, args.block_size, args.text_column,
-                     args.validation_fraction, 1]
+                     args.validation_fraction, 3]
         key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
         folder = args.cache_root / "data" / key
         if (folder / "dataset_dict.json").is_file():
@@ -211,7 +217,7 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
                 packed.save_to_disk(str(tmp))
             logger.info("Tokenized data saved to %s", folder)
         packed = load_from_disk(str(folder))
-        train, evaluation = packed["train"].remove_columns(["num_bytes"]), packed["validation"]
+        train, evaluation = packed["train"].remove_columns(["block_bytes"]), packed["validation"]
         if len(train) == 0:
             raise RecipeError(f"the training text is shorter than one block of block_size={args.block_size} tokens")
         if len(evaluation) == 0:
@@ -223,8 +229,8 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
             evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     if len(evaluation) == 0:
         raise RecipeError("the held-out data produced no evaluation block")
-    eval_bytes_per_token = sum(evaluation["num_bytes"]) / (len(evaluation) * args.block_size)
-    return train, evaluation.remove_columns(["num_bytes"]), eval_bytes_per_token
+    eval_bytes_per_token = sum(evaluation["block_bytes"]) / (len(evaluation) * args.block_size)
+    return train, evaluation.remove_columns(["block_bytes"]), eval_bytes_per_token
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:

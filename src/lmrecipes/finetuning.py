@@ -106,17 +106,18 @@ def load_classification_data(args: ClassificationDataArguments):
     raw, _ = load_raw_splits(args, streaming=False)
     if args.streaming:
         raise RecipeError("key 'streaming': fine-tuning loads its data into memory; set streaming: false")
-    fractions = {name: fraction for name, fraction in
-                 (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw}
-    if fractions:
-        raw.update(split_held_out(raw["train"], fractions))
     needed = [c for c in (args.text_column, args.text_pair_column, args.label_column) if c]
+    keys = {args.text_column: "text_column", args.label_column: "label_column"}
     for split, dataset in raw.items():
         for column in needed:
             if column not in dataset.column_names:
-                key = {args.text_column: "text_column", args.label_column: "label_column"}.get(column, "text_pair_column")
-                raise RecipeError(f"key '{key}': column {column!r} not in the {split} data (columns: "
-                                  f"{', '.join(dataset.column_names)})")
+                raise RecipeError(f"key '{keys.get(column, 'text_pair_column')}': column {column!r} not in the {split} "
+                                  f"data (columns: {', '.join(dataset.column_names)})")
+    fractions = {name: fraction for name, fraction in
+                 (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw}
+    if fractions:
+        raw.update(split_held_out(raw["train"], fractions, args.text_column))
+    for split, dataset in raw.items():
         if len(dataset) == 0:
             raise RecipeError(f"the {split} split is empty; add rows or change validation_fraction/test_fraction")
     labels = _label_names(raw["train"], args.label_column)

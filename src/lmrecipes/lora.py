@@ -43,17 +43,24 @@ def load_classifier(model_dir):
     return PeftModel.from_pretrained(base, model_dir), tokenizer
 
 
+def export_classifier(model_dir, output_dir) -> Path:
+    """A plain checkpoint (model.safetensors, config, tokenizer, labels, recipe) from a fine-tuning folder; LoRA
+    weights are folded into the base, so no peft is needed to load it."""
+    model, tokenizer = load_classifier(model_dir)
+    if is_adapter_dir(model_dir):
+        model = model.merge_and_unload()
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    for extra in ("labels.json", "recipe.yaml", "all_results.json"):
+        if (Path(model_dir) / extra).is_file():
+            (output_dir / extra).write_text((Path(model_dir) / extra).read_text())
+    logger.info("Exported %s to %s", model_dir, output_dir)
+    return output_dir
+
+
 def merge_adapter(adapter_dir, output_dir) -> Path:
-    """Fold the LoRA weights into the base and save a plain safetensors checkpoint (no peft needed to load it)."""
+    """Fold a LoRA adapter into its base model and save a plain safetensors checkpoint."""
     if not is_adapter_dir(adapter_dir):
         raise RecipeError(f"{adapter_dir} holds no LoRA adapter ({ADAPTER_CONFIG} missing)")
-    model, tokenizer = load_classifier(adapter_dir)
-    merged = model.merge_and_unload()
-    output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    for extra in ("labels.json", "recipe.yaml"):
-        if (Path(adapter_dir) / extra).is_file():
-            (output_dir / extra).write_text((Path(adapter_dir) / extra).read_text())
-    logger.info("Merged LoRA adapter %s into %s", adapter_dir, output_dir)
-    return output_dir
+    return export_classifier(adapter_dir, output_dir)

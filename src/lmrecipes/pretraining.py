@@ -34,7 +34,8 @@ def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: Tokeni
     """The raw train/validation splits, their fingerprint, and the recipe's tokenizer (trained on train if needed)."""
     raw, fingerprint = load_raw_splits(data_args, streaming=data_args.streaming)
     if "validation" not in raw:
-        raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction}))
+        raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction},
+                                  data_args.text_column))
     tokenizer = get_or_train_tokenizer(
         tokenizer_args, objective, lambda: _iter_texts(raw["train"], data_args.text_column), fingerprint,
         data_args.cache_root, trust_remote_code=model_args.trust_remote_code, is_main_process=is_main_process,

@@ -103,7 +103,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     except RecipeError as err:
         if "arguments are required" not in str(err):  # those may still come from the command line
             raise RecipeError(f"{source}: {err}") from None
-    _, unknown = parser.parse_known_args(flags)
+    _, unknown = parser.parse_known_args(yaml_argv + flags)  # the file's keys are known: the rest are flags
     if unknown:
         raise RecipeError(f"unknown command-line argument(s): {' '.join(unknown)}")
     try:

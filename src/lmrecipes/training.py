@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -68,6 +69,9 @@ def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallbac
     per_token = model_flops_per_token(model, seq_len)
     logger.info("MFU basis: %.3g FLOPs/token, peak %s per device (%s)", per_token,
                 f"{peak:.3g} FLOP/s" if peak else "unknown", source)
+    if training_args.device.type == "cpu":  # accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise
+        logger.info("CPU threads per process: %d of %d CPUs (--num_cpu_threads_per_process for accelerate launch)",
+                    torch.get_num_threads(), os.cpu_count())
     return ThroughputCallback(per_token, peak, training_args.world_size)
 
 

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import datasets
+import evaluate
 import numpy as np
+
+LABEL_FEATURES = datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")})
+_KWARGS = """
+Args:
+    predictions (list of int): predicted labels.
+    references (list of int): true labels.
+    average (str): "macro" (default: unweighted mean over classes), "micro", "weighted", "binary" or None
+        (one score per class).
+    pos_label (int): the positive class for average="binary"; default 1.
+    labels (list of int, optional): the classes to score; default every label seen.
+Returns:
+    the score (float, or list of float when average is None) under the metric's name.
+"""
 
 
 def _safe_divide(numerator, denominator):
@@ -30,3 +45,17 @@ def averaged_scores(predictions, references, score: str, average: str | None = "
     if average == "weighted":
         return float(np.average(values, weights=actual)) if actual.sum() else 0.0
     return float(values.mean()) if len(values) else 0.0
+
+
+class AveragedScore(evaluate.Metric):
+    """Base of the f1, precision and recall modules: `score` names the one a subclass computes."""
+
+    score = ""
+    formula = ""
+
+    def _info(self):
+        return evaluate.MetricInfo(description=f"{self.score} = {self.formula}, per class from confusion counts, "
+                                   "then averaged.", citation="", inputs_description=_KWARGS, features=LABEL_FEATURES)
+
+    def _compute(self, predictions, references, average="macro", pos_label=1, labels=None):
+        return {self.score: averaged_scores(predictions, references, self.score, average, pos_label, labels)}

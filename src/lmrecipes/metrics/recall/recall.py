@@ -1,30 +1,8 @@
-"""Recall per class and averaged (macro, micro, weighted, or binary). Shipped with lmrecipes so it loads offline."""
+"""Recall per class and averaged (macro, micro, weighted, binary). Shipped with lmrecipes so it loads offline."""
 
-import datasets
-import evaluate
-
-from lmrecipes.metrics.counts import averaged_scores
-
-_DESCRIPTION = "Recall = true positives / (true positives + false negatives), computed per class from the confusion counts, then averaged."
-_KWARGS = """
-Args:
-    predictions (list of int): predicted labels.
-    references (list of int): true labels.
-    average (str): "macro" (default: unweighted mean over classes), "micro", "weighted", "binary" or None
-        (one score per class).
-    pos_label (int): the positive class for average="binary"; default 1.
-    labels (list of int, optional): the classes to score; default every label seen.
-Returns:
-    recall (float, or list of float when average is None).
-"""
+from lmrecipes.metrics import counts  # the module, not the base class: evaluate loads the first Metric class it finds
 
 
-class Recall(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION, citation="", inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
-    def _compute(self, predictions, references, average="macro", pos_label=1, labels=None):
-        return {"recall": averaged_scores(predictions, references, "recall", average, pos_label, labels)}
+class Recall(counts.AveragedScore):
+    score = "recall"
+    formula = "true positives / (true positives + false negatives)"

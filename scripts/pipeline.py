@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""The whole path in one command: pretrain, fine-tune (and from scratch, same budget), evaluate, export, summarise.
+
+    python scripts/pipeline.py recipes/tiny-llama/pipeline.yaml [--output_dir runs/x]
+    python scripts/pipeline.py recipes/tiny-bert/pipeline.yaml        # the masked model
+
+A rerun reuses every finished stage. Results: OUTPUT_DIR/summary.{json,md}, loss_curves.png, model/.
+"""
+
+import sys
+
+from lmrecipes.errors import exit_on_recipe_error
+from lmrecipes.pipeline import PipelineArguments, run_pipeline
+from lmrecipes.recipe import parse_recipe
+
+
+@exit_on_recipe_error
+def main(argv=None):
+    args, _ = parse_recipe([PipelineArguments], sys.argv[1:] if argv is None else argv)
+    return run_pipeline(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The one-command pipeline at a tiny size: stages, summary, loss curves, exported model, and reuse on rerun."""
+
+import json
+
+import yaml
+from transformers import pipeline as hf_pipeline
+
+from conftest import REPO, TINY_LLAMA, read_json
+
+from lmrecipes import load_recipe
+from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
+from lmrecipes.pipeline import PipelineArguments, run_pipeline
+from lmrecipes.recipe import parse_recipe
+
+
+def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_corpus, learnable_csv, capsys):
+    recipe = tmp_path / "pipeline.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "pretrain_recipe": "recipes/tiny-llama/pretrain.yaml",
+        "finetune_recipe": "recipes/tiny-llama/finetune-sentiment.yaml",
+        "output_dir": str(tmp_path / "run"),
+        "pretrain_overrides": {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15,
+                               "max_steps": 12, "eval_strategy": "steps", "eval_steps": 6},
+        "finetune_overrides": {"train_file": [learnable_csv], "text_column": "review", "label_column": "verdict",
+                               "max_steps": 12, "eval_strategy": "steps", "eval_steps": 6, "save_strategy": "no",
+                               "load_best_model_at_end": False, "logging_steps": 2, "disable_tqdm": True,
+                               "report_to": "none", "max_length": 32},
+        "pretrain_on_task_text": True, "task_text_repeats": 2,
+    }))
+    args, _ = parse_recipe([PipelineArguments], [str(recipe)])
+    summary = run_pipeline(args)
+    run = tmp_path / "run"
+    written = read_json(run / "summary.json")
+    assert written == json.loads(json.dumps(summary))
+    pre = written["pretraining"]
+    assert pre["tokens"] == 12 * 8 * 64 and pre["tokens_per_second"] > 0 and pre["perplexity"] > 1
+    assert 0 < pre["bits_per_byte"] < 10
+    for key in ("finetuned_pretrained", "finetuned_scratch"):
+        assert 0 <= written[key]["test_accuracy"] <= 1 and 0 <= written[key]["test_f1"] <= 1
+    assert 0.3 < written["majority_class"]["test_accuracy"] < 0.7
+    assert written["pretraining_gain_accuracy_points"] == round(
+        100 * (written["finetuned_pretrained"]["test_accuracy"] - written["finetuned_scratch"]["test_accuracy"]), 2)
+    assert "(b) same architecture from scratch" in (run / "summary.md").read_text()
+    assert (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (run / "model" / name).is_file(), name
+    classify = hf_pipeline("text-classification", model=str(run / "model"))
+    assert classify("the king spoke and it was good")[0]["label"] in ("neg", "pos")
+    # domain-adaptive pretraining saw the fine-tuning train texts (twice), never a validation or test text
+    _, _, task_data, *_ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS, **args.finetune_overrides)
+    splits, _ = load_classification_data(task_data)
+    task_texts = [json.loads(line)["text"] for line in (run / "task_text.jsonl").read_text().splitlines()]
+    assert len(task_texts) == 2 * len(splits["train"])
+    assert not set(task_texts) & (set(splits["test"]["review"]) | set(splits["validation"]["review"])) - set(
+        splits["train"]["review"])
+    assert str(run / "task_text.jsonl") in yaml.safe_load((run / "pretrain" / "recipe.yaml").read_text())["train_file"]
+    first = capsys.readouterr().out
+    assert "== [1/4] pretrain" in first and "== [3/4] fine-tune the same architecture from scratch" in first
+
+    run_pipeline(args)  # the same command again: every training stage is reused
+    again = capsys.readouterr().out
+    assert again.count("done earlier, reusing") == 3
+    assert read_json(run / "summary.json") == written
