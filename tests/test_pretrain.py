@@ -104,3 +104,18 @@ def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_p
     assert ranks[0]["params"] == ranks[1]["params"], "parameters identical on both ranks"
     assert ranks[0]["tokens"] == 6 * 2 * 8 * 64, "tokens counted over both processes"
     assert read_json(out / "all_results.json")["train_tokens"] == 6 * 2 * 8 * 64
+
+
+def test_streaming_mode_trains_from_a_stream(tmp_path, small_corpus):
+    out = tmp_path / "stream"
+    results = lmrecipes.pretrain(LLAMA_RECIPE, **{**TINY_LLAMA, "max_eval_samples": 8}, train_file=[small_corpus],
+                                 validation_fraction=0.15, streaming=True, max_steps=5, output_dir=str(out))
+    assert results["train_tokens"] == 5 * 8 * 64
+    assert results["eval_loss"] > 0 and 0 < results["bits_per_byte"] < 10
+    assert read_json(out / "trainer_state.json")["global_step"] == 5
+
+
+def test_streaming_without_max_steps_is_refused(tmp_path, small_corpus):
+    with pytest.raises(lmrecipes.RecipeError, match="key 'streaming': streaming needs max_steps"):
+        lmrecipes.pretrain(LLAMA_RECIPE, **TINY_LLAMA, train_file=[small_corpus], streaming=True, max_steps=-1,
+                           output_dir=str(tmp_path / "x"))

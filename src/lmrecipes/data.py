@@ -161,17 +161,16 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
             out["labels"] = [list(b) for b in blocks]
         return out
 
-    columns = dataset.column_names or [text_column]
-    streaming = isinstance(dataset, IterableDataset)
-    extra = {} if streaming else {"num_proc": num_proc}
-    dataset = dataset.select_columns([text_column]) if streaming else dataset
-    tokenized = dataset.map(tokenize, batched=True, remove_columns=[text_column] if streaming else columns,
-                            **extra, **({} if streaming else {"desc": "Tokenizing"}))
+    # IterableDataset.map takes neither num_proc nor desc
+    options = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc}
+    desc = (lambda text: {}) if isinstance(dataset, IterableDataset) else (lambda text: {"desc": text})
+    tokenized = dataset.select_columns([text_column]).map(tokenize, batched=True, remove_columns=[text_column],
+                                                          **options, **desc("Tokenizing"))
     features = Features({"input_ids": Sequence(Value("int32")), "block_bytes": Value("float64"),
                          **({"special_tokens_mask": Sequence(Value("int8"))} if wrap
                             else {"labels": Sequence(Value("int32"))})})
     return tokenized.map(pack, batched=True, batch_size=64, remove_columns=["input_ids", "num_bytes"],
-                         features=features, **extra, **({} if streaming else {"desc": "Packing"}))
+                         features=features, **options, **desc("Packing"))
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
