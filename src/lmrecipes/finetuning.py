@@ -171,8 +171,6 @@ def prepare_pad_token(tokenizer) -> None:
 
 def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer, labels: list[str]):
     """AutoModelForSequenceClassification with labels from the data; new head, body loaded (or random: scratch)."""
-    if not model_args.model_name_or_path:
-        raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
     path = resolve_model_path(model_args.model_name_or_path)
     config = build_config(model_args)
     config.num_labels = len(labels)

@@ -81,9 +81,8 @@ def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallba
     trainer.save_model()
     trainer.save_state()
     metrics = dict(result.metrics)
-    metrics.update({k: v for k, v in throughput.metrics.items() if v is not None})
-    if "mfu" not in throughput.metrics or throughput.metrics["mfu"] is None:
-        metrics["mfu"] = None
+    metrics.update(throughput.metrics)
+    metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     return metrics
