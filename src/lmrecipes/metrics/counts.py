@@ -6,6 +6,7 @@ import datasets
 import evaluate
 import numpy as np
 
+# predictions and references as integer label ids: the input of every shipped metric module
 LABEL_FEATURES = datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")})
 _KWARGS = """
 Args:
