@@ -10,8 +10,7 @@ import sys
 from dataclasses import dataclass, field
 
 from lmrecipes.errors import exit_on_recipe_error
-from lmrecipes.modeling import build_config, infer_objective
-from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer
+from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, recipe_tokenizer
 from lmrecipes.recipe import parse_recipe
 from lmrecipes.training import setup_logging
 
@@ -26,8 +25,7 @@ def main(argv=None):
     model_args, tokenizer_args, data_args, training_args, save, _ = parse_recipe(
         (*PRETRAIN_ARGUMENTS, SaveArguments), sys.argv[1:] if argv is None else argv)
     setup_logging(training_args)
-    objective = infer_objective(build_config(model_args), model_args.objective)
-    raw, _, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective)
+    raw, tokenizer = recipe_tokenizer(model_args, tokenizer_args, data_args)
     tokenizer.save_pretrained(save.save_dir)
     sample = next(iter(raw["validation"]))[data_args.text_column][:2000]
     chars_per_token = len(sample) / max(len(tokenizer(sample, add_special_tokens=False)["input_ids"]), 1)

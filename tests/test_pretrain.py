@@ -1,4 +1,5 @@
-"""Pretraining, as a user runs it: tiny causal and masked runs, reload into pipelines, resume, and DDP on 2 CPUs."""
+"""Pretraining, as a user runs it: tiny causal and masked runs, reload into pipelines, DDP on 2 CPUs, streaming.
+(Kill and resume: test_reliability.py.)"""
 
 import json
 import os
@@ -6,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, TrainerCallback, pipeline
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
 from conftest import REPO, TINY_LLAMA, read_json
 
@@ -56,34 +57,6 @@ def test_masked_pretraining_learns_and_fills_masks(masked_run):
     filler = pipeline("fill-mask", model=str(out))
     predictions = filler("the king [MASK] the land .")
     assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
-
-
-class StopAt(TrainerCallback):
-    """Simulates a run that stops (preempted) after `step` steps."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-
-
-def test_rerun_resumes_from_the_last_checkpoint(tmp_path, small_corpus, capsys):
-    out = tmp_path / "resumable"
-    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 8,
-                "save_steps": 4, "output_dir": str(out)}
-    lmrecipes.pretrain(LLAMA_RECIPE, callbacks=[StopAt(4)], **settings)
-    assert read_json(out / "trainer_state.json")["global_step"] == 4
-    assert (out / "checkpoint-4").is_dir()
-    capsys.readouterr()
-
-    lmrecipes.pretrain(LLAMA_RECIPE, **settings)  # the same command again
-    assert f"Resuming from {out / 'checkpoint-4'}" in capsys.readouterr().out
-    state = read_json(out / "trainer_state.json")
-    assert state["global_step"] == 8
-    steps_logged = [e["step"] for e in state["log_history"] if "loss" in e]
-    assert steps_logged == list(range(1, 9)), "steps 5-8 continue the history of steps 1-4"
 
 
 def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_path, small_corpus):

@@ -17,7 +17,7 @@ from lmrecipes.finetuning import FINETUNE_ARGUMENTS
 from lmrecipes.pipeline import PipelineArguments
 from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
 
-PRETRAIN_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pretrain.yaml")))
+PRETRAIN_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pretrain*.yaml")))
 FINETUNE_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "finetune-*.yaml")))
 PIPELINE_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pipeline.yaml")))
 

@@ -1,7 +1,8 @@
 """lmrecipes: pretrain language models from scratch and fine-tune them on the Hugging Face stack."""
 
-from .api import finetune, load_recipe, pretrain
+from .api import build_model, finetune, load_recipe, predict, pretrain, publish, train_tokenizer
 from .errors import RecipeError
 
-__all__ = ["RecipeError", "finetune", "load_recipe", "pretrain"]
+__all__ = ["RecipeError", "build_model", "finetune", "load_recipe", "predict", "pretrain", "publish",
+           "train_tokenizer"]
 __version__ = "0.1.0"

@@ -1,7 +1,12 @@
-"""The Python API for notebooks and scripts: the same recipe system as the command line, keyword overrides.
+"""The Python API for notebooks; the scripts call the same functions. Recipes as files or dicts, keyword overrides.
 
     import lmrecipes
+    tokenizer = lmrecipes.train_tokenizer("recipes/tiny-llama/pretrain.yaml", vocab_size=2000)
+    model = lmrecipes.build_model("recipes/tiny-llama/pretrain.yaml", tokenizer=tokenizer)
     results = lmrecipes.pretrain("recipes/tiny-llama/pretrain.yaml", max_steps=50, output_dir="runs/nb")
+    lmrecipes.finetune("recipes/tiny-llama/finetune-sentiment.yaml", model_name_or_path="runs/nb", ...)
+    lmrecipes.predict("runs/nb-sentiment", ["A gem of a film."])
+    lmrecipes.publish("runs/nb", "USER/NAME", dry_run=True)
 """
 
 from __future__ import annotations
@@ -18,6 +23,31 @@ def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
     return parse_recipe(argument_types, [str(recipe)] if recipe is not None else [], recipe=overrides)
 
 
+def train_tokenizer(recipe: str | Path | dict | None = None, *, save_dir: str | Path | None = None, **overrides):
+    """The tokenizer a pretraining recipe describes: loaded, or trained on its corpus (cached). Saved if save_dir."""
+    from .pretraining import PRETRAIN_ARGUMENTS, recipe_tokenizer
+
+    model_args, tokenizer_args, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
+    _, tokenizer = recipe_tokenizer(model_args, tokenizer_args, data_args)
+    if save_dir is not None:
+        tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+def build_model(recipe: str | Path | dict | None = None, *, tokenizer=None, **overrides):
+    """The recipe's language model from its config class (random weights), sized to `tokenizer` when given."""
+    from .modeling import build_config, build_language_model, fit_config_to_tokenizer, infer_objective
+    from .pretraining import PRETRAIN_ARGUMENTS
+
+    model_args, _, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
+    config = build_config(model_args)
+    objective = infer_objective(config, model_args.objective)
+    if tokenizer is not None:
+        fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
+                                vocab_size_set="vocab_size" in model_args.config_overrides)
+    return build_language_model(config, objective, model_args)
+
+
 def pretrain(recipe: str | Path | dict | None = None, *, callbacks=(), **overrides) -> dict:
     """Pretrain from a recipe; keyword arguments override recipe keys. Returns the run's results."""
     from .pretraining import PRETRAIN_ARGUMENTS, run_pretraining
@@ -32,3 +62,21 @@ def finetune(recipe: str | Path | dict | None = None, *, callbacks=(), **overrid
 
     *args, explicit = load_recipe(recipe, FINETUNE_ARGUMENTS, **overrides)
     return run_finetuning(*args, explicit=explicit, callbacks=callbacks)
+
+
+def predict(model_dir: str | Path, texts: list[str], *, batch_size: int = 32, max_length: int | None = None):
+    """Classify texts with a fine-tuned run folder (plain or LoRA): [{text, label, score}]."""
+    from .prediction import predict as predict_texts
+
+    return predict_texts(model_dir, texts, batch_size=batch_size, max_length=max_length)
+
+
+def publish(model_dir: str | Path, repo_id: str | None = None, *, dry_run: bool = False, **options) -> dict:
+    """Write a run's Hub-ready folder (model card, safetensors) and upload it; dry_run only lists it.
+
+    Options: private, publish_dir, lora_as ('auto' | 'adapter' | 'merged'), base_model, license, language, datasets,
+    commit_message, token (default HF_TOKEN or the saved login; never written anywhere).
+    """
+    from .hub import publish as publish_run
+
+    return publish_run(model_dir, repo_id, dry_run=dry_run, **options)

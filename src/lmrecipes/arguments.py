@@ -11,11 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from transformers import TrainingArguments
+
 from .errors import RecipeError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_CORPUS = "data/corpus/*.jsonl.gz"
 EMBEDDED_SENTIMENT = "data/sentiment/movie_reviews.jsonl.gz"
+
+
+def find_file(path: str | Path) -> Path:
+    """A relative path from the working directory, else from the repository root (recipes and data files are
+    found from a notebook or another folder too); returned unchanged when neither exists."""
+    path = Path(path).expanduser()
+    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return path
 
 
 def parse_mapping(value, key: str) -> dict:
@@ -193,3 +204,14 @@ class PretrainDataArguments(DataSourceArguments):
             raise RecipeError(f"key 'block_size': must be at least 8, got {self.block_size}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise RecipeError(f"key 'mlm_probability': must be between 0 and 1, got {self.mlm_probability}")
+
+
+@dataclass
+class RunArguments(TrainingArguments):
+    """`transformers.TrainingArguments` plus the consent that transformers 5 dropped with `overwrite_output_dir`."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete what output_dir holds (a finished run, or a run of another recipe) and start over. "
+                  "Without it such a folder is refused, and a finished run of the same recipe is reported, not "
+                  "retrained."})

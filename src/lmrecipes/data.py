@@ -3,7 +3,9 @@ deterministically, and, for pretraining, tokenize and pack into fixed-length blo
 
 from __future__ import annotations
 
+import codecs
 import glob
+import gzip
 import hashlib
 import json
 import logging
@@ -16,7 +18,7 @@ from datasets import (Dataset, DatasetDict, Features, IterableDataset, Sequence,
 
 from .arguments import REPO_ROOT, DataSourceArguments, PretrainDataArguments
 from .cache import atomic_directory, files_fingerprint
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,26 @@ def _builder_for(files: list[str], key: str) -> str:
     return kinds.pop()
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def check_utf8(files: list[str], key: str) -> None:
+    """Refuse text files that are not valid UTF-8, naming the file and the byte offset (decoding with replacement
+    would silently train on mojibake). Parquet is typed and left to its reader."""
+    for name in files:
+        if ".parquet" in Path(name).suffixes:
+            continue
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        with (gzip.open(name, "rb") if name.endswith(".gz") else open(name, "rb")) as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:
+                    raise RecipeError(f"key '{key}': {name} is not valid UTF-8 (byte 0x{chunk[err.start]:02x} at "
+                                      f"offset {offset + err.start}); convert it to UTF-8") from None
+                offset += len(chunk)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise RecipeError(f"key '{key}': {name} is not valid UTF-8 (truncated character at the end)") from None
 
 
 def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, text_sample_by: str = "document"):
@@ -70,7 +89,7 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
         try:
             loaded = load_dataset(source.dataset_name, source.dataset_config_name, streaming=streaming)
         except Exception as err:  # offline, unknown id, bad config: all one line for the user
-            raise RecipeError(f"key 'dataset_name': cannot load {source.dataset_name!r}: {_first_line(err)}") from None
+            raise RecipeError(f"key 'dataset_name': cannot load {source.dataset_name!r}: {first_line(err)}") from None
         splits = dict(loaded)
         fingerprint = json.dumps([source.dataset_name, source.dataset_config_name])
     else:
@@ -81,11 +100,12 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
                 continue
             files = resolve_data_files(patterns, key)
             builder = _builder_for(files, key)
+            check_utf8(files, key)
             kwargs = {"sample_by": text_sample_by} if builder == "text" else {}
             try:
                 splits[split] = load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
             except Exception as err:
-                raise RecipeError(f"key '{key}': cannot read {', '.join(files)}: {_first_line(err)}") from None
+                raise RecipeError(f"key '{key}': cannot read {', '.join(files)}: {first_line(err)}") from None
             if not streaming and len(splits[split]) == 0:
                 raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows")
             fingerprint_files += files
@@ -117,8 +137,15 @@ def split_held_out(dataset, fractions: dict[str, float], key_column: str):
         return lambda batch: [lo <= _unit_hash(key) < hi for key in batch[key_column]]
 
     check_text_column(dataset, key_column)
-    kwargs = {} if isinstance(dataset, IterableDataset) else {"desc": "Splitting"}
-    return {name: dataset.filter(in_split(name), batched=True, **kwargs) for name in ["train", *fractions]}
+    if isinstance(dataset, IterableDataset):
+        return {name: dataset.filter(in_split(name), batched=True) for name in ["train", *fractions]}
+    splits = {name: dataset.filter(in_split(name), batched=True, desc="Splitting") for name in ["train", *fractions]}
+    for name, split in splits.items():
+        if len(split) == 0:
+            what = f"key '{name}_fraction': {fractions[name]}" if name in fractions else "the held-out fractions"
+            raise RecipeError(f"{what} of {len(dataset)} rows leaves the {name} split empty: change it or give "
+                              f"the {name} split as a file")
+    return splits
 
 
 def check_text_column(dataset, column: str, key: str = "text_column") -> None:
@@ -145,6 +172,8 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
 
     def tokenize(batch):
         texts = [t for t in batch[text_column] if t]
+        if not texts:  # the tokenizer fails on an empty batch
+            return {"input_ids": [], "num_bytes": []}
         ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
         return {"input_ids": [row + [separator] for row in ids], "num_bytes": [len(t.encode("utf-8")) for t in texts]}
 
@@ -166,6 +195,9 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     desc = (lambda text: {}) if isinstance(dataset, IterableDataset) else (lambda text: {"desc": text})
     tokenized = dataset.select_columns([text_column]).map(tokenize, batched=True, remove_columns=[text_column],
                                                           **options, **desc("Tokenizing"))
+    if not isinstance(tokenized, IterableDataset) and len(tokenized) == 0:
+        raise RecipeError(f"key '{text_column}': the documents hold no text, so there is no block to train or "
+                          "evaluate on")
     features = Features({"input_ids": Sequence(Value("int32")), "block_bytes": Value("float64"),
                          **({"special_tokens_mask": Sequence(Value("int8"))} if wrap
                             else {"labels": Sequence(Value("int32"))})})

@@ -10,17 +10,16 @@ from typing import Literal
 
 import evaluate
 import numpy as np
-from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                          TrainingArguments, set_seed)
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
-from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, TokenizerArguments
+from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, RunArguments, TokenizerArguments
 from .data import load_raw_splits, split_held_out
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
 from .tokenizer import load_tokenizer
-from .training import (check_world_size, find_checkpoint, setup_logging, start_output_dir, throughput_callback,
-                       train_and_save)
+from .training import (check_world_size, claim_output_dir, find_checkpoint, hub_target, publish_if_asked,
+                       setup_logging, throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -85,7 +84,7 @@ class FinetuneArguments:
 
 
 FINETUNE_ARGUMENTS = (ModelArguments, TokenizerArguments, ClassificationDataArguments, FinetuneArguments,
-                      TrainingArguments)
+                      RunArguments)
 
 
 # ---------------------------------------------------------------- data
@@ -184,9 +183,13 @@ def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArgument
     if finetune_args.init_from == "scratch":
         logger.info("init_from: scratch: %s with random weights", config.model_type)
         return AutoModelForSequenceClassification.from_config(config, **kwargs)
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, use_safetensors=True, output_loading_info=True, revision=model_args.model_revision,
-        **kwargs)
+    try:  # safetensors only: a checkpoint holding nothing but pickled weights is refused
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, use_safetensors=True, output_loading_info=True, revision=model_args.model_revision,
+            **kwargs)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r} (safetensors "
+                          f"weights only): {first_line(err)}") from None
     logger.info("Loaded the body of %s; newly initialised: %s; not used: %s", model_args.model_name_or_path,
                 ", ".join(sorted(info["missing_keys"])) or "none", ", ".join(sorted(info["unexpected_keys"])) or "none")
     # Modules holding new weights (the head; BERT's pooler when the checkpoint had none) are trained in full by LoRA.
@@ -250,14 +253,16 @@ def majority_accuracy(train_labels, test_labels) -> float:
 
 def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
                    data_args: ClassificationDataArguments, finetune_args: FinetuneArguments,
-                   training_args: TrainingArguments, explicit: dict | None = None, callbacks=()) -> dict:
+                   training_args: RunArguments, explicit: dict | None = None, callbacks=()) -> dict:
     """Fine-tune a classifier end to end; returns the results also written to `output_dir/all_results.json`."""
     setup_logging(training_args)
     check_world_size(training_args)
     warn_remote_code(model_args)
     set_seed(training_args.seed)  # the new head's initial weights depend on it
+    hub = hub_target(training_args)
     if not model_args.model_name_or_path:
         raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
+    recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args, finetune_args)
     tokenizer = load_tokenizer(
         resolve_model_path(tokenizer_args.tokenizer_name_or_path or model_args.model_name_or_path),
         trust_remote_code=model_args.trust_remote_code,
@@ -273,8 +278,9 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
-    recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args, finetune_args)
-    start_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)")
+    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)")
+    if finished is not None:
+        return finished
     if training_args.should_save:
         (Path(training_args.output_dir) / LABELS_FILE).write_text(json.dumps(
             {"labels": labels, "base_model": model_args.model_name_or_path, "init_from": finetune_args.init_from,
@@ -306,4 +312,5 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         print(f"Fine-tuning done: test accuracy {test_metrics['test_accuracy']:.4f}, macro F1 "
               f"{test_metrics['test_f1']:.4f} (majority class {test_metrics['test_majority_accuracy']:.4f}). "
               f"Model in {training_args.output_dir}", flush=True)
+    publish_if_asked(training_args, hub)
     return results

@@ -9,16 +9,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .arguments import ModelArguments
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
 AUTO_MODEL = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def check_path_or_hub_id(value: str, key: str) -> None:
@@ -75,7 +70,7 @@ def build_config(model_args: ModelArguments):
         try:
             return AutoConfig.for_model(model_args.model_type, **overrides)
         except (ValueError, TypeError) as err:
-            raise RecipeError(f"key 'config_overrides': {_first_line(err)}") from None
+            raise RecipeError(f"key 'config_overrides': {first_line(err)}") from None
     key = "config_name" if model_args.config_name else "model_name_or_path"
     source = model_args.config_name or model_args.model_name_or_path
     if not source:
@@ -84,7 +79,7 @@ def build_config(model_args: ModelArguments):
     try:
         config, unused = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **common, **overrides)
     except (OSError, ValueError, TypeError) as err:
-        raise RecipeError(f"key '{key}': cannot load {source!r}: {_first_line(err)}") from None
+        raise RecipeError(f"key '{key}': cannot load {source!r}: {first_line(err)}") from None
     if unused:
         _check_override_names(config, unused)
     return config
@@ -101,6 +96,12 @@ def infer_objective(config, requested: str | None) -> str:
     return objective
 
 
+def check_tokenizer_for(objective: str, tokenizer) -> None:
+    """A masked LM needs a mask token (checked as soon as the tokenizer is known, before data preparation)."""
+    if objective == "masked_lm" and tokenizer.mask_token_id is None:
+        raise RecipeError("a masked_lm recipe needs a tokenizer with a mask token (special_tokens.mask_token)")
+
+
 def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, vocab_size_set: bool) -> None:
     """Vocabulary size and special-token ids come from the tokenizer; the block must fit the positions."""
     if vocab_size_set and config.vocab_size < len(tokenizer):
@@ -112,8 +113,7 @@ def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, 
         token_id = getattr(tokenizer, f"{role}_token_id", None)
         if token_id is not None and hasattr(config, f"{role}_token_id"):
             setattr(config, f"{role}_token_id", token_id)
-    if objective == "masked_lm" and tokenizer.mask_token_id is None:
-        raise RecipeError("a masked_lm recipe needs a tokenizer with a mask token (special_tokens.mask_token)")
+    check_tokenizer_for(objective, tokenizer)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if positions is not None and block_size > positions:
         raise RecipeError(f"key 'block_size': {block_size} is above the model's max_position_embeddings ({positions})")
@@ -129,13 +129,13 @@ def build_language_model(config, objective: str, model_args: ModelArguments):
                                          use_safetensors=True,
                                          revision=model_args.model_revision, **kwargs)
         except (OSError, ValueError) as err:
-            raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r}: "
-                              f"{_first_line(err)}") from None
+            raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r} "
+                              f"(safetensors weights only): {first_line(err)}") from None
     else:
         try:
             model = auto.from_config(config, **kwargs)
         except (ValueError, ImportError) as err:
-            raise RecipeError(f"cannot build a {config.model_type} model: {_first_line(err)}") from None
+            raise RecipeError(f"cannot build a {config.model_type} model: {first_line(err)}") from None
     if model.get_input_embeddings().weight.shape[0] < config.vocab_size:
         model.resize_token_embeddings(config.vocab_size)
     return model

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arguments import REPO_ROOT, parse_mapping
+from .arguments import find_file, parse_mapping
 from .errors import RecipeError
 from .recipe import write_recipe
 
@@ -41,9 +41,7 @@ class PipelineArguments:
         self.pretrain_overrides = parse_mapping(self.pretrain_overrides, "pretrain_overrides")
         self.finetune_overrides = parse_mapping(self.finetune_overrides, "finetune_overrides")
         for key in ("pretrain_recipe", "finetune_recipe"):
-            path = Path(getattr(self, key))
-            if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
-                path = REPO_ROOT / path  # recipes are found from the repository root too, like data files
+            path = find_file(getattr(self, key))
             if not path.is_file():
                 raise RecipeError(f"key '{key}': recipe file not found: {getattr(self, key)}")
             setattr(self, key, str(path))

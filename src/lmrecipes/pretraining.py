@@ -6,21 +6,21 @@ import logging
 import math
 from itertools import chain
 
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
-from .arguments import ModelArguments, PretrainDataArguments, TokenizerArguments
+from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
 from .data import bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out
 from .errors import RecipeError
-from .modeling import (build_config, build_language_model, count_parameters, fit_config_to_tokenizer,
-                       infer_objective, warn_remote_code)
+from .modeling import (build_config, build_language_model, check_tokenizer_for, count_parameters,
+                       fit_config_to_tokenizer, infer_objective, warn_remote_code)
 from .recipe import resolved_recipe
 from .tokenizer import get_or_train_tokenizer
-from .training import (check_world_size, find_checkpoint, setup_logging, start_output_dir, throughput_callback,
-                       train_and_save)
+from .training import (check_world_size, claim_output_dir, find_checkpoint, hub_target, publish_if_asked,
+                       setup_logging, throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
-PRETRAIN_ARGUMENTS = (ModelArguments, TokenizerArguments, PretrainDataArguments, TrainingArguments)
+PRETRAIN_ARGUMENTS = (ModelArguments, TokenizerArguments, PretrainDataArguments, RunArguments)
 
 
 def _iter_texts(dataset, column: str):
@@ -40,11 +40,20 @@ def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: Tokeni
         tokenizer_args, objective, lambda: _iter_texts(raw["train"], data_args.text_column), fingerprint,
         data_args.cache_root, trust_remote_code=model_args.trust_remote_code, is_main_process=is_main_process,
     )
+    check_tokenizer_for(objective, tokenizer)
     return raw, fingerprint, tokenizer
 
 
+def recipe_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                     data_args: PretrainDataArguments):
+    """(raw splits, tokenizer) of a pretraining recipe, without training a model (train_tokenizer script and API)."""
+    objective = infer_objective(build_config(model_args), model_args.objective)
+    raw, _, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective)
+    return raw, tokenizer
+
+
 def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
-                    data_args: PretrainDataArguments, training_args: TrainingArguments, explicit: dict | None = None,
+                    data_args: PretrainDataArguments, training_args: RunArguments, explicit: dict | None = None,
                     callbacks=()) -> dict:
     """Run a pretraining recipe end to end; returns the results also written to `output_dir/all_results.json`.
 
@@ -54,6 +63,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     check_world_size(training_args)
     warn_remote_code(model_args)
     set_seed(training_args.seed)  # the model's initial weights depend on it
+    hub = hub_target(training_args)
     config = build_config(model_args)
     objective = infer_objective(config, model_args.objective)
     if data_args.streaming and training_args.max_steps <= 0:
@@ -77,7 +87,9 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
 
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args)
     recipe["objective"] = objective
-    start_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)")
+    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)")
+    if finished is not None:
+        return finished
     checkpoint = find_checkpoint(training_args)
 
     training_args.prediction_loss_only = True  # eval needs the loss only: no logits kept in memory
@@ -101,4 +113,5 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
         bpb = f", bits/byte {eval_metrics['bits_per_byte']:.3f}" if "bits_per_byte" in eval_metrics else ""
         print(f"Pretraining done: eval loss {eval_metrics['eval_loss']:.4f}, perplexity "
               f"{eval_metrics['perplexity']:.2f}{bpb}. Model in {training_args.output_dir}", flush=True)
+    publish_if_asked(training_args, hub)
     return results

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .arguments import find_file
 from .errors import RecipeError
 
 
@@ -46,7 +47,7 @@ def _yaml_to_argv(recipe: dict) -> list[str]:
 
 def read_recipe_file(path: str | Path) -> dict:
     """Read a recipe with the safe YAML loader; a malformed or non-mapping file is a RecipeError."""
-    path = Path(path)
+    path = find_file(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:

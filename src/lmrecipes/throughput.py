@@ -7,6 +7,8 @@ forward+backward, plus 12 x layers x hidden x sequence length for the attention 
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import time
 
 import torch
@@ -50,14 +52,20 @@ def model_flops_per_token(model, seq_len: int) -> float:
     return flops_per_token(matmul_weight_count(model), layers, hidden, seq_len)
 
 
+def table_peak_flops(device_name: str, dtype_name: str) -> float | None:
+    """Data-sheet dense peak for a device name such as 'NVIDIA H200' ('bf16' or 'fp32'); None when not listed."""
+    for key, peaks in PEAK_FLOPS.items():
+        if key in device_name:
+            return peaks.get(dtype_name)
+    return None
+
+
 def peak_flops_per_device(device: torch.device, dtype_name: str) -> tuple[float | None, str]:
     """(peak FLOP/s, where the number comes from). GPUs from the table; CPUs by a short measured matmul."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, peaks in PEAK_FLOPS.items():
-            if key in name:
-                return peaks[dtype_name], f"{name} data sheet ({dtype_name})"
-        return None, f"unknown accelerator {name!r}"
+        peak = table_peak_flops(name, dtype_name)
+        return peak, f"{name} data sheet ({dtype_name})" if peak else f"unknown accelerator {name!r}"
     if device.type == "cpu":
         return measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32), "measured CPU matmul"
     return None, f"unknown device type {device.type!r}"
@@ -75,14 +83,26 @@ def measure_cpu_matmul_flops(dtype=torch.float32, size: int = 1024, seconds: flo
     return 2.0 * size**3 * count / (time.perf_counter() - start)
 
 
+def describe_hardware(device: torch.device, world_size: int) -> str:
+    """What the run trained on, for results and model cards: e.g. '2 x NVIDIA H200' or '1 x CPU AMD EPYC (2 threads)'."""
+    if device.type == "cuda":
+        return f"{world_size} x {torch.cuda.get_device_name(device)}"
+    name = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
+    return f"{world_size} x {device.type.upper()} {name} ({torch.get_num_threads()} threads)".replace("CPU CPU", "CPU")
+
+
 class ThroughputCallback(TrainerCallback):
     """Measures training tokens/s over the time spent in training steps (not eval or checkpoint saves) and MFU.
 
     Tokens come from the Trainer's own count (`include_num_input_tokens_seen`), gathered over processes.
     """
 
-    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int):
+    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int, hardware: str = ""):
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self.hardware = hardware
         self.step_seconds, self.tokens_at_start, self._t0 = 0.0, 0, None
         self.metrics: dict[str, float | None] = {}
 
@@ -105,7 +125,7 @@ class ThroughputCallback(TrainerCallback):
         per_device = total / self.world_size
         mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
         self.metrics = {"train_tokens_per_second": total, "train_tokens_per_second_per_device": per_device,
-                        "mfu": mfu, "train_tokens": state.num_input_tokens_seen}
+                        "mfu": mfu, "train_tokens": state.num_input_tokens_seen, "hardware": self.hardware}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._update(state)

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
+import yaml
+from transformers import TrainerCallback
 
 from .errors import RecipeError
 from .recipe import write_recipe
-from .throughput import ThroughputCallback, model_flops_per_token, peak_flops_per_device
+from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
 
 logger = logging.getLogger("lmrecipes")
+
+RECIPE_FILE = "recipe.yaml"
 
 
 def setup_logging(training_args) -> None:
@@ -37,27 +43,102 @@ def check_world_size(training_args) -> None:
             "pass --use_cpu true)")
 
 
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+# Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
+COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
+                 "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
+                 "dataloader_num_workers", "per_device_eval_batch_size", "preprocessing_num_workers"}
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint the Trainer finished writing: its trainer_state.json (written last) parses and names its step,
+    and its weights are there. A run killed while saving leaves a folder that fails this."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+        step = int(folder.name.rsplit("-", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return state.get("global_step") == step and any((folder / name).is_file() for name in CHECKPOINT_WEIGHTS)
+
+
+def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) -> str | None:
+    """The highest-numbered complete checkpoint-N in `out`; newer incomplete ones are removed if asked (warned)."""
+    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if is_complete_checkpoint(folder):
+            return str(folder)
+        logger.warning("%s %s: incomplete (the run was killed while saving it)",
+                       "Removing" if remove_incomplete else "Skipping", folder)
+        if remove_incomplete:
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
 def find_checkpoint(training_args) -> str | None:
-    """The checkpoint to resume from: `resume_from_checkpoint`, else the last one in `output_dir`."""
+    """The checkpoint to resume from: `resume_from_checkpoint`, else the last complete one in `output_dir`.
+
+    Hand-written beside `transformers.trainer_utils.get_last_checkpoint`, which takes the highest-numbered folder
+    even when a killed save left it half-written. Such folders are removed (main process), with a warning.
+    """
     explicit = training_args.resume_from_checkpoint
     if explicit:
         if not Path(explicit).is_dir():
             raise RecipeError(f"key 'resume_from_checkpoint': no checkpoint folder at {explicit}")
+        if not is_complete_checkpoint(Path(explicit)):
+            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
+                              "weights missing: the run was killed while saving it)")
         checkpoint = explicit
-    elif Path(training_args.output_dir).is_dir():
-        checkpoint = get_last_checkpoint(training_args.output_dir)
     else:
-        checkpoint = None
+        checkpoint = find_last_complete_checkpoint(Path(training_args.output_dir),
+                                                   remove_incomplete=training_args.should_save)
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     return checkpoint
 
 
-def start_output_dir(training_args, recipe: dict, header: str) -> None:
-    """Create output_dir and write the resolved recipe (main process)."""
-    if training_args.should_save:
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        write_recipe(Path(training_args.output_dir) / "recipe.yaml", recipe, header)
+def _comparable(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k not in COSMETIC_KEYS}
+
+
+def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
+    """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
+
+    - empty or new folder: used;
+    - a started run of the same recipe: resumed (the caller finds its checkpoint);
+    - a finished run of the same recipe: its results are returned and nothing is trained again;
+    - a run of another recipe, or a finished run: refused unless `overwrite_output_dir` (then emptied first);
+    - files that are not an lmrecipes run: always refused (nothing that lmrecipes did not write is deleted).
+    Hand-written: transformers 5 dropped `overwrite_output_dir` and never guarded a finished run.
+    """
+    out = Path(training_args.output_dir)
+    previous_file, results_file = out / RECIPE_FILE, out / "all_results.json"
+    with training_args.main_process_first(desc="output_dir check"):
+        if out.is_dir() and any(out.iterdir()) and not previous_file.is_file():
+            raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RECIPE_FILE}); pick a new "
+                              "or empty folder")
+        finished = results_file.is_file()
+        if previous_file.is_file():
+            previous = yaml.safe_load(previous_file.read_text()) or {}
+            changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
+                             if previous.get(k) != recipe.get(k))
+            if not training_args.overwrite_output_dir:
+                if changed:
+                    state = "finished" if finished else "started"
+                    raise RecipeError(f"key 'output_dir': {out} holds a {state} run of another recipe (differs in "
+                                      f"{', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}); pick another "
+                                      "output_dir, or pass --overwrite_output_dir true to delete it and start over")
+                if finished:
+                    print(f"{out} holds a finished run of this recipe: nothing to do (results in {results_file}; "
+                          "--overwrite_output_dir true trains it again)", flush=True)
+                    return json.loads(results_file.read_text())
+            elif training_args.should_save:
+                logger.warning("overwrite_output_dir: deleting the run in %s and starting over", out)
+                shutil.rmtree(out)
+        if training_args.should_save:
+            out.mkdir(parents=True, exist_ok=True)
+            if not previous_file.is_file():
+                write_recipe(previous_file, recipe, header)
+    return None
 
 
 def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallback:
@@ -72,11 +153,64 @@ def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallbac
     if training_args.device.type == "cpu":  # accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise
         logger.info("CPU threads per process: %d of %d CPUs (--num_cpu_threads_per_process for accelerate launch)",
                     torch.get_num_threads(), os.cpu_count())
-    return ThroughputCallback(per_token, peak, training_args.world_size)
+    return ThroughputCallback(per_token, peak, training_args.world_size,
+                              describe_hardware(training_args.device, training_args.world_size))
+
+
+def hub_target(training_args) -> dict | None:
+    """`push_to_hub: true` in a recipe: lmrecipes publishes the finished run itself (model card, safetensors only,
+    no checkpoints or pickles), so the Trainer's own pushing is switched off. The token and the network are
+    checked before training starts, and the token is dropped from the arguments (training_args.bin is pickled)."""
+    token, training_args.hub_token = training_args.hub_token, None
+    if not training_args.push_to_hub:
+        return None
+    from .hub import check_hub_reachable, hub_token
+
+    target = {"repo_id": training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
+              "private": bool(training_args.hub_private_repo), "token": hub_token(token)}
+    if training_args.should_save:
+        check_hub_reachable()
+    training_args.push_to_hub = False
+    return target
+
+
+def publish_if_asked(training_args, target: dict | None) -> str | None:
+    """Upload the finished run (main process) when the recipe asked for it; returns the repository URL."""
+    if target is None or not training_args.should_save:
+        return None
+    from .hub import publish
+
+    result = publish(training_args.output_dir, target["repo_id"], private=target["private"], token=target["token"])
+    print(f"Published to {result['url']}", flush=True)
+    return result["url"]
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops a run whose training loss became NaN or inf, naming the step, before it saves anything.
+
+    The loss is logged (and so checked) at every checkpoint step too, so no checkpoint is written from a diverged
+    model: the last good one stays the last one. Needs `logging_nan_inf_filter=False`, else the Trainer hides
+    non-finite losses from the logs.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            control.should_save, control.should_training_stop = False, True
+            good = find_last_complete_checkpoint(Path(args.output_dir))
+            raise RecipeError(f"training loss became {loss} by step {state.global_step}: run stopped, nothing saved "
+                              f"from it; last good checkpoint: {good or 'none'} (lower learning_rate, check the data "
+                              "or max_grad_norm)")
 
 
 def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallback) -> dict:
     """Train (resuming if asked), save the final model, tokenizer and trainer_state.json, return train metrics."""
+    trainer.args.logging_nan_inf_filter = False  # a NaN loss must show, for NonFiniteLossGuard
+    trainer.add_callback(NonFiniteLossGuard())
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()

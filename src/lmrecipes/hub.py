@@ -1,0 +1,368 @@
+"""Publish a run to the Hugging Face Hub: a Hub-ready folder with a model card, then `create_repo` + `upload_folder`.
+
+The folder holds only what a user of the model needs and nothing pickled: safetensors weights (or a LoRA adapter),
+config, tokenizer, the resolved recipe, the results and `README.md`, a `huggingface_hub.ModelCard` whose metadata
+carries a `model-index` with the run's evaluation metrics. The token comes from `HF_TOKEN` or the saved login
+(`huggingface_hub.get_token`) and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import yaml
+
+from .arguments import REPO_ROOT
+from .cache import atomic_directory
+from .errors import RecipeError
+
+logger = logging.getLogger("lmrecipes")
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+RUN_FILES = ("recipe.yaml", "all_results.json", "labels.json")
+MODEL_FILES = ("config.json", "generation_config.json")
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass
+class PublishArguments:
+    """`scripts/publish.py MODEL_DIR --repo_id USER/NAME`: what to publish and where."""
+
+    model_dir: str = field(metadata={"help": "A pretraining or fine-tuning output folder (plain or LoRA adapter)."})
+    repo_id: str | None = field(default=None, metadata={"help": "Hub repository USER/NAME (or ORG/NAME)."})
+    private: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
+    dry_run: bool = field(default=False, metadata={"help": "Write the folder and list what would be uploaded; "
+                                                           "no network, no token needed."})
+    publish_dir: str | None = field(default=None, metadata={"help": "Where the Hub-ready folder is written "
+                                                                    "(default: MODEL_DIR/hub)."})
+    lora_as: Literal["auto", "adapter", "merged"] = field(
+        default="auto", metadata={"help": "A LoRA run is published as its adapter (needs the base model's Hub id) or "
+                                  "merged into a plain checkpoint; auto: adapter when the base is a Hub id."})
+    base_model: str | None = field(default=None, metadata={"help": "Hub id of the model this one was fine-tuned "
+                                                                   "from (default: the run's model_name_or_path when "
+                                                                   "that is a Hub id)."})
+    license: str = field(default="apache-2.0", metadata={"help": "Licence of the published weights (card metadata)."})
+    language: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Languages (card metadata)."})
+    datasets: list[str] = field(default_factory=list, metadata={"help": "Hub dataset ids of the training data (default: "
+                                                                        "the recipe's dataset_name, if any)."})
+    commit_message: str = field(default="Upload model trained with lmrecipes", metadata={"help": "Hub commit message."})
+
+
+# ---------------------------------------------------------------- what the run folder holds
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _is_hub_id(value: str | None) -> bool:
+    return bool(value) and not value.startswith(("package:", "/", ".")) and value.count("/") <= 1 \
+        and not Path(value).exists()
+
+
+def run_kind(model_dir: Path) -> str:
+    """'adapter' (LoRA), 'classifier' (fine-tuned), 'causal_lm' or 'masked_lm' (pretrained)."""
+    if (model_dir / "adapter_config.json").is_file():
+        return "adapter"
+    architectures = " ".join(_read_json(model_dir / "config.json").get("architectures") or [])
+    if "SequenceClassification" in architectures:
+        return "classifier"
+    if "MaskedLM" in architectures:
+        return "masked_lm"
+    if "CausalLM" in architectures or "LMHead" in architectures:
+        return "causal_lm"
+    raise RecipeError(f"{model_dir}: not a model folder lmrecipes can publish (config.json architectures: "
+                      f"{architectures or 'none'})")
+
+
+def count_safetensors_parameters(paths) -> int:
+    """Parameters stored in safetensors files, read from their headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in paths:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                total += count
+    return total
+
+
+def data_provenance(recipe: dict) -> list[str]:
+    """Markdown lines describing the training data: the recipe's files with their rows of data/README.md."""
+    if recipe.get("dataset_name"):
+        config = f" (config {recipe['dataset_config_name']})" if recipe.get("dataset_config_name") else ""
+        return [f"- Hub dataset [`{recipe['dataset_name']}`](https://huggingface.co/datasets/{recipe['dataset_name']})"
+                f"{config}; see its card for licence and provenance."]
+    table = (REPO_ROOT / "data" / "README.md")
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ")] if table.is_file() else []
+    lines = []
+    for pattern in recipe.get("train_file") or []:
+        path = Path(pattern)
+        if path.is_absolute() and path.is_relative_to(REPO_ROOT):
+            path = path.relative_to(REPO_ROOT)
+        cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+        matches = [c for c in cells if len(c) >= 4 and fnmatch.fnmatch(f"data/{c[0]}", str(path))]
+        lines += [f"- `data/{c[0]}`: {c[1]} ({c[2]}); licence / source: {c[3]}" for c in matches]
+        if not matches:
+            lines.append(f"- local file(s) `{pattern}` (provenance and licence: not recorded by lmrecipes)")
+    return lines or ["- not recorded"]
+
+
+# ---------------------------------------------------------------- the model card
+
+
+PIPELINE_TAGS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "classifier": "text-classification",
+                 "adapter": "text-classification"}
+
+
+def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
+    from huggingface_hub import EvalResult
+
+    task = PIPELINE_TAGS[kind]
+    if kind in ("causal_lm", "masked_lm"):
+        dataset = recipe.get("dataset_name") or "lmrecipes-corpus"
+        name = f"{dataset} (held-out {recipe.get('validation_fraction', '')} of documents)"
+        metrics = [("perplexity", "perplexity", "Perplexity"), ("bits_per_byte", "bits_per_byte", "Bits per byte"),
+                   ("eval_loss", "loss", "Loss (nats/token)")]
+        split = "validation"
+    else:
+        dataset = recipe.get("dataset_name") or Path((recipe.get("train_file") or ["local"])[0]).name.split(".")[0]
+        name = dataset
+        metrics = [("test_accuracy", "accuracy", "Accuracy"), ("test_f1", "f1", "Macro F1")]
+        split = "test"
+    return [EvalResult(task_type=task, dataset_type=dataset, dataset_name=name, dataset_split=split,
+                       metric_type=metric, metric_name=label, metric_value=round(float(results[key]), 4))
+            for key, metric, label in metrics if results.get(key) is not None]
+
+
+def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str]) -> str:
+    if kind == "causal_lm":
+        return (f'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{repo_id}")\n'
+                f'print(generate("It was a dark and stormy night", max_new_tokens=40)[0]["generated_text"])')
+    if kind == "masked_lm":
+        return (f'from transformers import pipeline\nfill = pipeline("fill-mask", model="{repo_id}")\n'
+                f'print(fill("The ship sailed across the {tokenizer_mask or "[MASK]"}."))')
+    if kind == "classifier":
+        return (f'from transformers import pipeline\nclassify = pipeline("text-classification", model="{repo_id}")\n'
+                f'print(classify("A warm, funny and moving film."))')
+    return (f'from peft import AutoPeftModelForSequenceClassification\n'
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{repo_id}", num_labels={len(labels)})\n'
+            f'# labels: {labels} (labels.json); tokenizer: AutoTokenizer.from_pretrained("{repo_id}")')
+
+
+def _fmt(value, spec):
+    return "unknown" if value is None else format(value, spec)
+
+
+def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArguments, base_model: str | None):
+    """README.md with YAML metadata (incl. model-index) and a body: training, evaluation, usage, data, limits."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
+    results = _read_json(folder / "all_results.json")
+    labels = _read_json(folder / "labels.json").get("labels", [])
+    config = _read_json(folder / "config.json")
+    tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    weights = sorted(folder.glob("*.safetensors"))
+    parameters = count_safetensors_parameters(weights)
+    model_name = repo_id.split("/")[-1]
+    fine_tuned = kind in ("classifier", "adapter")
+    datasets = args.datasets or ([recipe["dataset_name"]] if recipe.get("dataset_name") else None)
+    tags = ["lmrecipes", config.get("model_type") or "", {"causal_lm": "causal-lm", "masked_lm": "masked-lm"}.get(
+        kind, "text-classification")] + (["lora", "peft"] if kind == "adapter" else [])
+    data = ModelCardData(
+        model_name=model_name, library_name="peft" if kind == "adapter" else "transformers",
+        pipeline_tag=PIPELINE_TAGS[kind], license=args.license, language=args.language, datasets=datasets,
+        tags=[t for t in tags if t], base_model=base_model if fine_tuned else None,
+        eval_results=_eval_results(kind, results, recipe, model_name) or None)
+
+    what = {"causal_lm": "a causal language model pretrained from scratch",
+            "masked_lm": "a masked language model pretrained from scratch",
+            "classifier": f"a sequence classifier (labels: {', '.join(labels)})",
+            "adapter": f"a LoRA adapter for sequence classification (labels: {', '.join(labels)})"}[kind]
+    source = recipe.get("model_name_or_path") or "random initialisation"
+    training = [
+        f"- Architecture: `{config.get('model_type', 'unknown')}` "
+        f"({', '.join(config.get('architectures') or ['adapter'])}), hidden size {config.get('hidden_size', '?')}, "
+        f"{config.get('num_hidden_layers', '?')} layers, vocabulary {config.get('vocab_size', '?')}",
+        f"- Parameters in this repository: {parameters:,}",
+        f"- Started from: {'random weights' if recipe.get('init_from') == 'scratch' else source}"
+        if fine_tuned else "- Started from: random weights (config class, nothing downloaded)",
+        f"- Tokens seen in training: {_fmt(results.get('train_tokens'), ',')}, "
+        f"{_fmt(results.get('train_tokens_per_second'), ',.0f')} tokens/s, MFU "
+        f"{_fmt(results.get('mfu') and 100 * results['mfu'], '.1f')}%",
+        f"- Training time: {_fmt(results.get('train_runtime'), '.0f')} s on {results.get('hardware') or 'unrecorded hardware'}",
+        "- The exact recipe is `recipe.yaml` in this repository: run it again with lmrecipes "
+        f"(`scripts/{'finetune' if fine_tuned else 'pretrain'}.py recipe.yaml`).",
+    ]
+    evaluation = ["| metric | split | value |", "| --- | --- | --- |"] + [
+        f"| {r.metric_name} | {r.dataset_split} | {r.metric_value} |" for r in (data.eval_results or [])]
+    if fine_tuned and results.get("test_majority_accuracy") is not None:
+        evaluation.append(f"| majority-class accuracy (baseline) | test | {results['test_majority_accuracy']:.4f} |")
+    limitations = ("A small model trained in minutes for demonstration and research: it knows little, generates "
+                   "unreliable text and inherits the biases of its training data (old literature and political "
+                   "speeches; movie-review snippets for classifiers). Do not use it for decisions about people."
+                   if parameters < 50_000_000 else
+                   "Trained on the data listed above only; it inherits that data's biases and gaps. Evaluate it on "
+                   "your own data before use.")
+    body = "\n".join([
+        f"# {model_name}", "", f"{model_name} is {what}, trained with lmrecipes "
+        "(pretraining and fine-tuning recipes on the Hugging Face stack).", "",
+        "## How to use", "", "```python", _usage(kind, repo_id, tokenizer_config.get("mask_token"), labels), "```", "",
+        "## Training", "", *training, "", "## Evaluation", "", *evaluation, "",
+        "## Training data", "", *data_provenance(recipe), "", "## Limitations", "", limitations, ""])
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    card.save(folder / "README.md")
+    return card
+
+
+# ---------------------------------------------------------------- the Hub-ready folder
+
+
+def _copy_present(source: Path, target: Path, names) -> None:
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
+def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]:
+    """Write the Hub-ready folder (atomically: a finished one or none); returns (folder, kind, base_model)."""
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise RecipeError(f"model folder not found: {model_dir}")
+    repo_id = args.repo_id or model_dir.resolve().name
+    kind = run_kind(model_dir)
+    recipe = yaml.safe_load((model_dir / "recipe.yaml").read_text()) if (model_dir / "recipe.yaml").is_file() else {}
+    base_model = args.base_model
+    if base_model is None and kind in ("classifier", "adapter"):
+        origin = recipe.get("model_name_or_path") or _read_json(model_dir / "labels.json").get("base_model")
+        base_model = origin if _is_hub_id(origin) else None
+    lora_as = args.lora_as if kind == "adapter" else None
+    if lora_as == "auto":
+        lora_as = "adapter" if base_model else "merged"
+    if lora_as == "adapter" and not base_model:
+        raise RecipeError("key 'base_model': publishing a LoRA adapter needs the Hub id of its base model "
+                          "(--base_model USER/NAME), or publish it merged (--lora_as merged)")
+    if kind != "adapter" and not list(model_dir.glob("*.safetensors")):
+        raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
+
+    target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
+    if target.exists():
+        shutil.rmtree(target)  # the folder is always rebuilt from the run; it holds nothing else
+    with atomic_directory(target) as tmp:
+        if lora_as == "merged":
+            from .lora import export_classifier
+
+            export_classifier(model_dir, tmp)
+            kind = "classifier"
+        else:
+            names = ["adapter_model.safetensors"] if kind == "adapter" else [p.name for p in model_dir.glob("*.safetensors")]
+            _copy_present(model_dir, tmp, [*names, "model.safetensors.index.json", *MODEL_FILES])
+            if kind == "adapter":  # the Hub copy points at the base model's Hub id, not a local folder
+                adapter = json.loads((model_dir / "adapter_config.json").read_text())
+                adapter["base_model_name_or_path"] = base_model
+                (tmp / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
+            _copy_present(model_dir, tmp, [*TOKENIZER_FILES, *RUN_FILES])
+        write_model_card(tmp, kind, repo_id, args, base_model)
+    return target, kind, base_model
+
+
+def list_folder(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+
+def _check_no_token_in(folder: Path, token: str | None) -> None:
+    """Refuse to upload a folder where the token's value appears in any file (a last guard; nothing should write it)."""
+    if not token:
+        return
+    needle = token.encode()
+    for path in folder.rglob("*"):
+        if path.is_file() and needle in path.read_bytes():
+            raise RecipeError(f"refusing to upload: {path.name} contains the Hugging Face token")
+
+
+# ---------------------------------------------------------------- upload
+
+
+def hub_token(explicit: str | None = None) -> str:
+    """The token: explicit, else HF_TOKEN, else the saved login. One-line error when there is none."""
+    from huggingface_hub import get_token
+
+    token = explicit or get_token()
+    if not token:
+        raise RecipeError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry_run)")
+    return token
+
+
+def check_hub_reachable() -> str:
+    """Fail in seconds, with the endpoint named, when the Hub cannot be reached (hand-written: huggingface_hub's
+    own calls would retry or wait on long timeouts before failing)."""
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
+        raise RecipeError("HF_HUB_OFFLINE is set: unset it to publish to the Hub (or use --dry_run)")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise RecipeError(f"cannot reach the Hugging Face Hub at {endpoint} ({err.__class__.__name__}: "
+                          f"{err.strerror or err}); check the network or HF_ENDPOINT") from None
+    return endpoint
+
+
+def upload_folder(folder: Path, repo_id: str, *, private: bool, token: str, commit_message: str) -> str:
+    """create_repo (exist_ok) + upload_folder; Hub errors become one-line RecipeErrors. Returns the repo URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    endpoint = check_hub_reachable()
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", "?")
+        raise RecipeError(f"the Hub at {endpoint} refused the upload to {repo_id} (HTTP {status}): "
+                          f"{str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise RecipeError(f"upload to {endpoint} failed: {err.__class__.__name__}: {err}") from None
+    return str(url)
+
+
+def publish(model_dir, repo_id: str | None = None, *, dry_run: bool = False, token: str | None = None,
+            **options) -> dict:
+    """Build the Hub-ready folder of a run and upload it (with dry_run: only write and list it).
+
+    `options` are the other `PublishArguments` fields (private, publish_dir, lora_as, base_model, license, ...).
+    Returns {"folder", "files": [(name, bytes)], "kind", "base_model", "url" (None on a dry run)}.
+    """
+    args = PublishArguments(model_dir=str(model_dir), repo_id=repo_id, dry_run=dry_run, **options)
+    if not args.dry_run:
+        if not args.repo_id:
+            raise RecipeError("key 'repo_id': the Hub repository (USER/NAME) is required unless --dry_run")
+        token = hub_token(token)  # before any work: no token, no folder
+    folder, kind, base_model = build_publish_folder(args)
+    result = {"folder": str(folder), "files": list_folder(folder), "kind": kind, "base_model": base_model,
+              "url": None}
+    if args.dry_run:
+        return result
+    _check_no_token_in(folder, token)
+    result["url"] = upload_folder(folder, args.repo_id, private=args.private, token=token,
+                                  commit_message=args.commit_message)
+    logger.info("Published %s to %s", folder, result["url"])
+    return result

@@ -1,0 +1,169 @@
+"""Publishing, as a user does it: dry-run folders of a tiny pretrained and a tiny fine-tuned run (card metadata,
+model-index equal to the results, reload in a pipeline, no token anywhere), a LoRA adapter with its base, the
+Hub unreachable (fast, one line), and `push_to_hub` in a recipe."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import pipeline
+
+from conftest import REPO, read_json
+
+import lmrecipes
+
+SECRET = "hf_lmrecipesTestSecretValue0123456789"
+FAST_FT = {"train_file": None, "text_column": "review", "label_column": "verdict", "num_train_epochs": 1,
+           "per_device_train_batch_size": 16, "eval_strategy": "no", "save_strategy": "no",
+           "load_best_model_at_end": False, "disable_tqdm": True, "report_to": "none", "max_length": 32}
+
+
+def metrics_of(card) -> dict:
+    return {r.metric_type: r.metric_value for r in card.data.eval_results}
+
+
+def assert_no_secret(folder):
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def assert_hub_ready(folder, files):
+    names = {name for name, _ in files}
+    assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", "recipe.yaml",
+            "all_results.json"} <= names, names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl", ".pth")) or n.startswith("checkpoint-")]
+
+
+def test_dry_run_of_a_pretrained_model(tmp_path, causal_run, small_corpus):
+    run_dir, results = causal_run
+    env = {**os.environ, "HF_TOKEN": SECRET}
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "publish.py"), str(run_dir), "--repo_id",
+                          "someone/tiny-llama", "--dry-run", "--publish_dir", str(tmp_path / "hub")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "hub"
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted(p.name for p in folder.iterdir())
+    assert_hub_ready(folder, [(n, 0) for n in listed])
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.license and card.data.language == ["en"] and "lmrecipes" in card.data.tags
+    assert card.data.base_model is None  # trained from scratch
+    assert metrics_of(card) == {"perplexity": round(results["perplexity"], 4),
+                                "bits_per_byte": round(results["bits_per_byte"], 4),
+                                "loss": round(results["eval_loss"], 4)}
+    for section in ("## How to use", "## Training", "## Training data", "## Limitations", small_corpus,
+                    f"{results['train_tokens']:,}"):
+        assert section in card.text, section
+    text = pipeline("text-generation", model=str(folder))("The king", max_new_tokens=5, do_sample=False)
+    assert text[0]["generated_text"].startswith("The king")
+    assert_no_secret(folder)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, causal_run, learnable_csv):
+    """A tiny LoRA classifier on the tiny Llama; the recipe even carries a hub_token (never to be written)."""
+    out = tmp_path_factory.mktemp("lora") / "run"
+    results = lmrecipes.finetune(str(REPO / "recipes/tiny-llama/finetune-sentiment-lora.yaml"),
+                                 **{**FAST_FT, "train_file": [learnable_csv]}, model_name_or_path=str(causal_run[0]),
+                                 output_dir=str(out), hub_token=SECRET, learning_rate=3e-3)
+    return out, results
+
+
+def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_run):
+    run_dir, results = lora_run
+    assert_no_secret(run_dir)  # training_args.bin, recipe.yaml, logs: the token was dropped before training
+
+    merged = lmrecipes.publish(run_dir, "someone/tiny-sentiment", dry_run=True, publish_dir=str(tmp_path / "m"),
+                               base_model="someone/tiny-llama", lora_as="merged")
+    folder = tmp_path / "m"
+    assert merged["kind"] == "classifier" and merged["url"] is None
+    assert_hub_ready(folder, merged["files"])
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and card.data.base_model == "someone/tiny-llama"
+    assert metrics_of(card) == {"accuracy": round(results["test_accuracy"], 4), "f1": round(results["test_f1"], 4)}
+    predictions = pipeline("text-classification", model=str(folder))(["the king spoke and it was good"])
+    assert predictions[0]["label"] in {"neg", "pos"}
+    assert_no_secret(folder)
+
+    adapter = lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True,
+                                publish_dir=str(tmp_path / "a"), base_model="someone/tiny-llama")
+    assert adapter["kind"] == "adapter"  # auto: a Hub base model is known, so the adapter is published
+    names = {name for name, _ in adapter["files"]}
+    assert {"adapter_model.safetensors", "adapter_config.json", "labels.json", "README.md"} <= names
+    assert read_json(tmp_path / "a" / "adapter_config.json")["base_model_name_or_path"] == "someone/tiny-llama"
+    card = ModelCard.load(tmp_path / "a" / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "someone/tiny-llama"
+
+    with pytest.raises(lmrecipes.RecipeError, match="base_model"):  # a local base cannot be named on the Hub
+        lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(tmp_path / "b"), lora_as="adapter")
+    assert not (tmp_path / "b").exists()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_hub_fails_fast_in_one_line(tmp_path, causal_run):
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_TOKEN=SECRET, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "publish.py"), str(causal_run[0]), "--repo_id",
+                          "someone/tiny-llama", "--publish_dir", str(tmp_path / "hub")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2
+    assert time.monotonic() - start < 60
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: cannot reach the Hugging Face Hub at http://127.0.0.1:"), out.stderr
+    assert "Traceback" not in out.stderr and SECRET not in out.stdout + out.stderr
+
+    env.pop("HF_TOKEN")
+    env["HF_HOME"] = str(tmp_path / "no-login")  # no saved login either
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "publish.py"), str(causal_run[0]), "--repo_id",
+                          "someone/tiny-llama"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "error: no Hugging Face token: set HF_TOKEN" in out.stderr
+
+
+def test_push_to_hub_in_a_recipe_publishes_the_finished_run(tmp_path, monkeypatch, causal_run, learnable_csv):
+    """The upload itself is recorded (no Hub here): repository, privacy, the folder with its card, and the token."""
+    from huggingface_hub import HfApi
+
+    from lmrecipes import hub
+
+    calls = {}
+    monkeypatch.setattr(hub, "check_hub_reachable", lambda: "https://hub.example")
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, private=None, exist_ok=False: calls.update(
+        repo=repo_id, private=private, token=self.token) or f"https://hub.example/{repo_id}")
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, commit_message: calls.update(
+        files=sorted(p.name for p in folder_path.iterdir())))
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    out = tmp_path / "ft"
+    lmrecipes.finetune(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
+                       **{**FAST_FT, "train_file": [learnable_csv]}, model_name_or_path=str(causal_run[0]),
+                       output_dir=str(out), max_steps=3, push_to_hub=True, hub_model_id="someone/pushed",
+                       hub_private_repo=True)
+    assert calls["repo"] == "someone/pushed" and calls["private"] is True and calls["token"] == SECRET
+    assert {"README.md", "model.safetensors", "labels.json", "recipe.yaml"} <= set(calls["files"])
+    assert_no_secret(out)
+
+
+def test_push_to_hub_checks_the_hub_before_training(tmp_path, monkeypatch, causal_run, learnable_csv):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    out = tmp_path / "ft"
+    with pytest.raises(lmrecipes.RecipeError, match="cannot reach the Hugging Face Hub"):
+        lmrecipes.finetune(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
+                           **{**FAST_FT, "train_file": [learnable_csv]}, model_name_or_path=str(causal_run[0]),
+                           output_dir=str(out), push_to_hub=True, hub_model_id="someone/pushed")
+    assert not out.exists()  # nothing trained, nothing written

