@@ -3,8 +3,8 @@
 
     .venv/bin/python benchmarks/data_pipeline.py [--base_mb 21] [--scales 1 10] [--num_proc 1 2]
 
-The corpus (default: the embedded data/corpus, ~21 MB, cut to --base_mb) is written `scale` times into a
-temporary jsonl file; each configuration runs in a fresh process with an empty cache, tokenizing with the
+The corpus (default: the embedded data/corpus, ~21 MB, cut to --base_mb, in 100 kB documents) is written `scale`
+times into a temporary jsonl file; each configuration runs in a fresh process with an empty cache, tokenizing with the
 tiny-llama recipe's tokenizer settings (trained once on the 1x corpus beforehand and then loaded) and packing into
 256-token blocks. Normal mode builds the whole packed dataset (Arrow, memory-mapped) like a pretraining run does;
 streaming mode consumes the packed stream once. Printed: tokens/s of tokenize+pack and peak resident memory
@@ -43,18 +43,22 @@ def write_corpus(folder: Path, base_mb: float, scale: int) -> Path:
     path = folder / f"corpus-x{scale}.jsonl"
     with open(path, "w", encoding="utf-8") as handle:
         for copy in range(scale):
-            for number, text in enumerate(texts):  # each copy's documents differ (their split is by text hash)
-                handle.write(json.dumps({"text": f"[copy {copy} doc {number}] {text}"}) + "\n")
+            for number, text in enumerate(texts):  # 100 kB documents; each copy's differ (split by text hash)
+                for start in range(0, len(text), 100_000):
+                    handle.write(json.dumps({"text": f"[copy {copy} doc {number}.{start}] "
+                                                     f"{text[start:start + 100_000]}"}) + "\n")
     return path
 
 
 def run_one(corpus: str, tokenizer_dir: str, streaming: bool, num_proc: int) -> dict:
+    # empty caches: neither lmrecipes' packed data nor datasets' own Arrow/map cache may be reused
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bench-hf-datasets-")
+    os.environ["LMRECIPES_CACHE"] = tempfile.mkdtemp(prefix="bench-data-")
     from lmrecipes.api import load_recipe
     from lmrecipes.data import load_raw_splits, prepare_pretraining_data, split_held_out
     from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
     from lmrecipes.tokenizer import load_tokenizer
 
-    os.environ["LMRECIPES_CACHE"] = tempfile.mkdtemp(prefix="bench-data-")
     _, _, data_args, _, _ = load_recipe(RECIPE, PRETRAIN_ARGUMENTS, train_file=[corpus], streaming=streaming,
                                         preprocessing_num_workers=num_proc if num_proc > 1 else None,
                                         max_eval_samples=32, output_dir=tempfile.mkdtemp())
@@ -71,7 +75,8 @@ def run_one(corpus: str, tokenizer_dir: str, streaming: bool, num_proc: int) -> 
     tokens = blocks * data_args.block_size
     return {"streaming": streaming, "num_proc": num_proc, "blocks": blocks, "tokens": tokens, "seconds": seconds,
             "tokens_per_second": tokens / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def main():
@@ -107,7 +112,8 @@ def main():
             rows.append(row)
             print(f"{scale:>3}x ({row['text_mb']:6.0f} MB) {'streaming' if streaming else 'normal':>9} num_proc "
                   f"{num_proc}: {row['tokens']:>11,} tokens in {row['seconds']:6.1f} s = "
-                  f"{row['tokens_per_second']:8.0f} tokens/s, peak RSS {row['peak_rss_mb']:6.0f} MB", flush=True)
+                  f"{row['tokens_per_second']:8.0f} tokens/s, peak RSS {row['peak_rss_mb']:6.0f} MB (largest worker "
+                  f"{row['peak_rss_worker_mb']:.0f} MB)", flush=True)
     streaming_rss = [r["peak_rss_mb"] for r in rows if r["streaming"]]
     if len(streaming_rss) >= 2:
         growth = streaming_rss[-1] / streaming_rss[0] - 1

@@ -64,7 +64,6 @@ def run_one(mode: str, recipe: str, steps: int, overrides: dict) -> dict:
         set_seed(42)
         raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
         train, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)
-        train, evaluation = train.remove_columns(["block_bytes"]), evaluation.remove_columns(["block_bytes"])
         model = lmrecipes.build_model(recipe, tokenizer=tokenizer, **common)
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=training_args.per_device_train_batch_size,
                                  max_steps=steps, logging_steps=5, report_to="none", disable_tqdm=True)

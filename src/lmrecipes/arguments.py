@@ -195,6 +195,11 @@ class PretrainDataArguments(DataSourceArguments):
     mlm_probability: float = field(
         default=0.15, metadata={"help": "masked_lm: fraction of tokens masked (DataCollatorForLanguageModeling)."}
     )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "streaming: packed blocks held in memory to shuffle the stream (memory grows with it, "
+                  "not with the corpus)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -202,6 +207,8 @@ class PretrainDataArguments(DataSourceArguments):
             self.train_file = [EMBEDDED_CORPUS]
         if self.block_size < 8:
             raise RecipeError(f"key 'block_size': must be at least 8, got {self.block_size}")
+        if self.shuffle_buffer_size < 1:
+            raise RecipeError(f"key 'shuffle_buffer_size': must be at least 1, got {self.shuffle_buffer_size}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise RecipeError(f"key 'mlm_probability': must be between 0 and 1, got {self.mlm_probability}")
 

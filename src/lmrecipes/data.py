@@ -137,9 +137,11 @@ def split_held_out(dataset, fractions: dict[str, float], key_column: str):
         return lambda batch: [lo <= _unit_hash(key) < hi for key in batch[key_column]]
 
     check_text_column(dataset, key_column)
+    # 16 rows per filter batch (datasets' default is 1000): a stream then holds 16 documents, not 1000, in memory
     if isinstance(dataset, IterableDataset):
-        return {name: dataset.filter(in_split(name), batched=True) for name in ["train", *fractions]}
-    splits = {name: dataset.filter(in_split(name), batched=True, desc="Splitting") for name in ["train", *fractions]}
+        return {name: dataset.filter(in_split(name), batched=True, batch_size=16) for name in ["train", *fractions]}
+    splits = {name: dataset.filter(in_split(name), batched=True, batch_size=16, desc="Splitting")
+              for name in ["train", *fractions]}
     for name, split in splits.items():
         if len(split) == 0:
             what = f"key '{name}_fraction': {fractions[name]}" if name in fractions else "the held-out fractions"
@@ -193,8 +195,11 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     # IterableDataset.map takes neither num_proc nor desc
     options = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc}
     desc = (lambda text: {}) if isinstance(dataset, IterableDataset) else (lambda text: {"desc": text})
-    tokenized = dataset.select_columns([text_column]).map(tokenize, batched=True, remove_columns=[text_column],
-                                                          **options, **desc("Tokenizing"))
+    # 16 documents per map batch (datasets' default is 1000): memory stays bounded by the largest documents, not
+    # by the corpus (whole novels are single documents); the result does not depend on it
+    tokenized = dataset.select_columns([text_column]).map(tokenize, batched=True, batch_size=16,
+                                                          remove_columns=[text_column], **options,
+                                                          **desc("Tokenizing"))
     if not isinstance(tokenized, IterableDataset) and len(tokenized) == 0:
         raise RecipeError(f"key '{text_column}': the documents hold no text, so there is no block to train or "
                           "evaluate on")
@@ -225,7 +230,8 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
 
     if args.streaming:
         train = _tokenize_and_pack(train_raw, tokenizer, objective, args.block_size, args.text_column)
-        train = train.remove_columns(["block_bytes"]).shuffle(seed=shuffle_seed, buffer_size=10_000)
+        train = train.remove_columns(["block_bytes"]).shuffle(seed=shuffle_seed,
+                                                                buffer_size=args.shuffle_buffer_size)
         if args.max_train_samples:
             train = train.take(args.max_train_samples)
         blocks = _tokenize_and_pack(eval_raw, tokenizer, objective, args.block_size, args.text_column)

@@ -22,7 +22,7 @@ import yaml
 
 from .arguments import REPO_ROOT
 from .cache import atomic_directory
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 
 logger = logging.getLogger("lmrecipes")
 
@@ -338,7 +338,7 @@ def upload_folder(folder: Path, repo_id: str, *, private: bool, token: str, comm
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", "?")
         raise RecipeError(f"the Hub at {endpoint} refused the upload to {repo_id} (HTTP {status}): "
-                          f"{str(err).splitlines()[0]}") from None
+                          f"{first_line(err)}") from None
     except OSError as err:
         raise RecipeError(f"upload to {endpoint} failed: {err.__class__.__name__}: {err}") from None
     return str(url)
