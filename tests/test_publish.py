@@ -105,6 +105,16 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
         lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(tmp_path / "b"), lora_as="adapter")
     assert not (tmp_path / "b").exists()
 
+    mine = tmp_path / "my-folder"  # an existing folder that publish did not write is never emptied
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(lmrecipes.RecipeError, match="key 'publish_dir'"):
+        lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(mine), base_model="someone/tiny-llama")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    again = lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True, publish_dir=str(tmp_path / "a"),
+                              base_model="someone/tiny-llama")  # its own earlier folder is rebuilt
+    assert again["files"] == adapter["files"]
+
 
 def closed_port() -> int:
     with socket.socket() as sock:

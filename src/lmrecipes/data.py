@@ -22,6 +22,11 @@ from .errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
+# Documents per tokenize (and, streaming, split) batch instead of datasets' default 1000, so that memory is set by
+# the largest documents, not by the corpus (a small corpus fits whole in one batch of 1000). Normal mode takes 64:
+# short documents tokenize at 70% of the speed of 1000 (10k vs 14k reviews/s), 16 would be 55%. Streaming takes 16.
+MAP_BATCH, STREAM_BATCH = 64, 16
+
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 FILE_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
 
@@ -137,11 +142,10 @@ def split_held_out(dataset, fractions: dict[str, float], key_column: str):
         return lambda batch: [lo <= _unit_hash(key) < hi for key in batch[key_column]]
 
     check_text_column(dataset, key_column)
-    # 16 rows per filter batch (datasets' default is 1000): a stream then holds 16 documents, not 1000, in memory
-    if isinstance(dataset, IterableDataset):
-        return {name: dataset.filter(in_split(name), batched=True, batch_size=16) for name in ["train", *fractions]}
-    splits = {name: dataset.filter(in_split(name), batched=True, batch_size=16, desc="Splitting")
-              for name in ["train", *fractions]}
+    if isinstance(dataset, IterableDataset):  # STREAM_BATCH rows per batch: memory independent of the corpus
+        return {name: dataset.filter(in_split(name), batched=True, batch_size=STREAM_BATCH)
+                for name in ["train", *fractions]}
+    splits = {name: dataset.filter(in_split(name), batched=True, desc="Splitting") for name in ["train", *fractions]}
     for name, split in splits.items():
         if len(split) == 0:
             what = f"key '{name}_fraction': {fractions[name]}" if name in fractions else "the held-out fractions"
@@ -192,15 +196,14 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
             out["labels"] = [list(b) for b in blocks]
         return out
 
-    # IterableDataset.map takes neither num_proc nor desc
-    options = {} if isinstance(dataset, IterableDataset) else {"num_proc": num_proc}
-    desc = (lambda text: {}) if isinstance(dataset, IterableDataset) else (lambda text: {"desc": text})
-    # 16 documents per map batch (datasets' default is 1000): memory stays bounded by the largest documents, not
-    # by the corpus (whole novels are single documents); the result does not depend on it
-    tokenized = dataset.select_columns([text_column]).map(tokenize, batched=True, batch_size=16,
-                                                          remove_columns=[text_column], **options,
-                                                          **desc("Tokenizing"))
-    if not isinstance(tokenized, IterableDataset) and len(tokenized) == 0:
+    # IterableDataset.map takes neither num_proc nor desc; a stream is tokenized STREAM_BATCH documents at a time
+    streaming = isinstance(dataset, IterableDataset)
+    options = {} if streaming else {"num_proc": num_proc}
+    desc = (lambda text: {}) if streaming else (lambda text: {"desc": text})
+    tokenized = dataset.select_columns([text_column]).map(tokenize, batched=True, remove_columns=[text_column],
+                                                          batch_size=STREAM_BATCH if streaming else MAP_BATCH,
+                                                          **options, **desc("Tokenizing"))
+    if not streaming and len(tokenized) == 0:
         raise RecipeError(f"key '{text_column}': the documents hold no text, so there is no block to train or "
                           "evaluate on")
     features = Features({"input_ids": Sequence(Value("int32")), "block_bytes": Value("float64"),

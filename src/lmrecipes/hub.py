@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 import shutil
 import socket
 from dataclasses import dataclass, field
@@ -91,12 +92,7 @@ def count_safetensors_parameters(paths) -> int:
     total = 0
     for path in paths:
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                shape = handle.get_slice(name).get_shape()
-                count = 1
-                for dim in shape:
-                    count *= dim
-                total += count
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
     return total
 
 
@@ -260,8 +256,12 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
-    if target.exists():
-        shutil.rmtree(target)  # the folder is always rebuilt from the run; it holds nothing else
+    if target.exists():  # an earlier publish folder is rebuilt from the run; anything else is never deleted
+        card = target / "README.md"
+        if not (card.is_file() and "lmrecipes" in card.read_text(errors="replace")):
+            raise RecipeError(f"key 'publish_dir': {target} exists and is not a folder written by lmrecipes publish; "
+                              "pick a new one")
+        shutil.rmtree(target)
     with atomic_directory(target) as tmp:
         if lora_as == "merged":
             from .lora import export_classifier

@@ -106,7 +106,8 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
     - empty or new folder: used;
     - a started run of the same recipe: resumed (the caller finds its checkpoint);
     - a finished run of the same recipe: its results are returned and nothing is trained again;
-    - a run of another recipe, or a finished run: refused unless `overwrite_output_dir` (then emptied first);
+    - a run (started or finished) of another recipe: refused, naming the keys that differ;
+    - with `overwrite_output_dir`, any lmrecipes run there is deleted first and the recipe starts over;
     - files that are not an lmrecipes run: always refused (nothing that lmrecipes did not write is deleted).
     Hand-written: transformers 5 dropped `overwrite_output_dir` and never guarded a finished run.
     """
