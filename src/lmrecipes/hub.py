@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-import yaml
 
 from .arguments import REPO_ROOT
 from .cache import atomic_directory
 from .errors import RecipeError, first_line
+from .modeling import PACKAGE_PREFIX, looks_like_local_path
+from .recipe import RUN_RECIPE, read_run_recipe
 
 logger = logging.getLogger("lmrecipes")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
-RUN_FILES = ("recipe.yaml", "all_results.json", "labels.json")
+RUN_FILES = (RUN_RECIPE, "all_results.json", "labels.json")
 MODEL_FILES = ("config.json", "generation_config.json")
 CONNECT_TIMEOUT_S = 10
 
@@ -66,7 +67,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _is_hub_id(value: str | None) -> bool:
-    return bool(value) and not value.startswith(("package:", "/", ".")) and value.count("/") <= 1 \
+    return bool(value) and not value.startswith(PACKAGE_PREFIX) and not looks_like_local_path(value) \
         and not Path(value).exists()
 
 
@@ -167,7 +168,7 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
     """README.md with YAML metadata (incl. model-index) and a body: training, evaluation, usage, data, limits."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
+    recipe = read_run_recipe(folder)
     results = _read_json(folder / "all_results.json")
     labels = _read_json(folder / "labels.json").get("labels", [])
     config = _read_json(folder / "config.json")
@@ -241,7 +242,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"model folder not found: {model_dir}")
     repo_id = args.repo_id or model_dir.resolve().name
     kind = run_kind(model_dir)
-    recipe = yaml.safe_load((model_dir / "recipe.yaml").read_text()) if (model_dir / "recipe.yaml").is_file() else {}
+    recipe = read_run_recipe(model_dir)
     base_model = args.base_model
     if base_model is None and kind in ("classifier", "adapter"):
         origin = recipe.get("model_name_or_path") or _read_json(model_dir / "labels.json").get("base_model")

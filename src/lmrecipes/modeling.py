@@ -16,9 +16,14 @@ logger = logging.getLogger(__name__)
 AUTO_MODEL = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
 
 
+def looks_like_local_path(value: str) -> bool:
+    """Relative/absolute/home paths, more than one '/', or a file suffix: never a Hub id (which is NAME or OWNER/NAME)."""
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix in {".json", ".yaml"}
+
+
 def check_path_or_hub_id(value: str, key: str) -> None:
     """A value that looks like a local path must exist (otherwise transformers would try the Hub and time out)."""
-    if value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix in {".json", ".yaml"}:
+    if looks_like_local_path(value):
         if not Path(value).expanduser().exists():
             raise RecipeError(f"key '{key}': path does not exist: {value}")
 

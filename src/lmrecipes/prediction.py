@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from transformers import pipeline
 
 from .errors import RecipeError
 from .lora import load_classifier
+from .recipe import read_run_recipe
 
 
 def read_texts(path, text_column: str = "text") -> list[str]:
@@ -40,9 +40,7 @@ def predict(model_dir, texts: list[str], batch_size: int = 32, max_length: int |
     """[{text, label, score}] for each text."""
     model, tokenizer = load_classifier(model_dir)
     if max_length is None:
-        recipe_file = Path(model_dir) / "recipe.yaml"
-        recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else {}
-        max_length = recipe.get("max_length") or 512
+        max_length = read_run_recipe(model_dir).get("max_length") or 512
     classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
     outputs = classifier(texts, batch_size=batch_size, truncation=True, max_length=max_length)
     return [{"text": text, "label": out["label"], "score": float(out["score"])} for text, out in zip(texts, outputs)]

@@ -157,3 +157,12 @@ def resolved_recipe(explicit: dict, *own_args) -> dict:
 def write_recipe(path: str | Path, recipe: dict, header: str = "") -> None:
     text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
     Path(path).write_text((header + "\n" if header else "") + text, encoding="utf-8")
+
+
+RUN_RECIPE = "recipe.yaml"
+
+
+def read_run_recipe(run_dir) -> dict:
+    """The resolved recipe a run wrote into its folder ({} when there is none)."""
+    path = Path(run_dir) / RUN_RECIPE
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import torch
 import transformers
-import yaml
 from transformers import TrainerCallback
 
 from .errors import RecipeError
-from .recipe import write_recipe
+from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
 
 logger = logging.getLogger("lmrecipes")
 
-RECIPE_FILE = "recipe.yaml"
 
 
 def setup_logging(training_args) -> None:
@@ -112,14 +110,14 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
     Hand-written: transformers 5 dropped `overwrite_output_dir` and never guarded a finished run.
     """
     out = Path(training_args.output_dir)
-    previous_file, results_file = out / RECIPE_FILE, out / "all_results.json"
+    previous_file, results_file = out / RUN_RECIPE, out / "all_results.json"
     with training_args.main_process_first(desc="output_dir check"):
         if out.is_dir() and any(out.iterdir()) and not previous_file.is_file():
-            raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RECIPE_FILE}); pick a new "
+            raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_RECIPE}); pick a new "
                               "or empty folder")
         finished = results_file.is_file()
         if previous_file.is_file():
-            previous = yaml.safe_load(previous_file.read_text()) or {}
+            previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
                              if previous.get(k) != recipe.get(k))
             if not training_args.overwrite_output_dir:
