@@ -14,7 +14,8 @@ from lmrecipes.lora import merge_adapter
 
 @exit_on_recipe_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("adapter_dir", help="fine-tuning output folder holding adapter_config.json")
     parser.add_argument("output_dir", help="folder for the merged checkpoint")
     args = parser.parse_args(argv)

@@ -89,17 +89,25 @@ WORDS = ("the king and his lords went to the town with the queen of france where
          "spoke of war and peace in the night while the lady sat by the fire").split()
 
 
+def learnable_review(rng) -> tuple[str, str]:
+    """A review whose label is one word inside it ("good" -> pos, "poor" -> neg), between 2-8 random filler words
+    before and 3-8 after: a classifier must read the context, not the last token (which a frozen random body
+    plus a trained head can read alone)."""
+    label = rng.choice(["pos", "neg"])
+    before = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8)))
+    after = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+    return f"{before} it was {'good' if label == 'pos' else 'poor'} {after}", label
+
+
 @pytest.fixture(scope="session")
 def learnable_csv(tmp_path_factory):
-    """Bring-your-own data with other column names and string labels: the label is the review's last word
-    ("good" -> pos, "poor" -> neg) after 3-12 random filler words, so lengths and padding vary."""
+    """Bring-your-own data with other column names and string labels (learnable_review), so lengths and padding
+    vary."""
     rng = random.Random(0)
     path = tmp_path_factory.mktemp("byo") / "reviews.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["review", "verdict"])
         for _ in range(600):
-            label = rng.choice(["pos", "neg"])
-            filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
-            writer.writerow([f"{filler} and it was {'good' if label == 'pos' else 'poor'}", label])
+            writer.writerow(learnable_review(rng))
     return str(path)

@@ -2,17 +2,21 @@
 fully and with LoRA on a learnable task, merge round-trip, bring-your-own data, prediction, MiniLM, bad input."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, TrainerCallback
 
-from conftest import REPO, read_json
+from conftest import REPO, WORDS, learnable_review, read_json
 
 import lmrecipes
+from lmrecipes import load_recipe
+from lmrecipes.finetuning import FINETUNE_ARGUMENTS, build_classifier, prepare_pad_token
 from lmrecipes.lora import load_classifier
 
 RECIPES = {("causal", False): "recipes/tiny-llama/finetune-sentiment.yaml",
@@ -30,9 +34,38 @@ def finetune(checkpoint, kind, lora, csv_path, out, **extra):
     return lmrecipes.finetune(str(REPO / RECIPES[(kind, lora)]), **settings)
 
 
+class FreezeBody(TrainerCallback):
+    """Only the new head (score / classifier) trains; the body stays as it was initialised."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.split(".")[0] in ("score", "classifier")
+
+
+@pytest.fixture(scope="module")
+def frozen_random_body_accuracy(tmp_path_factory, learnable_csv):
+    """Test accuracy of the same architecture with a frozen random body and a trained head, per kind: what a
+    classifier gets without a body that learnt anything (fine-tuned models must beat it)."""
+    cache = {}
+
+    def accuracy(kind, checkpoint):
+        if kind not in cache:
+            out = tmp_path_factory.mktemp(f"frozen-{kind}") / "run"
+            cache[kind] = finetune(checkpoint, kind, False, learnable_csv, out, init_from="scratch",
+                                   learning_rate=3e-3, callbacks=[FreezeBody()])["test_accuracy"]
+        return cache[kind]
+
+    return accuracy
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if hasattr(m, "lora_B") and hasattr(m, "scaling") and m.lora_B]
+
+
 @pytest.mark.parametrize("kind, lora", [("causal", False), ("causal", True), ("masked", False), ("masked", True)],
                          ids=["llama-full", "llama-lora", "bert-full", "bert-lora"])
-def test_finetuning_learns_a_learnable_task(request, tmp_path, learnable_csv, kind, lora):
+def test_finetuning_learns_a_learnable_task(request, tmp_path, learnable_csv, frozen_random_body_accuracy, kind,
+                                            lora):
     checkpoint, _ = request.getfixturevalue(f"{kind}_run")
     out = tmp_path / "clf"
     # LoRA on the barely pretrained tiny BERT must first teach [CLS] where to look: it gets more epochs
@@ -42,16 +75,50 @@ def test_finetuning_learns_a_learnable_task(request, tmp_path, learnable_csv, ki
     for key in ("eval_accuracy", "eval_f1", "test_accuracy", "test_f1", "test_precision", "test_recall",
                 "test_majority_accuracy", "train_tokens_per_second", "mfu"):
         assert key in written, key
-        if key not in ("train_tokens_per_second", "mfu"):
-            assert 0.0 <= written[key] <= 1.0, key
     matrix = written["test_confusion_matrix"]
     assert len(matrix) == 2 and sum(map(sum, matrix)) == written["test_samples"] > 30
-    assert written["test_accuracy"] >= written["test_majority_accuracy"] + 0.3, written
-    assert written["test_accuracy"] >= 0.85, f"a broken head, label mapping or padding: {written['test_accuracy']}"
-    assert read_json(out / "labels.json")["labels"] == ["neg", "pos"]
-    assert results["test_accuracy"] == written["test_accuracy"]
+    assert written["test_accuracy"] == pytest.approx((matrix[0][0] + matrix[1][1]) / written["test_samples"])
     if lora:
         assert (out / "adapter_config.json").is_file() and (out / "merged" / "model.safetensors").is_file()
+        adapter = load_file(out / "adapter_model.safetensors")
+        lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+        assert lora_b and all(t.abs().max() > 0 for t in lora_b), "the adapters never moved (lora_B starts at 0)"
+        model, tokenizer = load_classifier(out)
+        batch = tokenizer(["the king went to the town it was good and the lady sat by the fire",
+                           "many men spoke it was poor of war and peace"], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model.eval()(**batch).logits
+            for layer in lora_layers(model):  # the adapters dropped, the trained head kept
+                layer.scaling = {name: 0.0 for name in layer.scaling}
+            without = model(**batch).logits
+        assert (logits - without).abs().max() > 1e-2, "dropping the adapters changes nothing"
+    baseline = frozen_random_body_accuracy(kind, checkpoint)
+    assert written["test_accuracy"] >= 0.85, f"a broken head, label mapping or padding: {written['test_accuracy']}"
+    assert written["test_accuracy"] >= baseline + 0.25, \
+        f"no better than a frozen random body with a trained head ({baseline}): {written['test_accuracy']}"
+    assert read_json(out / "labels.json")["labels"] == ["neg", "pos"]
+    assert results["test_accuracy"] == written["test_accuracy"]
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_the_body_comes_from_the_checkpoint_and_scratch_is_random(request, kind):
+    """build_classifier: with init_from pretrained every body tensor equals the checkpoint's; with scratch none of
+    the weight matrices does."""
+    checkpoint, _ = request.getfixturevalue(f"{kind}_run")
+    saved = load_file(checkpoint / "model.safetensors")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prepare_pad_token(tokenizer)
+    for init_from in ("pretrained", "scratch"):
+        model_args, _, _, finetune_args, _, _ = load_recipe(str(REPO / RECIPES[(kind, False)]), FINETUNE_ARGUMENTS,
+                                                            model_name_or_path=str(checkpoint), init_from=init_from)
+        body = build_classifier(model_args, finetune_args, tokenizer, ["neg", "pos"]).state_dict()
+        shared = [name for name in saved if name in body]
+        matrices = [name for name in shared if saved[name].dim() == 2]
+        assert len(shared) >= 10 and len(matrices) >= 8, shared
+        if init_from == "pretrained":
+            assert all(torch.equal(saved[name], body[name]) for name in shared)
+        else:
+            assert not any(torch.equal(saved[name], body[name]) for name in matrices)
 
 
 def test_merged_lora_checkpoint_matches_the_adapter_without_peft(tmp_path, learnable_csv, causal_run):
@@ -82,19 +149,85 @@ def test_merged_lora_checkpoint_matches_the_adapter_without_peft(tmp_path, learn
     assert torch.allclose(adapter_logits, merged_logits, atol=1e-4), (adapter_logits, merged_logits)
 
 
+def expected_predictions(model_dir, texts, pairs=None):
+    """(label, probability) per text from the model's own logits: id2label[argmax], softmax max."""
+    model, tokenizer = load_classifier(model_dir)
+    with torch.no_grad():
+        logits = model.eval()(**tokenizer(texts, pairs, padding=True, truncation=True, max_length=32,
+                                          return_tensors="pt")).logits
+    probabilities = logits.softmax(-1)
+    return [(model.config.id2label[int(i)], float(p)) for p, i in zip(*probabilities.max(-1))]
+
+
+def run_predict(*argv):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), *map(str, argv)],
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_scratch_init_and_predict_script(tmp_path, learnable_csv, causal_run):
     out = tmp_path / "scratch"
     finetune(causal_run[0], "causal", False, learnable_csv, out, init_from="scratch", max_steps=15)
     assert read_json(out / "labels.json")["init_from"] == "scratch"
-    inputs = tmp_path / "inputs.txt"
-    inputs.write_text("the queen spoke and it was good\nthe night was long and it was poor\n")
-    predictions = tmp_path / "predictions.jsonl"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), str(out), str(inputs),
-                             "--output", str(predictions)], capture_output=True, text=True, timeout=300)
+    saved, checkpoint = load_file(out / "model.safetensors"), load_file(causal_run[0] / "model.safetensors")
+    matrices = [name for name in checkpoint if name in saved and checkpoint[name].dim() == 2]
+    assert matrices and all((saved[n] - checkpoint[n]).abs().max() > 1e-2 for n in matrices), "not from scratch"
+
+    texts = ["the queen spoke it was good of the night", "the night was long it was poor and the king went",
+             "it was good", "the lady sat by the fire it was poor"]
+    lf, crlf = tmp_path / "lf.txt", tmp_path / "crlf.txt"
+    lf.write_bytes(("\n".join(texts) + "\n\n").encode())
+    crlf.write_bytes(("\r\n".join(texts) + "\r\n").encode())  # Windows line endings
+    rows = {}
+    for name, path in (("lf", lf), ("crlf", crlf)):
+        result = run_predict(out, path, "--output", tmp_path / f"{name}.jsonl")
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert rows["lf"] == rows["crlf"], "line endings changed the predictions"
+    assert [r["text"] for r in rows["lf"]] == texts
+    expected = expected_predictions(out, texts)
+    assert [r["label"] for r in rows["lf"]] == [label for label, _ in expected]
+    assert [r["score"] for r in rows["lf"]] == pytest.approx([p for _, p in expected], abs=1e-5)
+
+    array = tmp_path / "array.json"  # a .json file holding an array of rows
+    array.write_text(json.dumps([{"review": t} for t in texts]))
+    result = run_predict(out, array, "--text_column", "review")
+    assert result.returncode == 0 and [json.loads(l)["label"] for l in result.stdout.splitlines()] == \
+        [label for label, _ in expected], result.stderr[-2000:]
+
+    dirty = tmp_path / "dirty.jsonl"
+    dirty.write_text("\n".join(json.dumps(row) for row in [{"text": texts[0]}, {"text": None}, {"text": 5},
+                                                             {"text": texts[1]}]) + "\n")
+    result = run_predict(out, dirty, "--output", tmp_path / "dirty-out.jsonl")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {dirty} line 2: column 'text' is empty (null) (--skip_bad_rows to skip such rows)"]
+    assert not (tmp_path / "dirty-out.jsonl").exists()
+    result = run_predict(out, dirty, "--skip_bad_rows")
+    assert result.returncode == 0 and [json.loads(l)["text"] for l in result.stdout.splitlines()] == texts[:2]
+    assert "skipped 2 rows" in result.stderr
+
+
+def test_text_pairs_are_classified_as_pairs(tmp_path, causal_run):
+    """A pair task (premise, verdict in the second text): fine-tuning and prediction both read text_pair_column."""
+    rng = random.Random(1)
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w") as handle:
+        for _ in range(400):
+            review, label = learnable_review(rng)
+            handle.write(json.dumps({"first": " ".join(rng.choice(WORDS) for _ in range(5)), "second": review,
+                                     "label": label}) + "\n")
+    out = tmp_path / "pair-model"
+    results = finetune(causal_run[0], "causal", False, str(path), out, text_column="first",
+                       text_pair_column="second", label_column="label", num_train_epochs=3)
+    assert results["test_accuracy"] >= 0.8, results
+    inputs = tmp_path / "inputs.jsonl"
+    firsts, seconds = ["the king", "the queen of france"], ["and it was good of him", "it was poor in the night"]
+    inputs.write_text("".join(json.dumps({"first": a, "second": b}) + "\n" for a, b in zip(firsts, seconds)))
+    result = run_predict(out, inputs, "--text_column", "first")  # the pair column comes from the run's recipe
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    assert [r["text"] for r in rows] == inputs.read_text().splitlines()
-    assert all(r["label"] in ("neg", "pos") and 0.5 <= r["score"] <= 1 for r in rows)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text_pair"] for r in rows] == seconds
+    expected = expected_predictions(out, firsts, seconds)
+    assert [(r["label"], pytest.approx(r["score"], abs=1e-5)) for r in rows] == expected
 
 
 def test_minilm_lora_finetunes_offline_from_the_package(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
-from conftest import REPO, TINY_LLAMA, read_json
+from conftest import REPO, TINY_BERT, TINY_LLAMA, read_json
 
 import lmrecipes
 
@@ -57,6 +57,32 @@ def test_masked_pretraining_learns_and_fills_masks(masked_run):
     filler = pipeline("fill-mask", model=str(out))
     predictions = filler("the king [MASK] the land .")
     assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
+
+
+TOPICS = [["red", "green", "blue", "pink", "gray", "brown"], ["cat", "dog", "fish", "bird", "horse", "mouse"],
+          ["sun", "moon", "star", "sky", "cloud", "rain"]]
+
+
+def test_masked_pretraining_learns_a_fill_mask_pattern(tmp_path):
+    """Documents drawn from one of three word groups: a masked word is predictable from its context only (a model
+    that learnt word frequencies alone ranks the same words first everywhere). After 300 tiny steps the top 3
+    fillers of a masked context all come from the context's group."""
+    import random
+
+    rng = random.Random(0)
+    corpus = tmp_path / "topics.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(TOPICS[i % 3]) for _ in range(80))}) + "\n"
+                              for i in range(300)))
+    out = tmp_path / "mlm"
+    lmrecipes.pretrain(str(REPO / "recipes" / "tiny-bert" / "pretrain.yaml"), **{**TINY_BERT, "vocab_size": 100},
+                       train_file=[str(corpus)], validation_fraction=0.1, max_steps=300, output_dir=str(out))
+    fill = pipeline("fill-mask", model=str(out))
+    for words in TOPICS:
+        for _ in range(3):
+            context = [rng.choice(words) for _ in range(8)]
+            context[4] = fill.tokenizer.mask_token
+            top = [p["token_str"] for p in fill(" ".join(context), top_k=3)]
+            assert set(top) <= set(words), (context, top)
 
 
 def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_path, small_corpus):

@@ -2,11 +2,15 @@
 model-index equal to the results, reload in a pipeline, no token anywhere), a LoRA adapter with its base, the
 Hub unreachable (fast, one line), and `push_to_hub` in a recipe."""
 
+import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -15,6 +19,7 @@ from transformers import pipeline
 from conftest import REPO, read_json
 
 import lmrecipes
+from lmrecipes.hub import PUBLISH_MANIFEST
 
 SECRET = "hf_lmrecipesTestSecretValue0123456789"
 FAST_FT = {"train_file": None, "text_column": "review", "label_column": "verdict", "num_train_epochs": 1,
@@ -30,6 +35,15 @@ def assert_no_secret(folder):
     for path in folder.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def assert_no_local_paths(folder):
+    """Nothing uploaded names this machine's folders (temp folders, home, the checkout)."""
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".yaml", ".md", ".txt", ".jinja"):
+            text = path.read_text()
+            for local in ("/tmp/", str(Path.home()) + "/", str(REPO)):
+                assert local not in text, (path.name, local)
 
 
 def assert_hub_ready(folder, files):
@@ -48,7 +62,8 @@ def test_dry_run_of_a_pretrained_model(tmp_path, causal_run, small_corpus):
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "hub"
     listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")]
-    assert sorted(listed) == sorted(p.name for p in folder.iterdir())
+    assert sorted(listed) == sorted(p.name for p in folder.iterdir() if p.name != PUBLISH_MANIFEST)
+    assert (folder / PUBLISH_MANIFEST).is_file()  # the proof of a publish folder; never uploaded
     assert_hub_ready(folder, [(n, 0) for n in listed])
 
     card = ModelCard.load(folder / "README.md")
@@ -58,9 +73,10 @@ def test_dry_run_of_a_pretrained_model(tmp_path, causal_run, small_corpus):
     assert metrics_of(card) == {"perplexity": round(results["perplexity"], 4),
                                 "bits_per_byte": round(results["bits_per_byte"], 4),
                                 "loss": round(results["eval_loss"], 4)}
-    for section in ("## How to use", "## Training", "## Training data", "## Limitations", small_corpus,
+    for section in ("## How to use", "## Training", "## Training data", "## Limitations", "`<local>/*.jsonl`",
                     f"{results['train_tokens']:,}"):
         assert section in card.text, section
+    assert_no_local_paths(folder)
     text = pipeline("text-generation", model=str(folder))("The king", max_new_tokens=5, do_sample=False)
     assert text[0]["generated_text"].startswith("The king")
     assert_no_secret(folder)
@@ -116,6 +132,65 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
     assert again["files"] == adapter["files"]
 
 
+def test_publish_deletes_only_a_folder_it_wrote(tmp_path, monkeypatch, lora_run):
+    run_dir, _ = lora_run
+    options = {"dry_run": True, "base_model": "someone/tiny-llama"}
+
+    def snapshot(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    project = tmp_path / "my-project"  # a README that names lmrecipes proves nothing
+    (project / "src").mkdir(parents=True)
+    (project / "README.md").write_text((REPO / "README.md").read_text())
+    (project / "notes.txt").write_text("mine")
+    (project / "src" / "work.py").write_text("print('mine')\n")
+    before = snapshot(project)
+    with pytest.raises(lmrecipes.RecipeError, match="key 'publish_dir': .* was not written by lmrecipes publish"):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=str(project), **options)
+    monkeypatch.chdir(project)
+    with pytest.raises(lmrecipes.RecipeError, match="key 'publish_dir'"):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=".", **options)
+    assert snapshot(project) == before
+
+    folder = tmp_path / "published"
+    lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)
+    (folder / "my-notes.txt").write_text("added by hand")  # an earlier publish folder the user wrote into
+    before = snapshot(folder)
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds files lmrecipes publish did not write \(my-notes.txt\)"):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)
+    assert snapshot(folder) == before
+    (folder / "my-notes.txt").unlink()
+    lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)  # its own folder: rebuilt
+
+
+def test_adapter_card_names_the_base_architecture_the_labels_and_no_local_path(tmp_path, lora_run, causal_run):
+    run_dir, _ = lora_run
+    with pytest.raises(lmrecipes.RecipeError, match="key 'base_model': .* is a local path"):
+        lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(tmp_path / "b"),
+                          base_model=str(causal_run[0]))
+    assert not (tmp_path / "b").exists()
+    folder = tmp_path / "a"
+    lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True, publish_dir=str(folder),
+                      base_model="someone/tiny-llama")
+    card = ModelCard.load(folder / "README.md")
+    assert "- Architecture: `llama` (LlamaForSequenceClassification + LoRA adapter), hidden size 48, 2 layers, " \
+           "vocabulary 512" in card.text
+    assert "- Started from: someone/tiny-llama" in card.text
+    assert "['neg', 'pos']" in card.text and "LABEL_0" not in card.text
+    assert_no_local_paths(folder)
+    assert read_json(folder / "labels.json")["base_model"].startswith("<local>/")
+
+    # the card's snippet runs as written, with the Hub replaced by local folders: it prints the run's labels
+    local = tmp_path / "local-copy"
+    shutil.copytree(folder, local)
+    adapter = read_json(local / "adapter_config.json")
+    (local / "adapter_config.json").write_text(json.dumps({**adapter, "base_model_name_or_path": str(causal_run[0])}))
+    snippet = card.text.split("```python\n", 1)[1].split("```", 1)[0].replace("someone/tiny-sentiment-lora", str(local))
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"'label': '(neg|pos)'", result.stdout), result.stdout
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -152,8 +227,8 @@ def test_push_to_hub_in_a_recipe_publishes_the_finished_run(tmp_path, monkeypatc
     monkeypatch.setattr(hub, "check_hub_reachable", lambda: "https://hub.example")
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, private=None, exist_ok=False: calls.update(
         repo=repo_id, private=private, token=self.token) or f"https://hub.example/{repo_id}")
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, commit_message: calls.update(
-        files=sorted(p.name for p in folder_path.iterdir())))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, repo_id, folder_path, commit_message, ignore_patterns:
+                        calls.update(files=sorted(p.name for p in folder_path.iterdir()), ignored=ignore_patterns))
     monkeypatch.setenv("HF_TOKEN", SECRET)
     out = tmp_path / "ft"
     lmrecipes.finetune(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
@@ -162,6 +237,7 @@ def test_push_to_hub_in_a_recipe_publishes_the_finished_run(tmp_path, monkeypatc
                        hub_private_repo=True)
     assert calls["repo"] == "someone/pushed" and calls["private"] is True and calls["token"] == SECRET
     assert {"README.md", "model.safetensors", "labels.json", "recipe.yaml"} <= set(calls["files"])
+    assert calls["ignored"] == [PUBLISH_MANIFEST]  # the manifest stays local
     assert_no_secret(out)
 
 

@@ -16,6 +16,7 @@ from lmrecipes.modeling import build_config, infer_objective
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS
 from lmrecipes.pipeline import PipelineArguments
 from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
+from lmrecipes.recipe import parse_recipe, read_run_recipe, write_recipe
 
 PRETRAIN_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "pretrain*.yaml")))
 FINETUNE_RECIPES = sorted(glob.glob(str(REPO / "recipes" / "*" / "finetune-*.yaml")))
@@ -137,3 +138,56 @@ def test_every_pipeline_recipe_parses_and_names_existing_recipes(path):
     assert Path(args.pretrain_recipe).is_file() and Path(args.finetune_recipe).is_file()
     load_recipe(args.pretrain_recipe, PRETRAIN_ARGUMENTS, **args.pretrain_overrides)
     load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS, **args.finetune_overrides)
+
+
+def test_mapping_keys_merge_into_the_recipe_from_flags_and_keywords(capsys, tmp_path):
+    """`--config_overrides '{"num_hidden_layers": 2}'` changes one attribute; the rest of the recipe's mapping stays."""
+    path = REPO / "recipes" / "tiny-llama" / "pretrain.yaml"
+    shipped = yaml.safe_load(path.read_text())["config_overrides"]
+    parsed = {}
+    parsed["flag"] = parse_recipe(PRETRAIN_ARGUMENTS, [str(path), "--config_overrides", '{"num_hidden_layers": 2}'])
+    parsed["flag="] = parse_recipe(PRETRAIN_ARGUMENTS, [str(path), "--config_overrides=num_hidden_layers=2"])
+    parsed["keyword"] = load_recipe(path, PRETRAIN_ARGUMENTS, config_overrides={"num_hidden_layers": 2})
+    parsed["dict"] = load_recipe(yaml.safe_load(path.read_text()), PRETRAIN_ARGUMENTS,
+                                 config_overrides={"num_hidden_layers": 2})
+    for how, (model_args, *_, explicit) in parsed.items():
+        assert model_args.config_overrides == {**shipped, "num_hidden_layers": 2}, how
+        assert explicit["config_overrides"] == model_args.config_overrides, how  # recorded as it ran
+        config = build_config(model_args)
+        assert (config.hidden_size, config.num_hidden_layers) == (shipped["hidden_size"], 2), how
+    model_args, *_ = parse_recipe(PRETRAIN_ARGUMENTS, [str(path), "--config_overrides",
+                                                       '{"__replace__": true, "num_hidden_layers": 2}'])
+    assert model_args.config_overrides == {"num_hidden_layers": 2}  # replacing is explicit
+    _, tokenizer_args, *_ = load_recipe({"model_type": "llama", "special_tokens": {"bos_token": "<s>",
+                                         "eos_token": "</s>"}}, PRETRAIN_ARGUMENTS, special_tokens={"eos_token": "<e>"})
+    assert tokenizer_args.special_tokens == {"bos_token": "<s>", "eos_token": "<e>"}
+
+    pipeline_recipe = tmp_path / "pipeline.yaml"  # pipeline overrides: nested mappings merge too
+    pipeline_recipe.write_text(yaml.safe_dump({
+        "pretrain_recipe": str(path), "finetune_recipe": str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
+        "output_dir": str(tmp_path / "run"),
+        "pretrain_overrides": {"max_steps": 5, "config_overrides": {"hidden_size": 64}}}))
+    args, explicit = parse_recipe([PipelineArguments], [str(pipeline_recipe), "--pretrain_overrides",
+                                                        '{"config_overrides": {"num_hidden_layers": 1}}'])
+    assert args.pretrain_overrides == {"max_steps": 5, "config_overrides": {"hidden_size": 64, "num_hidden_layers": 1}}
+    model_args, *_ = load_recipe(args.pretrain_recipe, PRETRAIN_ARGUMENTS, **args.pretrain_overrides)
+    assert model_args.config_overrides == {**shipped, "hidden_size": 64, "num_hidden_layers": 1}
+
+
+def test_abbreviated_flags_are_unknown_keys(capsys, tmp_path):
+    recipe = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
+    code, err = run_script_main(capsys, recipe, "--max_grad", "0.5", "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and err == "error: unknown command-line key '--max_grad' (did you mean 'max_grad_norm'?)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_1_1_booleans_stay_strings_where_the_key_takes_strings(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("# a user's recipe\nmodel_type: llama\neval_strategy: no\nsave_strategy: no\nuse_cpu: yes\n"
+                      "hub_model_id: off\nbf16: false\n")
+    *_, training_args, explicit = load_recipe(recipe, PRETRAIN_ARGUMENTS)
+    assert training_args.eval_strategy == "no" and training_args.save_strategy == "no"
+    assert training_args.use_cpu is True and training_args.bf16 is False and training_args.hub_model_id == "off"
+    written = tmp_path / "recipe.yaml"  # the resolved recipe reads back as the same values
+    write_recipe(written, explicit)
+    assert read_run_recipe(tmp_path) == explicit and yaml.safe_load(written.read_text())["eval_strategy"] == "no"

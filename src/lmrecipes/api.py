@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .recipe import parse_recipe
+from .recipe import merge_recipe, parse_recipe
 
 
 def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
-    """Parse a recipe file (or dict) plus keyword overrides into the dataclasses; returns (*dataclasses, explicit)."""
+    """Parse a recipe file (or dict) plus keyword overrides into the dataclasses; returns (*dataclasses, explicit).
+
+    Overrides replace plain keys; mapping-valued keys (`config_overrides`, `special_tokens`, ...) are merged key by
+    key into the recipe's mapping (`{"__replace__": True, ...}` replaces it instead)."""
     if isinstance(recipe, dict):
-        return parse_recipe(argument_types, [], recipe={**recipe, **overrides})
+        return parse_recipe(argument_types, [], recipe=merge_recipe(recipe, overrides, argument_types))
     return parse_recipe(argument_types, [str(recipe)] if recipe is not None else [], recipe=overrides)
 
 
@@ -64,8 +67,9 @@ def finetune(recipe: str | Path | dict | None = None, *, callbacks=(), **overrid
     return run_finetuning(*args, explicit=explicit, callbacks=callbacks)
 
 
-def predict(model_dir: str | Path, texts: list[str], *, batch_size: int = 32, max_length: int | None = None):
-    """Classify texts with a fine-tuned run folder (plain or LoRA): [{text, label, score}]."""
+def predict(model_dir: str | Path, texts: list, *, batch_size: int = 32, max_length: int | None = None):
+    """Classify texts (strings, or {"text", "text_pair"} dicts for pair tasks) with a fine-tuned run folder (plain
+    or LoRA): [{text, label, score}]."""
     from .prediction import predict as predict_texts
 
     return predict_texts(model_dir, texts, batch_size=batch_size, max_length=max_length)

@@ -167,6 +167,12 @@ class DataSourceArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
     )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "Rows with a defect (text null, not a string, or empty where a text is needed; a label "
+                  "missing or of another type than the column's other labels) are an error naming file, row and "
+                  "column. true: such rows are dropped instead, and how many and the first few are logged."},
+    )
     data_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where trained tokenizers and tokenized data are cached and reused. Default: "

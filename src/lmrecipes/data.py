@@ -4,6 +4,7 @@ deterministically, and, for pretraining, tokenize and pack into fixed-length blo
 from __future__ import annotations
 
 import codecs
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -19,6 +20,7 @@ from datasets import (Dataset, DatasetDict, Features, IterableDataset, Sequence,
 from .arguments import REPO_ROOT, DataSourceArguments, PretrainDataArguments
 from .cache import atomic_directory, files_fingerprint
 from .errors import RecipeError, first_line
+from .rows import RowLocator, RowRules, check_rows
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +86,63 @@ def check_utf8(files: list[str], key: str) -> None:
                 raise RecipeError(f"key '{key}': {name} is not valid UTF-8 (truncated character at the end)") from None
 
 
-def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, text_sample_by: str = "document"):
+def _reader_message(err: BaseException) -> str:
+    """The reader's own words: datasets wraps a parser's error (which names the line) in a generic one."""
+    inner, seen = err, {id(err)}
+    while (inner.__cause__ or inner.__context__) is not None and id(inner.__cause__ or inner.__context__) not in seen:
+        inner = inner.__cause__ or inner.__context__
+        seen.add(id(inner))
+    message = first_line(inner)
+    return message if inner is err else f"{message} ({type(inner).__name__})"
+
+
+def _first_bad_json_line(files: list[str]) -> str | None:
+    """'FILE line N: problem' for the first line of a json/jsonl file that is not JSON (datasets' readers name a
+    byte position or a 0-based row of a block at best)."""
+    for name in files:
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(name, "rt", encoding="utf-8-sig") as f:  # a byte order mark is fine: datasets reads past it
+            text = f.read()
+        if text.lstrip().startswith("["):  # one JSON document (an array of rows)
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as err:
+                return f"{name} line {err.lineno}: not valid JSON ({err.msg})"
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                line.strip() and json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{name} line {number}: not valid JSON ({err.msg}, column {err.colno})"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs a reader's failure at ERROR level before raising it: the user gets one line, from lmrecipes."""
+    root = logging.getLogger("datasets")
+    level, root.level = root.level, logging.CRITICAL
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def check_columns(dataset, split: str, rules: RowRules) -> None:
+    names = dataset.column_names
+    for key, column in {**rules.texts, **rules.label}.items():
+        if column and names is not None and column not in names:
+            raise RecipeError(f"key '{key}': column {column!r} not in the {split} data (columns: {', '.join(names)})")
+
+
+def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, text_sample_by: str = "document",
+                    rules: RowRules | None = None):
     """Load the recipe's data as a dict of split name -> (Iterable)Dataset, plus a fingerprint of the source.
 
     Local files: `train_file` / `validation_file` / `test_file` (txt files are one row per file:
-    `text_sample_by`). Hub: `dataset_name` / `dataset_config_name` with its own splits.
+    `text_sample_by`). Hub: `dataset_name` / `dataset_config_name` with its own splits. With `rules`, each split
+    must have their columns and its rows are checked (rows.check_rows: a defect is an error naming file and row,
+    or the row is dropped when the recipe sets skip_bad_rows).
     """
     if source.dataset_name:
         try:
@@ -97,8 +151,9 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
             raise RecipeError(f"key 'dataset_name': cannot load {source.dataset_name!r}: {first_line(err)}") from None
         splits = dict(loaded)
         fingerprint = json.dumps([source.dataset_name, source.dataset_config_name])
+        locators = {split: RowLocator(None, None, split) for split in splits}
     else:
-        splits, fingerprint_files = {}, []
+        splits, fingerprint_files, locators = {}, [], {}
         for split, key in FILE_KEYS.items():
             patterns = getattr(source, key, None)
             if not patterns:
@@ -108,15 +163,26 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
             check_utf8(files, key)
             kwargs = {"sample_by": text_sample_by} if builder == "text" else {}
             try:
-                splits[split] = load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
+                with _quiet_datasets():
+                    splits[split] = load_dataset(builder, data_files=files, split="train", streaming=streaming,
+                                                 **kwargs)
             except Exception as err:
-                raise RecipeError(f"key '{key}': cannot read {', '.join(files)}: {first_line(err)}") from None
+                where = _first_bad_json_line(files) if builder == "json" else None
+                message = _reader_message(err)
+                if where is None and ("corresponds to no data" in message or message.startswith("StopIteration")):
+                    raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows") from None
+                raise RecipeError(f"key '{key}': cannot read {where or ', '.join(files) + ': ' + message}") from None
             if not streaming and len(splits[split]) == 0:
                 raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows")
             fingerprint_files += files
+            locators[split] = RowLocator(files, builder, split)
         fingerprint = files_fingerprint(fingerprint_files)
     if "train" not in splits:
         raise RecipeError(f"the data has no 'train' split (splits: {', '.join(splits) or 'none'})")
+    if rules is not None:
+        for split, dataset in list(splits.items()):
+            check_columns(dataset, split, rules)
+            splits[split] = check_rows(dataset, rules, locators[split], source.skip_bad_rows)
     return splits, fingerprint
 
 
@@ -253,16 +319,18 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
                 "validation": _tokenize_and_pack(eval_raw, tokenizer, objective, args.block_size, args.text_column,
                                                  args.preprocessing_num_workers),
             })
+            # checked before saving: datasets cannot load back a saved split of zero rows
+            if len(packed["train"]) == 0:
+                raise RecipeError(f"the training text is shorter than one block of block_size={args.block_size} "
+                                  "tokens")
+            if len(packed["validation"]) == 0:
+                raise RecipeError(f"the held-out text is shorter than one block of block_size={args.block_size} "
+                                  "tokens; raise validation_fraction or give validation_file")
             with atomic_directory(folder) as tmp:
                 packed.save_to_disk(str(tmp))
             logger.info("Tokenized data saved to %s", folder)
         packed = load_from_disk(str(folder))
         train, evaluation = packed["train"].remove_columns(["block_bytes"]), packed["validation"]
-        if len(train) == 0:
-            raise RecipeError(f"the training text is shorter than one block of block_size={args.block_size} tokens")
-        if len(evaluation) == 0:
-            raise RecipeError(f"the held-out text is shorter than one block of block_size={args.block_size} tokens; "
-                              "raise validation_fraction or give validation_file")
         if args.max_train_samples:
             train = train.select(range(min(args.max_train_samples, len(train))))
         if args.max_eval_samples:

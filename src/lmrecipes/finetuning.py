@@ -17,6 +17,7 @@ from .data import load_raw_splits, split_held_out
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
+from .rows import RowRules, label_key
 from .tokenizer import load_tokenizer
 from .training import (check_world_size, claim_output_dir, find_checkpoint, hub_target, publish_if_asked,
                        setup_logging, throughput_callback, train_and_save)
@@ -91,27 +92,20 @@ FINETUNE_ARGUMENTS = (ModelArguments, TokenizerArguments, ClassificationDataArgu
 
 
 def _label_names(dataset, column: str) -> list[str]:
+    """The classes, sorted (numerically for numbers); the rows were checked (rows.check_rows): no nulls, one type."""
     feature = dataset.features[column] if dataset.features else None
     if hasattr(feature, "names"):  # datasets.ClassLabel
         return list(feature.names)
-    values = dataset.unique(column)
-    if any(v is None for v in values):
-        raise RecipeError(f"key 'label_column': some training rows have no label in column {column!r}")
-    return [str(v) for v in sorted(values)]
+    return [label_key(v) for v in sorted(set(dataset[column]))]
 
 
 def load_classification_data(args: ClassificationDataArguments):
     """Train / validation / test splits (held out deterministically when missing) and the label names."""
-    raw, _ = load_raw_splits(args, streaming=False)
     if args.streaming:
         raise RecipeError("key 'streaming': fine-tuning loads its data into memory; set streaming: false")
-    needed = [c for c in (args.text_column, args.text_pair_column, args.label_column) if c]
-    keys = {args.text_column: "text_column", args.label_column: "label_column"}
-    for split, dataset in raw.items():
-        for column in needed:
-            if column not in dataset.column_names:
-                raise RecipeError(f"key '{keys.get(column, 'text_pair_column')}': column {column!r} not in the {split} "
-                                  f"data (columns: {', '.join(dataset.column_names)})")
+    rules = RowRules(texts={"text_column": args.text_column, "text_pair_column": args.text_pair_column},
+                     label={"label_column": args.label_column}, text_required=True)
+    raw, _ = load_raw_splits(args, streaming=False, rules=rules)
     fractions = {name: fraction for name, fraction in
                  (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw}
     if fractions:
@@ -126,7 +120,7 @@ def load_classification_data(args: ClassificationDataArguments):
     known = set(labels)
     for split in ("validation", "test"):
         feature = raw[split].features[args.label_column]
-        unseen = set() if hasattr(feature, "names") else {str(v) for v in raw[split].unique(args.label_column)} - known
+        unseen = set() if hasattr(feature, "names") else {label_key(v) for v in set(raw[split][args.label_column])} - known
         if unseen:
             raise RecipeError(f"key 'label_column': label(s) {sorted(unseen)} in the {split} split never occur in "
                               "training")
@@ -141,7 +135,7 @@ def tokenize_for_classification(splits: dict, tokenizer, labels: list[str], args
     def encode(batch):
         pair = batch[args.text_pair_column] if args.text_pair_column else None
         encoded = tokenizer(batch[args.text_column], pair, truncation=True, max_length=args.max_length)
-        encoded["labels"] = [v if class_label else label_ids[str(v)] for v in batch[args.label_column]]
+        encoded["labels"] = [v if class_label else label_ids[label_key(v)] for v in batch[args.label_column]]
         return encoded
 
     out = {}
@@ -242,6 +236,15 @@ def classification_metrics(num_labels: int):
     return compute
 
 
+def architecture_summary(model) -> dict:
+    """The body's architecture, for model cards of LoRA adapters (whose folders hold no config.json)."""
+    config = model.config
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = config.get_text_config()
+    return {"model_type": config.model_type, "architectures": [type(base).__name__],
+            **{k: getattr(text, k, None) for k in ("hidden_size", "num_hidden_layers", "vocab_size")}}
+
+
 def majority_accuracy(train_labels, test_labels) -> float:
     """Accuracy of always predicting the most frequent training label: what chance is on this test split."""
     majority = np.bincount(np.asarray(train_labels)).argmax()
@@ -284,7 +287,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     if training_args.should_save:
         (Path(training_args.output_dir) / LABELS_FILE).write_text(json.dumps(
             {"labels": labels, "base_model": model_args.model_name_or_path, "init_from": finetune_args.init_from,
-             "use_lora": finetune_args.use_lora}, indent=2))
+             "use_lora": finetune_args.use_lora, "base_config": architecture_summary(model)}, indent=2))
     checkpoint = find_checkpoint(training_args)
 
     throughput = throughput_callback(model, training_args, data_args.max_length)

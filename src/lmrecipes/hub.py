@@ -24,13 +24,17 @@ from .arguments import REPO_ROOT
 from .cache import atomic_directory
 from .errors import RecipeError, first_line
 from .modeling import PACKAGE_PREFIX, looks_like_local_path
-from .recipe import RUN_RECIPE, read_run_recipe
+from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 
 logger = logging.getLogger("lmrecipes")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 RUN_FILES = (RUN_RECIPE, "all_results.json", "labels.json")
+# Written last into every publish folder: the files publish wrote there. A folder is only ever emptied for a rebuild
+# when it holds this manifest and nothing that the manifest does not list; it is never uploaded.
+PUBLISH_MANIFEST = ".lmrecipes-publish.json"
+LOCAL = "<local>"
 MODEL_FILES = ("config.json", "generation_config.json")
 CONNECT_TIMEOUT_S = 10
 
@@ -49,9 +53,11 @@ class PublishArguments:
     lora_as: Literal["auto", "adapter", "merged"] = field(
         default="auto", metadata={"help": "A LoRA run is published as its adapter (needs the base model's Hub id) or "
                                   "merged into a plain checkpoint; auto: adapter when the base is a Hub id."})
-    base_model: str | None = field(default=None, metadata={"help": "Hub id of the model this one was fine-tuned "
-                                                                   "from (default: the run's model_name_or_path when "
-                                                                   "that is a Hub id)."})
+    base_model: str | None = field(default=None, metadata={"help": "Hub id (USER/NAME) of the model this one was "
+                                                                   "fine-tuned from (default: the run's "
+                                                                   "model_name_or_path when that is a Hub id). A local "
+                                                                   "path is refused: the card and adapter_config.json "
+                                                                   "name it for other people."})
     license: str = field(default="apache-2.0", metadata={"help": "Licence of the published weights (card metadata)."})
     language: list[str] = field(default_factory=lambda: ["en"], metadata={"help": "Languages (card metadata)."})
     datasets: list[str] = field(default_factory=list, metadata={"help": "Hub dataset ids of the training data (default: "
@@ -86,6 +92,28 @@ def run_kind(model_dir: Path) -> str:
                       f"{architectures or 'none'})")
 
 
+def public_path(value: str) -> str:
+    """What a published file may say of a local path: relative to the repository when inside it (data/...),
+    else `<local>/NAME`; absolute paths of this machine (home folders, temp folders) are never published."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        return value
+    if path.is_relative_to(REPO_ROOT):
+        return str(path.relative_to(REPO_ROOT))
+    return f"{LOCAL}/{path.name}"
+
+
+def public_values(value):
+    """`public_path` applied to every string that is an absolute (or ~) path, in nested dicts and lists."""
+    if isinstance(value, dict):
+        return {k: public_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_values(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return public_path(value)
+    return value
+
+
 def count_safetensors_parameters(paths) -> int:
     """Parameters stored in safetensors files, read from their headers (no weights loaded)."""
     from safetensors import safe_open
@@ -114,7 +142,8 @@ def data_provenance(recipe: dict) -> list[str]:
         matches = [c for c in cells if len(c) >= 4 and fnmatch.fnmatch(f"data/{c[0]}", str(path))]
         lines += [f"- `data/{c[0]}`: {c[1]} ({c[2]}); licence / source: {c[3]}" for c in matches]
         if not matches:
-            lines.append(f"- local file(s) `{pattern}` (provenance and licence: not recorded by lmrecipes)")
+            lines.append(f"- local file(s) `{public_path(pattern)}` (provenance and licence: not recorded by "
+                         "lmrecipes)")
     return lines or ["- not recorded"]
 
 
@@ -146,6 +175,7 @@ def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
 
 
 def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str]) -> str:
+    """The card's how-to-use snippet; a classifier (plain or adapter) prints the run's own label names."""
     if kind == "causal_lm":
         return (f'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{repo_id}")\n'
                 f'print(generate("It was a dark and stormy night", max_new_tokens=40)[0]["generated_text"])')
@@ -155,9 +185,17 @@ def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str
     if kind == "classifier":
         return (f'from transformers import pipeline\nclassify = pipeline("text-classification", model="{repo_id}")\n'
                 f'print(classify("A warm, funny and moving film."))')
+    # the base model's config has no labels: the head is rebuilt with the run's (labels.json), else LABEL_0/LABEL_1
     return (f'from peft import AutoPeftModelForSequenceClassification\n'
-            f'model = AutoPeftModelForSequenceClassification.from_pretrained("{repo_id}", num_labels={len(labels)})\n'
-            f'# labels: {labels} (labels.json); tokenizer: AutoTokenizer.from_pretrained("{repo_id}")')
+            f'from transformers import AutoTokenizer, pipeline\n'
+            f'labels = {labels!r}\n'
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained(\n'
+            f'    "{repo_id}", num_labels=len(labels), id2label=dict(enumerate(labels)),\n'
+            f'    label2id={{name: i for i, name in enumerate(labels)}})\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+            f'model.config.pad_token_id = tokenizer.pad_token_id\n'
+            f'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
+            f'print(classify("A warm, funny and moving film."))')
 
 
 def _fmt(value, spec):
@@ -170,8 +208,10 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
 
     recipe = read_run_recipe(folder)
     results = _read_json(folder / "all_results.json")
-    labels = _read_json(folder / "labels.json").get("labels", [])
-    config = _read_json(folder / "config.json")
+    run_labels = _read_json(folder / "labels.json")
+    labels = run_labels.get("labels", [])
+    # an adapter folder has no config.json: the architecture is the base model's, recorded at fine-tuning
+    config = _read_json(folder / "config.json") or run_labels.get("base_config") or {}
     tokenizer_config = _read_json(folder / "tokenizer_config.json")
     weights = sorted(folder.glob("*.safetensors"))
     parameters = count_safetensors_parameters(weights)
@@ -190,10 +230,12 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
             "masked_lm": "a masked language model pretrained from scratch",
             "classifier": f"a sequence classifier (labels: {', '.join(labels)})",
             "adapter": f"a LoRA adapter for sequence classification (labels: {', '.join(labels)})"}[kind]
-    source = recipe.get("model_name_or_path") or "random initialisation"
+    source = base_model or (f"a local checkpoint (`{public_path(recipe['model_name_or_path'])}`)"
+                            if recipe.get("model_name_or_path") else "random initialisation")
     training = [
         f"- Architecture: `{config.get('model_type', 'unknown')}` "
-        f"({', '.join(config.get('architectures') or ['adapter'])}), hidden size {config.get('hidden_size', '?')}, "
+        f"({', '.join(config.get('architectures') or ['unknown architecture'])}"
+        f"{' + LoRA adapter' if kind == 'adapter' else ''}), hidden size {config.get('hidden_size', '?')}, "
         f"{config.get('num_hidden_layers', '?')} layers, vocabulary {config.get('vocab_size', '?')}",
         f"- Parameters in this repository: {parameters:,}",
         f"- Started from: {'random weights' if recipe.get('init_from') == 'scratch' else source}"
@@ -235,6 +277,58 @@ def _copy_present(source: Path, target: Path, names) -> None:
             shutil.copy2(source / name, target / name)
 
 
+def _make_paths_public(folder: Path) -> None:
+    """Rewrite the run files copied into the publish folder with local absolute paths shortened (public_values)."""
+    for name in ("labels.json", "all_results.json"):
+        if (folder / name).is_file():
+            (folder / name).write_text(json.dumps(public_values(_read_json(folder / name)), indent=2))
+    if (folder / RUN_RECIPE).is_file():
+        write_recipe(folder / RUN_RECIPE, public_values(read_run_recipe(folder)),
+                     f"# Resolved recipe of this run (lmrecipes); local paths shown as {LOCAL}/NAME")
+
+
+def _write_manifest(folder: Path) -> None:
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    (folder / PUBLISH_MANIFEST).write_text(json.dumps({"written_by": "lmrecipes publish", "files": names}, indent=2))
+
+
+def remove_earlier_publish_folder(target: Path) -> None:
+    """Delete an earlier publish folder before it is rebuilt, only when it is provably one: it holds the manifest
+    publish wrote and nothing the manifest does not list. Anything else is refused and left untouched (a word in
+    a README proves nothing: a copy of this project's README would pass)."""
+    manifest = target / PUBLISH_MANIFEST
+    if not target.is_dir() or not manifest.is_file():
+        raise RecipeError(f"key 'publish_dir': {target} exists and was not written by lmrecipes publish (no "
+                          f"{PUBLISH_MANIFEST}); pick a new folder")
+    try:
+        listed = set(json.loads(manifest.read_text())["files"]) | {PUBLISH_MANIFEST}
+    except (ValueError, KeyError, TypeError):
+        raise RecipeError(f"key 'publish_dir': {manifest} is unreadable; pick a new folder") from None
+    present = sorted(p for p in target.rglob("*"))
+    foreign = [str(p.relative_to(target)) for p in present
+               if (p.is_file() or p.is_symlink()) and str(p.relative_to(target)) not in listed]
+    if foreign:
+        raise RecipeError(f"key 'publish_dir': {target} holds files lmrecipes publish did not write "
+                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); pick a new folder")
+    for path in sorted(present, key=lambda p: len(p.parts), reverse=True):  # files, then their (empty) folders
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    target.rmdir()
+
+
+def check_base_model_id(base_model: str | None) -> None:
+    if base_model is None:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if looks_like_local_path(base_model) or Path(base_model).expanduser().exists():
+        raise RecipeError(f"key 'base_model': {base_model!r} is a local path; the card and adapter_config.json "
+                          "name the base model for other people: give its Hub id (USER/NAME)")
+    try:
+        validate_repo_id(base_model)
+    except HFValidationError as err:
+        raise RecipeError(f"key 'base_model': {base_model!r} is not a Hub id ({first_line(err)})") from None
+
+
 def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]:
     """Write the Hub-ready folder (atomically: a finished one or none); returns (folder, kind, base_model)."""
     model_dir = Path(args.model_dir)
@@ -243,6 +337,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     repo_id = args.repo_id or model_dir.resolve().name
     kind = run_kind(model_dir)
     recipe = read_run_recipe(model_dir)
+    check_base_model_id(args.base_model)
     base_model = args.base_model
     if base_model is None and kind in ("classifier", "adapter"):
         origin = recipe.get("model_name_or_path") or _read_json(model_dir / "labels.json").get("base_model")
@@ -257,12 +352,8 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
-    if target.exists():  # an earlier publish folder is rebuilt from the run; anything else is never deleted
-        card = target / "README.md"
-        if not (card.is_file() and "lmrecipes" in card.read_text(errors="replace")):
-            raise RecipeError(f"key 'publish_dir': {target} exists and is not a folder written by lmrecipes publish; "
-                              "pick a new one")
-        shutil.rmtree(target)
+    if target.exists() or target.is_symlink():  # an earlier publish folder is rebuilt; nothing else is deleted
+        remove_earlier_publish_folder(target)
     with atomic_directory(target) as tmp:
         if lora_as == "merged":
             from .lora import export_classifier
@@ -277,12 +368,16 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
                 adapter["base_model_name_or_path"] = base_model
                 (tmp / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
             _copy_present(model_dir, tmp, [*TOKENIZER_FILES, *RUN_FILES])
+        _make_paths_public(tmp)
         write_model_card(tmp, kind, repo_id, args, base_model)
+        _write_manifest(tmp)
     return target, kind, base_model
 
 
 def list_folder(folder: Path) -> list[tuple[str, int]]:
-    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    """What is uploaded: every file but the manifest."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")
+                  if p.is_file() and p.name != PUBLISH_MANIFEST)
 
 
 def _check_no_token_in(folder: Path, token: str | None) -> None:
@@ -335,7 +430,8 @@ def upload_folder(folder: Path, repo_id: str, *, private: bool, token: str, comm
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                          ignore_patterns=[PUBLISH_MANIFEST])
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", "?")
         raise RecipeError(f"the Hub at {endpoint} refused the upload to {repo_id} (HTTP {status}): "

@@ -12,51 +12,134 @@ from transformers import pipeline
 from .errors import RecipeError
 from .lora import load_classifier
 from .recipe import read_run_recipe
+from .rows import text_problem
+
+INPUT_TYPES = (".txt", ".jsonl", ".json", ".csv")
 
 
-def read_texts(path, text_column: str = "text") -> list[str]:
+def _json_rows(path: Path, text: str):
+    """(row number, row) of a .jsonl file, or of a .json file holding one array of rows."""
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
+        yield from enumerate(rows, 1)
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"{path} line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+
+
+def _csv_rows(path: Path, handle):
+    reader = csv.DictReader(handle)
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as err:
+        raise RecipeError(f"{path} line {reader.line_num}: not valid CSV ({err})") from None
+
+
+def read_inputs(path, text_column: str = "text", text_pair_column: str | None = None,
+                skip_bad_rows: bool = False) -> list:
+    """The texts of a file to classify: strings, or {"text", "text_pair"} dicts when `text_pair_column` is set.
+
+    .txt: one text per line (any line ending: \\n, \\r\\n or \\r; blank lines are skipped). .jsonl / .json (an array
+    of rows, or one row per line) / .csv: the `text_column` (and `text_pair_column`) of each row. A row whose text
+    is missing, null, not a string or empty is an error naming its line, or is skipped (and counted on stderr)
+    with `skip_bad_rows`. A UTF-8 byte order mark is ignored.
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"input file not found: {path}")
     suffix = path.suffix.lower()
-    with open(path, encoding="utf-8", newline="") as handle:
-        if suffix == ".txt":
-            texts = [line.rstrip("\n") for line in handle if line.strip()]
-        elif suffix in (".jsonl", ".json", ".csv"):
-            rows = csv.DictReader(handle) if suffix == ".csv" else (json.loads(l) for l in handle if l.strip())
-            texts = []
-            for number, row in enumerate(rows, 1):
-                if text_column not in row:
-                    raise RecipeError(f"{path}: row {number} has no column {text_column!r} (--text_column)")
-                texts.append(str(row[text_column]))
-        else:
-            raise RecipeError(f"{path}: unsupported input type {suffix!r} (.txt, .jsonl, .csv)")
-    if not texts:
-        raise RecipeError(f"{path}: no text to classify")
-    return texts
+    if suffix not in INPUT_TYPES:
+        raise RecipeError(f"{path}: unsupported input type {suffix!r} ({', '.join(INPUT_TYPES)})")
+    try:  # utf-8-sig drops a BOM; newline=None reads \r\n and \r as \n (csv needs newline="" and does it itself)
+        with open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as handle:
+            if suffix == ".txt":
+                return [line for line in handle.read().split("\n") if line.strip()] or _nothing(path)
+            rows = list(_csv_rows(path, handle) if suffix == ".csv" else _json_rows(path, handle.read()))
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path} is not valid UTF-8 (byte 0x{err.object[err.start]:02x}); convert it to UTF-8") \
+            from None
+    inputs, skipped = [], []
+    columns = [c for c in (text_column, text_pair_column) if c]
+    for number, row in rows:
+        where = f"{path} {'row' if suffix == '.json' else 'line'} {number}"
+        if not isinstance(row, dict):
+            if isinstance(row, str) and not text_pair_column:  # a .json array of plain strings
+                row = {text_column: row}
+            else:
+                raise RecipeError(f"{where}: expected an object with a {text_column!r} field, got {type(row).__name__}")
+        problem = _row_problem(row, columns, text_pair_column)
+        if problem:
+            if not skip_bad_rows:
+                raise RecipeError(f"{where}: {problem} (--skip_bad_rows to skip such rows)")
+            skipped.append(f"{where}: {problem}")
+            continue
+        inputs.append({"text": row[text_column], "text_pair": row[text_pair_column]} if text_pair_column
+                      else row[text_column])
+    if skipped:
+        print(f"skipped {len(skipped)} rows without a text: {'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}",
+              file=sys.stderr)
+    return inputs or _nothing(path)
 
 
-def predict(model_dir, texts: list[str], batch_size: int = 32, max_length: int | None = None) -> list[dict]:
-    """[{text, label, score}] for each text."""
+def _row_problem(row: dict, columns: list[str], text_pair_column: str | None) -> str | None:
+    for column in columns:
+        if column not in row:
+            return f"has no column {column!r} (--{'text_pair_column' if column == text_pair_column else 'text_column'})"
+        problem = text_problem(row[column], required=True)
+        if problem:
+            return f"column {column!r} {problem}"
+    return None
+
+
+def _nothing(path):
+    raise RecipeError(f"{path}: no text to classify")
+
+
+def predict(model_dir, texts: list, batch_size: int = 32, max_length: int | None = None) -> list[dict]:
+    """[{text, label, score}] for each text; a text is a string, or a {"text", "text_pair"} dict (pair tasks)."""
+    for index, text in enumerate(texts):
+        pair = isinstance(text, dict)
+        problem = text_problem(text.get("text") if pair else text, required=True) or (
+            text_problem(text.get("text_pair"), required=True) if pair else None)
+        if problem:
+            raise RecipeError(f"text {index}: {problem}")
     model, tokenizer = load_classifier(model_dir)
     if max_length is None:
         max_length = read_run_recipe(model_dir).get("max_length") or 512
     classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
     outputs = classifier(texts, batch_size=batch_size, truncation=True, max_length=max_length)
-    return [{"text": text, "label": out["label"], "score": float(out["score"])} for text, out in zip(texts, outputs)]
+    return [{**(text if isinstance(text, dict) else {"text": text}), "label": out["label"], "score": float(out["score"])}
+            for text, out in zip(texts, outputs)]
 
 
-def predict_file(model_dir, input_path, output_path=None, text_column="text", batch_size=32, max_length=None) -> int:
-    rows = predict(model_dir, read_texts(input_path, text_column), batch_size, max_length)
-    if output_path and str(output_path).endswith(".csv"):
-        with open(output_path, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["text", "label", "score"])
+def predict_file(model_dir, input_path, output_path=None, text_column="text", batch_size=32, max_length=None,
+                 text_pair_column=None, skip_bad_rows=False) -> int:
+    """Classify a file; `text_pair_column` defaults to the run's own (pair tasks). The output file is written
+    whole or not at all."""
+    if text_pair_column is None:
+        text_pair_column = read_run_recipe(model_dir).get("text_pair_column")
+    rows = predict(model_dir, read_inputs(input_path, text_column, text_pair_column, skip_bad_rows), batch_size,
+                   max_length)
+    if not output_path:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return len(rows)
+    output_path = Path(output_path)
+    tmp = output_path.with_name(f".{output_path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        if output_path.suffix == ".csv":
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    else:
-        handle = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        if output_path:
-            handle.close()
+        else:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    tmp.replace(output_path)
     return len(rows)

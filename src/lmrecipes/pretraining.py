@@ -14,6 +14,7 @@ from .errors import RecipeError
 from .modeling import (build_config, build_language_model, check_tokenizer_for, count_parameters,
                        fit_config_to_tokenizer, infer_objective, warn_remote_code)
 from .recipe import resolved_recipe
+from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
 from .training import (check_world_size, claim_output_dir, find_checkpoint, hub_target, publish_if_asked,
                        setup_logging, throughput_callback, train_and_save)
@@ -32,7 +33,8 @@ def _iter_texts(dataset, column: str):
 def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
                               data_args: PretrainDataArguments, objective: str, is_main_process: bool = True):
     """The raw train/validation splits, their fingerprint, and the recipe's tokenizer (trained on train if needed)."""
-    raw, fingerprint = load_raw_splits(data_args, streaming=data_args.streaming)
+    raw, fingerprint = load_raw_splits(data_args, streaming=data_args.streaming,
+                                       rules=RowRules(texts={"text_column": data_args.text_column}))
     if "validation" not in raw:
         raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction},
                                   data_args.text_column))

@@ -1,8 +1,10 @@
 """Recipes: a flat YAML file whose values are defaults, overridden by command-line flags.
 
 `HfArgumentParser` does the typing and the help texts. What it does not do, and is written here: take a YAML
-file as *defaults* that flags override (its own `parse_yaml_file` cannot mix the two), name the recipe key
-in a one-line error instead of printing the argparse usage wall, and write the resolved recipe back out.
+file as *defaults* that flags override (its own `parse_yaml_file` cannot mix the two), merge mapping-valued keys
+(`config_overrides`, ...) key by key instead of replacing them, read YAML with `true`/`false` as its only booleans,
+name the recipe key in a one-line error instead of printing the argparse usage wall, and write the resolved recipe
+back out.
 """
 
 from __future__ import annotations
@@ -13,17 +15,97 @@ import enum
 import json
 import re
 import sys
+import typing
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
-from .arguments import find_file
+from .arguments import find_file, parse_mapping
 from .errors import RecipeError
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2 booleans: only true/false (any case) are booleans. YAML 1.1 also reads
+    yes/no/on/off as booleans, which turns `eval_strategy: no` (the transformers docs' value) into `false`.
+    A boolean key still accepts yes/no: `HfArgumentParser` parses those strings as booleans."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+
+
+REPLACE = "__replace__"
+
+
+def merge_mappings(base: dict, update: dict) -> dict:
+    """`update` laid over `base` key by key (nested mappings too). An update holding `__replace__: true` replaces
+    the mapping at its level instead of merging into it."""
+    update = dict(update)
+    if update.pop(REPLACE, False):
+        return update
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = merge_mappings(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def _as_mapping(value, key: str):
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and (value.strip().startswith("{") or "=" in value):
+        return parse_mapping(value, key)
+    return None
+
+
+def mapping_keys(dataclass_types) -> set[str]:
+    """Recipe keys whose value is a mapping (typed `dict | ...`): these merge instead of replacing."""
+    # the annotations, not dataclasses.fields(): HfArgumentParser rewrites a field's .type (dict | str -> str)
+    return {name for t in dataclass_types for name, hint in typing.get_type_hints(t).items() if "dict" in str(hint)}
+
+
+def merge_recipe(base: dict, overrides: dict, dataclass_types) -> dict:
+    """Recipe values laid over one another: plain keys are replaced, mapping-valued keys merged key by key."""
+    merged = dict(base)
+    mappings = mapping_keys(dataclass_types)
+    for key, value in overrides.items():
+        old, new = (_as_mapping(merged.get(key), key), _as_mapping(value, key)) if key in mappings else (None, None)
+        merged[key] = merge_mappings(old, new) if old is not None and new is not None else value
+    return merged
+
+
+def _split_mapping_flags(flags: list[str], keys: set[str]) -> tuple[dict, list[str]]:
+    """Take `--key value` / `--key=value` flags of mapping-valued keys out of argv (they are merged, not parsed)."""
+    found, rest, i = {}, [], 0
+    while i < len(flags):
+        name, sep, value = flags[i].partition("=")
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in keys:
+            if not sep:
+                if i + 1 >= len(flags):
+                    raise RecipeError(f"key '{key}': expected one argument")
+                value, i = flags[i + 1], i + 1
+            found[key] = merge_mappings(found[key], parse_mapping(value, key)) if key in found else value
+        else:
+            rest.append(flags[i])
+        i += 1
+    return found, rest
+
+
 class _RecipeArgumentParser(HfArgumentParser):
-    """argparse raises instead of printing usage and exiting."""
+    """argparse raises instead of printing usage and exiting; no abbreviated flags (`--max_grad` for
+    `--max_grad_norm` would train with a key the run's recipe.yaml never records)."""
+
+    def __init__(self, dataclass_types):
+        super().__init__(dataclass_types, allow_abbrev=False)
 
     def error(self, message):
         raise RecipeError(re.sub(r"argument --(\w+)(/--[\w-]+)?", r"key '\1'", message))
@@ -51,7 +133,7 @@ def read_recipe_file(path: str | Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        recipe = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -85,18 +167,18 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     argv = sys.argv[1:] if argv is None else list(argv)
     path, flags = split_recipe_path(argv)
     source = "recipe"
-    if path is not None:
-        recipe = {**read_recipe_file(path), **(recipe or {})}
-        source = path
     recipe = dict(recipe or {})
+    if path is not None:
+        recipe = merge_recipe(read_recipe_file(path), recipe, dataclass_types)
+        source = path
+    mapping_flags, flags = _split_mapping_flags(flags, mapping_keys(dataclass_types))
+    recipe = merge_recipe(recipe, mapping_flags, dataclass_types)
 
     parser = _RecipeArgumentParser(dataclass_types)
     known = {action.dest for action in parser._actions} - {"help"}
     for key in recipe:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"{source}: unknown key '{key}'{hint}")
+            raise RecipeError(f"{source}: unknown key '{key}'{_did_you_mean(str(key), known)}")
 
     yaml_argv = _yaml_to_argv(recipe)
     try:
@@ -106,6 +188,10 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
             raise RecipeError(f"{source}: {err}") from None
     _, unknown = parser.parse_known_args(yaml_argv + flags)  # the file's keys are known: the rest are flags
     if unknown:
+        first = next((a for a in unknown if a.startswith("--")), None)
+        if first is not None:
+            key = first[2:].split("=")[0].replace("-", "_")
+            raise RecipeError(f"unknown command-line key '--{key}'{_did_you_mean(key, known)}")
         raise RecipeError(f"unknown command-line argument(s): {' '.join(unknown)}")
     try:
         parsed = parser.parse_args_into_dataclasses(args=yaml_argv + flags, look_for_args_file=False)
@@ -124,6 +210,13 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
                 explicit[key] = _plain(getattr(obj, key))
                 break
     return (*parsed, explicit)
+
+
+def _did_you_mean(key: str, known) -> str:
+    """' (did you mean 'x'?)': a key that the typed one abbreviates, else the closest spelling."""
+    starting = sorted(k for k in known if k.startswith(key))
+    close = starting[:1] or difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _plain(value):
@@ -165,4 +258,4 @@ RUN_RECIPE = "recipe.yaml"
 def read_run_recipe(run_dir) -> dict:
     """The resolved recipe a run wrote into its folder ({} when there is none)."""
     path = Path(run_dir) / RUN_RECIPE
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return (load_yaml(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -94,6 +95,43 @@ def find_checkpoint(training_args) -> str | None:
     return checkpoint
 
 
+# Written by claim_output_dir into every run folder it starts: what proves that a folder is an lmrecipes run. A
+# recipe.yaml alone proves nothing (the published copy of a run carries one).
+RUN_MARKER = ".lmrecipes-run.json"
+# What runs write at the top of output_dir (Trainer, tokenizer, peft, lmrecipes); overwrite_output_dir deletes these
+# and refuses a run folder holding anything else. The publish folder (hub/) goes by its own manifest.
+RUN_PRODUCTS = (RUN_MARKER, RUN_RECIPE, "labels.json", "*_results.json", "trainer_state.json", "training_args.bin",
+                "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+                "adapter_config.json", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
+                "checkpoint-*", "runs", "merged", ".tmp-*")
+
+
+def is_run_folder(out: Path) -> bool:
+    return (out / RUN_MARKER).is_file()
+
+
+def remove_run_folder(out: Path) -> None:
+    """Delete an lmrecipes run folder (proven by its marker) and what runs write in it; a folder that also holds
+    anything else is refused untouched, naming what."""
+    from .hub import PUBLISH_MANIFEST, remove_earlier_publish_folder
+
+    entries = sorted(out.iterdir())
+    hub = [p for p in entries if p.is_dir() and (p / PUBLISH_MANIFEST).is_file()]
+    foreign = [p.name for p in entries if p not in hub and not any(fnmatch.fnmatch(p.name, g) for g in RUN_PRODUCTS)]
+    if foreign:
+        raise RecipeError(f"key 'overwrite_output_dir': {out} holds files no lmrecipes run writes "
+                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them or pick "
+                          "another output_dir")
+    for folder in hub:
+        remove_earlier_publish_folder(folder)  # refuses one that holds files publish did not write
+    for path in entries:
+        if path in hub:
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    out.rmdir()
+
+
 def _comparable(recipe: dict) -> dict:
     return {k: v for k, v in recipe.items() if k not in COSMETIC_KEYS}
 
@@ -105,18 +143,21 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
     - a started run of the same recipe: resumed (the caller finds its checkpoint);
     - a finished run of the same recipe: its results are returned and nothing is trained again;
     - a run (started or finished) of another recipe: refused, naming the keys that differ;
-    - with `overwrite_output_dir`, any lmrecipes run there is deleted first and the recipe starts over;
-    - files that are not an lmrecipes run: always refused (nothing that lmrecipes did not write is deleted).
+    - with `overwrite_output_dir`, an lmrecipes run there is deleted first and the recipe starts over;
+    - files that are not an lmrecipes run (no RUN_MARKER): always refused (nothing lmrecipes did not write is
+      deleted).
     Hand-written: transformers 5 dropped `overwrite_output_dir` and never guarded a finished run.
     """
     out = Path(training_args.output_dir)
     previous_file, results_file = out / RUN_RECIPE, out / "all_results.json"
     with training_args.main_process_first(desc="output_dir check"):
-        if out.is_dir() and any(out.iterdir()) and not previous_file.is_file():
-            raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_RECIPE}); pick a new "
+        if out.exists() and not out.is_dir():
+            raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
+        if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
+            raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
                               "or empty folder")
         finished = results_file.is_file()
-        if previous_file.is_file():
+        if is_run_folder(out):
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
                              if previous.get(k) != recipe.get(k))
@@ -132,11 +173,12 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
                     return json.loads(results_file.read_text())
             elif training_args.should_save:
                 logger.warning("overwrite_output_dir: deleting the run in %s and starting over", out)
-                shutil.rmtree(out)
+                remove_run_folder(out)
         if training_args.should_save:
             out.mkdir(parents=True, exist_ok=True)
-            if not previous_file.is_file():
+            if not is_run_folder(out):
                 write_recipe(previous_file, recipe, header)
+                (out / RUN_MARKER).write_text(json.dumps({"written_by": "lmrecipes", "recipe": RUN_RECIPE}))
     return None
 
 
