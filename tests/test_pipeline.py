@@ -2,7 +2,9 @@
 
 import json
 
+import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import pipeline as hf_pipeline
 
 from conftest import REPO, TINY_LLAMA, read_json
@@ -41,6 +43,17 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
     assert written["pretraining_gain_accuracy_points"] == round(
         100 * (written["finetuned_pretrained"]["test_accuracy"] - written["finetuned_scratch"]["test_accuracy"]), 2)
     assert "(b) same architecture from scratch" in (run / "summary.md").read_text()
+    # the summary reports the stages' own results, and each stage started from what it says
+    stage = {name: read_json(run / name / "all_results.json") for name in ("pretrain", "finetune", "finetune-scratch")}
+    assert pre["tokens"] == stage["pretrain"]["train_tokens"] and pre["eval_loss"] == stage["pretrain"]["eval_loss"]
+    assert written["finetuned_pretrained"]["test_accuracy"] == stage["finetune"]["test_accuracy"]
+    assert written["finetuned_scratch"]["test_accuracy"] == stage["finetune-scratch"]["test_accuracy"]
+    assert read_json(run / "finetune" / "labels.json")["base_model"] == str(run / "pretrain")
+    assert read_json(run / "finetune" / "labels.json")["init_from"] == "pretrained"
+    assert read_json(run / "finetune-scratch" / "labels.json")["init_from"] == "scratch"
+    exported, finetuned = load_file(run / "model" / "model.safetensors"), load_file(run / "finetune" /
+                                                                                     "model.safetensors")
+    assert exported.keys() == finetuned.keys() and all(torch.equal(exported[k], finetuned[k]) for k in exported)
     assert (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
         assert (run / "model" / name).is_file(), name

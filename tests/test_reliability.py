@@ -194,6 +194,13 @@ def bad_pretraining_inputs(tmp_path, small_corpus):
     blank.write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(20)))
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b'{"text": "caf\xe9 au lait"}\n' * 20)
+    few_docs = tmp_path / "few.jsonl"
+    few_docs.write_text("".join(json.dumps({"text": f"document {i} " * 200}) + "\n" for i in range(3)))
+    half_written = tmp_path / "elsewhere" / "checkpoint-4"
+    half_written.mkdir(parents=True)
+    (half_written / "model.safetensors").write_bytes(b"\x00" * 100)
+    null_doc = tmp_path / "null-doc.jsonl"
+    null_doc.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a long document " * 50] * 10 + [None]))
     causal_tokenizer = tmp_path / "causal-tokenizer"
     lmrecipes.train_tokenizer(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], save_dir=causal_tokenizer)
     llama = (LLAMA_PRETRAIN, {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15})
@@ -204,6 +211,14 @@ def bad_pretraining_inputs(tmp_path, small_corpus):
                                       "the documents hold no text"),
         "corpus with undecodable bytes": (*llama, {"train_file": [str(latin1)]},
                                           "is not valid UTF-8 (byte 0xe9 at offset"),
+        "held-out fraction that leaves the validation split empty": (
+            *llama, {"train_file": [str(few_docs)], "validation_fraction": 0.05},
+            "key 'validation_fraction': 0.05 of 3 rows leaves the validation split empty"),
+        "resume_from_checkpoint at a half-written checkpoint": (
+            *llama, {"resume_from_checkpoint": str(half_written)}, "key 'resume_from_checkpoint': "
+            f"{half_written} is incomplete"),
+        "corpus with a null document": (*llama, {"train_file": [str(null_doc)]},
+                                        f"{null_doc} row 11: column 'text' (text_column) is empty (null)"),
         "block_size above max_position_embeddings": (*llama, {"block_size": 256},
                                                      "key 'block_size': 256 is above the model's max_position"),
         "vocab_size below the tokenizer's": (*llama, {"config_overrides": {**TINY_LLAMA["config_overrides"],

@@ -19,8 +19,8 @@ from .modeling import build_config, count_parameters, resolve_model_path, warn_r
 from .recipe import resolved_recipe
 from .rows import RowRules, label_key
 from .tokenizer import load_tokenizer
-from .training import (check_world_size, claim_output_dir, find_checkpoint, hub_target, publish_if_asked,
-                       setup_logging, throughput_callback, train_and_save)
+from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
+                       publish_if_asked, setup_logging, throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -260,6 +260,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     """Fine-tune a classifier end to end; returns the results also written to `output_dir/all_results.json`."""
     setup_logging(training_args)
     check_world_size(training_args)
+    check_resume_request(training_args)
     warn_remote_code(model_args)
     set_seed(training_args.seed)  # the new head's initial weights depend on it
     hub = hub_target(training_args)

@@ -16,8 +16,8 @@ from .modeling import (build_config, build_language_model, check_tokenizer_for, 
 from .recipe import resolved_recipe
 from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
-from .training import (check_world_size, claim_output_dir, find_checkpoint, hub_target, publish_if_asked,
-                       setup_logging, throughput_callback, train_and_save)
+from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
+                       publish_if_asked, setup_logging, throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -63,6 +63,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     """
     setup_logging(training_args)
     check_world_size(training_args)
+    check_resume_request(training_args)
     warn_remote_code(model_args)
     set_seed(training_args.seed)  # the model's initial weights depend on it
     hub = hub_target(training_args)

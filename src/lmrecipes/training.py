@@ -73,6 +73,17 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
     return None
 
 
+def check_resume_request(training_args) -> None:
+    """An explicit `resume_from_checkpoint` must be a complete checkpoint: checked before anything is written."""
+    explicit = training_args.resume_from_checkpoint
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise RecipeError(f"key 'resume_from_checkpoint': no checkpoint folder at {explicit}")
+        if not is_complete_checkpoint(Path(explicit)):
+            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
+                              "weights missing: the run was killed while saving it)")
+
+
 def find_checkpoint(training_args) -> str | None:
     """The checkpoint to resume from: `resume_from_checkpoint`, else the last complete one in `output_dir`.
 
@@ -81,11 +92,7 @@ def find_checkpoint(training_args) -> str | None:
     """
     explicit = training_args.resume_from_checkpoint
     if explicit:
-        if not Path(explicit).is_dir():
-            raise RecipeError(f"key 'resume_from_checkpoint': no checkpoint folder at {explicit}")
-        if not is_complete_checkpoint(Path(explicit)):
-            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
-                              "weights missing: the run was killed while saving it)")
+        check_resume_request(training_args)
         checkpoint = explicit
     else:
         checkpoint = find_last_complete_checkpoint(Path(training_args.output_dir),
