@@ -162,6 +162,17 @@ def run_script(name: str, argv) -> tuple[int, str]:
     return 0, ""
 
 
+def check_training_exit(code, crash, capsys, out) -> bool:
+    """Exit 0, or exit 2 with one `error: ...` line and no output folder; True when the run succeeded."""
+    err = capsys.readouterr().err.strip().splitlines()
+    event(f"exit {code}")
+    assert code in (0, 2), crash or err[-5:]
+    if code == 2:
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert not out.exists(), "a partial output folder"
+    return code == 0
+
+
 FAST = ["--max_steps", "1", "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true", "--max_length", "16"]
 
@@ -176,13 +187,7 @@ def test_finetune_script_succeeds_or_exits_2_with_nothing_written(tmp_path_facto
                                           causal_run[0], "--train_file", write_file(folder, train, fmt, mutate),
                                           "--output_dir", out, "--skip_bad_rows", str(skip).lower(),
                                           "--validation_fraction", "0.2", "--test_fraction", "0.2", *FAST])
-    err = capsys.readouterr().err.strip().splitlines()
-    event(f"exit {code}")
-    assert code in (0, 2), crash or err[-5:]
-    if code == 2:
-        assert len(err) == 1 and err[0].startswith("error: "), err
-        assert not out.exists(), "a partial output folder"
-    else:
+    if check_training_exit(code, crash, capsys, out):
         assert read_json(out / "all_results.json")["test_samples"] > 0
 
 
@@ -197,13 +202,7 @@ def test_pretrain_script_succeeds_or_exits_2_with_nothing_written(tmp_path_facto
                                           "--tokenizer_name_or_path", causal_tokenizer, "--config_overrides",
                                           overrides, "--block_size", "8", "--validation_fraction", "0.3",
                                           "--output_dir", out, *FAST[:-2]])
-    err = capsys.readouterr().err.strip().splitlines()
-    event(f"exit {code}")
-    assert code in (0, 2), crash or err[-5:]
-    if code == 2:
-        assert len(err) == 1 and err[0].startswith("error: "), err
-        assert not out.exists(), "a partial output folder"
-    else:
+    if check_training_exit(code, crash, capsys, out):
         assert (out / "all_results.json").is_file()
 
 
