@@ -171,7 +171,11 @@ def test_scratch_init_and_predict_script(tmp_path, learnable_csv, causal_run):
     assert read_json(out / "labels.json")["init_from"] == "scratch"
     saved, checkpoint = load_file(out / "model.safetensors"), load_file(causal_run[0] / "model.safetensors")
     matrices = [name for name in checkpoint if name in saved and checkpoint[name].dim() == 2]
-    assert matrices and all((saved[n] - checkpoint[n]).abs().max() > 1e-2 for n in matrices), "not from scratch"
+    # cosine with the checkpoint: 0.96-1.0 for the same 15 steps from the loaded checkpoint; 0.57-0.78 from scratch
+    # (the scratch init is the one pretraining started from, same seed: what pretraining changed is the difference)
+    similarity = {n: float(torch.nn.functional.cosine_similarity(saved[n].flatten(), checkpoint[n].flatten(), dim=0))
+                  for n in matrices}
+    assert matrices and all(value < 0.9 for value in similarity.values()), similarity
 
     texts = ["the queen spoke it was good of the night", "the night was long it was poor and the king went",
              "it was good", "the lady sat by the fire it was poor"]

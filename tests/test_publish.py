@@ -156,10 +156,33 @@ def test_publish_deletes_only_a_folder_it_wrote(tmp_path, monkeypatch, lora_run)
     lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)
     (folder / "my-notes.txt").write_text("added by hand")  # an earlier publish folder the user wrote into
     before = snapshot(folder)
-    with pytest.raises(lmrecipes.RecipeError, match=r"holds files lmrecipes publish did not write \(my-notes.txt\)"):
+    with pytest.raises(lmrecipes.RecipeError, match=r"did not write, or that changed since \(my-notes.txt\)"):
         lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)
     assert snapshot(folder) == before
     (folder / "my-notes.txt").unlink()
+    card = (folder / "README.md").read_text()
+    (folder / "README.md").write_text(card + "\nMy own notes on this model.\n")  # an edited card is the user's
+    with pytest.raises(lmrecipes.RecipeError, match=r"did not write, or that changed since \(README.md\)"):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)
+    (folder / "README.md").write_text(card)
+
+    link = tmp_path / "link"  # a symbolic link to a publish folder: refused, the folder behind it untouched
+    link.symlink_to(folder)
+    before = snapshot(folder)
+    with pytest.raises(lmrecipes.RecipeError, match="key 'publish_dir'"):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=str(link), **options)
+    monkeypatch.chdir(folder)  # `--publish_dir .` inside an earlier publish folder
+    with pytest.raises(lmrecipes.RecipeError, match="is the working folder or holds it"):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=".", **options)
+    monkeypatch.chdir(tmp_path)
+    assert snapshot(folder) == before
+
+    from lmrecipes import hub  # the earlier folder stays until the new one is complete
+    monkeypatch.setattr(hub, "write_model_card", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)
+    assert snapshot(folder) == before and not list(tmp_path.glob(".tmp-*"))
+    monkeypatch.undo()
     lmrecipes.publish(run_dir, "someone/x", publish_dir=str(folder), **options)  # its own folder: rebuilt
 
 

@@ -147,13 +147,33 @@ def test_a_finished_run_is_never_overwritten_without_consent(tmp_path, small_cor
         lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(copied), overwrite_output_dir=True)
     assert sorted(p.name for p in copied.iterdir()) == ["notes.txt", "recipe.yaml"]
 
-    (out / "my-analysis.ipynb").write_text("{}")  # the user's own file inside a run folder
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    with pytest.raises(lmrecipes.RecipeError, match=r"key 'overwrite_output_dir': .* holds files no lmrecipes run "
-                                                   r"writes \(my-analysis.ipynb\)"):
-        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out),
-                           overwrite_output_dir=True)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, "nothing touched"
+    # the user's own files inside a finished run folder, even under names runs use, are never deleted
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    for name, make in {"my-analysis.ipynb": lambda p: p.write_text("{}"), "README.md": lambda p: p.write_text("me"),
+                       "runs/analysis.ipynb": lambda p: p.write_text("{}"),
+                       "merged/precious.txt": lambda p: p.write_text("mine"),
+                       "checkpoint-best/notes": lambda p: p.write_text("mine"),
+                       "hub": lambda p: p.symlink_to(elsewhere)}.items():
+        path = out / name
+        path.parent.mkdir(exist_ok=True)
+        make(path)
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        with pytest.raises(lmrecipes.RecipeError, match=r"key 'overwrite_output_dir': .* holds files this lmrecipes "
+                                                       rf"run did not write, or that changed since \({name}\)"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out),
+                               overwrite_output_dir=True)
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, f"{name}: something was touched"
+        path.unlink()
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+    link = tmp_path / "link-to-run"  # a symbolic link to a run folder is not a run folder
+    link.symlink_to(out)
+    with pytest.raises(lmrecipes.RecipeError, match="holds files but no lmrecipes run"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(link), overwrite_output_dir=True)
+    assert (out / "model.safetensors").is_file()
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out), overwrite_output_dir=True)
+    assert read_json(out / "trainer_state.json")["global_step"] == 2  # what the run wrote was deleted and redone
 
 
 # ---------------------------------------------------------------- numerical faults

@@ -11,16 +11,20 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path):
+def atomic_directory(target: Path, replace=None):
     """Yield a temporary folder beside `target`; rename it to `target` only if the block finishes.
 
-    A killed process leaves a `.tmp-*` folder, never a half-written `target`.
+    A killed process leaves a `.tmp-*` folder, never a half-written `target`. When `target` exists at the end it is
+    kept (another process finished first) unless `replace` is given: then `replace()` deletes it first, so the old
+    folder stays until the new one is complete.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
+        if (target.exists() or target.is_symlink()) and replace is not None:
+            replace()
         if target.exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp)
         else:

@@ -24,6 +24,7 @@ from .arguments import REPO_ROOT
 from .cache import atomic_directory
 from .errors import RecipeError, first_line
 from .modeling import PACKAGE_PREFIX, looks_like_local_path
+from .ownership import check_deletable, delete_checked, files_in, sha256_of, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 
 logger = logging.getLogger("lmrecipes")
@@ -92,10 +93,19 @@ def run_kind(model_dir: Path) -> str:
                       f"{architectures or 'none'})")
 
 
+# The keys of a run's recipe.yaml / labels.json whose values are local paths (strings or lists of strings).
+PATH_KEYS = {"model_name_or_path", "tokenizer_name_or_path", "config_name", "train_file", "validation_file",
+             "test_file", "output_dir", "logging_dir", "data_cache_dir", "resume_from_checkpoint", "base_model",
+             "deepspeed"}
+
+
 def public_path(value: str) -> str:
     """What a published file may say of a local path: relative to the repository when inside it (data/...),
     else `<local>/NAME`; absolute paths of this machine (home folders, temp folders) are never published."""
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of an unknown user: not a path of this machine
+        return value
     if not path.is_absolute():
         return value
     if path.is_relative_to(REPO_ROOT):
@@ -103,15 +113,14 @@ def public_path(value: str) -> str:
     return f"{LOCAL}/{path.name}"
 
 
-def public_values(value):
-    """`public_path` applied to every string that is an absolute (or ~) path, in nested dicts and lists."""
-    if isinstance(value, dict):
-        return {k: public_values(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [public_values(v) for v in value]
-    if isinstance(value, str) and value.startswith(("/", "~")):
-        return public_path(value)
-    return value
+def public_values(record: dict) -> dict:
+    """`public_path` applied to the values of PATH_KEYS (nothing else: a label such as '/r/science' stays)."""
+    def public(value):
+        if isinstance(value, str):
+            return public_path(value)
+        return [public(v) for v in value] if isinstance(value, list) else value
+
+    return {key: public(value) if key in PATH_KEYS else value for key, value in record.items()}
 
 
 def count_safetensors_parameters(paths) -> int:
@@ -288,31 +297,30 @@ def _make_paths_public(folder: Path) -> None:
 
 
 def _write_manifest(folder: Path) -> None:
-    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    (folder / PUBLISH_MANIFEST).write_text(json.dumps({"written_by": "lmrecipes publish", "files": names}, indent=2))
+    files = {name: sha256_of(folder / name) for name in files_in(folder)}
+    write_json_atomically(folder / PUBLISH_MANIFEST, {"written_by": "lmrecipes publish", "files": files})
 
 
-def remove_earlier_publish_folder(target: Path) -> None:
-    """Delete an earlier publish folder before it is rebuilt, only when it is provably one: it holds the manifest
-    publish wrote and nothing the manifest does not list. Anything else is refused and left untouched (a word in
-    a README proves nothing: a copy of this project's README would pass)."""
-    manifest = target / PUBLISH_MANIFEST
-    if not target.is_dir() or not manifest.is_file():
-        raise RecipeError(f"key 'publish_dir': {target} exists and was not written by lmrecipes publish (no "
+def publish_folder_owns(folder: Path, key: str = "publish_dir"):
+    """Whether publish wrote a file of `folder` (relative path -> bool): listed in the folder's manifest with the
+    same content. A RecipeError when `folder` is no publish folder at all (no manifest, or a symbolic link)."""
+    manifest = folder / PUBLISH_MANIFEST
+    if folder.is_symlink() or not folder.is_dir() or not manifest.is_file():
+        raise RecipeError(f"key '{key}': {folder} exists and was not written by lmrecipes publish (no "
                           f"{PUBLISH_MANIFEST}); pick a new folder")
     try:
-        listed = set(json.loads(manifest.read_text())["files"]) | {PUBLISH_MANIFEST}
-    except (ValueError, KeyError, TypeError):
-        raise RecipeError(f"key 'publish_dir': {manifest} is unreadable; pick a new folder") from None
-    present = sorted(p for p in target.rglob("*"))
-    foreign = [str(p.relative_to(target)) for p in present
-               if (p.is_file() or p.is_symlink()) and str(p.relative_to(target)) not in listed]
-    if foreign:
-        raise RecipeError(f"key 'publish_dir': {target} holds files lmrecipes publish did not write "
-                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); pick a new folder")
-    for path in sorted(present, key=lambda p: len(p.parts), reverse=True):  # files, then their (empty) folders
-        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
-    target.rmdir()
+        listed = json.loads(manifest.read_text())["files"]
+        assert isinstance(listed, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise RecipeError(f"key '{key}': {manifest} is unreadable; pick a new folder") from None
+    return lambda name: name == PUBLISH_MANIFEST or (name in listed and sha256_of(folder / name) == listed[name])
+
+
+def earlier_publish_folder_files(target: Path) -> list[str]:
+    """The files of an earlier publish folder, when it provably is one: its manifest (written by publish) lists
+    every file with the same content. Anything else is refused and left untouched (a word in a README proves
+    nothing: a copy of this project's README would pass)."""
+    return check_deletable(target, publish_folder_owns(target), "publish_dir", "lmrecipes publish")
 
 
 def check_base_model_id(base_model: str | None) -> None:
@@ -320,7 +328,7 @@ def check_base_model_id(base_model: str | None) -> None:
         return
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if looks_like_local_path(base_model) or Path(base_model).expanduser().exists():
+    if looks_like_local_path(base_model):
         raise RecipeError(f"key 'base_model': {base_model!r} is a local path; the card and adapter_config.json "
                           "name the base model for other people: give its Hub id (USER/NAME)")
     try:
@@ -352,9 +360,11 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
+    replace = None
     if target.exists() or target.is_symlink():  # an earlier publish folder is rebuilt; nothing else is deleted
-        remove_earlier_publish_folder(target)
-    with atomic_directory(target) as tmp:
+        earlier_publish_folder_files(target)  # refused before anything is built
+        replace = lambda: delete_checked(target, earlier_publish_folder_files(target))  # noqa: E731 - once built
+    with atomic_directory(target, replace=replace) as tmp:
         if lora_as == "merged":
             from .lora import export_classifier
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from .arguments import ModelArguments
 from .errors import RecipeError, first_line
+from .recipe import yaml_boolean
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +73,13 @@ def build_config(model_args: ModelArguments):
         if model_args.model_type not in CONFIG_MAPPING:
             raise RecipeError(f"key 'model_type': unknown model type {model_args.model_type!r} (any AutoConfig type,"
                               " e.g. llama, gpt2, qwen2, bert, roberta, modernbert)")
-        _check_override_names(AutoConfig.for_model(model_args.model_type), overrides)
+        defaults = AutoConfig.for_model(model_args.model_type)
+        _check_override_names(defaults, overrides)
+        overrides = {name: yaml_boolean(value) if isinstance(getattr(defaults, name), bool) else value
+                     for name, value in overrides.items()}
         try:
             return AutoConfig.for_model(model_args.model_type, **overrides)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, StrictDataclassError) as err:
             raise RecipeError(f"key 'config_overrides': {first_line(err)}") from None
     key = "config_name" if model_args.config_name else "model_name_or_path"
     source = model_args.config_name or model_args.model_name_or_path
@@ -83,7 +88,7 @@ def build_config(model_args: ModelArguments):
     path = resolve_model_path(source, key)
     try:
         config, unused = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **common, **overrides)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, StrictDataclassError) as err:
         raise RecipeError(f"key '{key}': cannot load {source!r}: {first_line(err)}") from None
     if unused:
         _check_override_names(config, unused)

@@ -26,7 +26,7 @@ def _json_rows(path: Path, text: str):
             raise RecipeError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
         yield from enumerate(rows, 1)
         return
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 is valid inside a JSON string
         if line.strip():
             try:
                 yield number, json.loads(line)
@@ -61,6 +61,9 @@ def read_inputs(path, text_column: str = "text", text_pair_column: str | None = 
     try:  # utf-8-sig drops a BOM; newline=None reads \r\n and \r as \n (csv needs newline="" and does it itself)
         with open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as handle:
             if suffix == ".txt":
+                if text_pair_column:
+                    raise RecipeError(f"{path}: this model classifies text pairs ({text_column!r}, "
+                                      f"{text_pair_column!r}): give a .jsonl, .json or .csv file with both columns")
                 return [line for line in handle.read().split("\n") if line.strip()] or _nothing(path)
             rows = list(_csv_rows(path, handle) if suffix == ".csv" else _json_rows(path, handle.read()))
     except UnicodeDecodeError as err:

@@ -38,6 +38,19 @@ RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tr
                                    list("tTfF"))
 
 
+YAML_1_1_BOOLEANS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
+
+
+def yaml_boolean(value):
+    """yes/no/on/off/y/n (any case) as a boolean, for keys and config attributes that are booleans; else unchanged."""
+    return YAML_1_1_BOOLEANS.get(value.lower(), value) if isinstance(value, str) else value
+
+
+def boolean_keys(dataclass_types) -> set[str]:
+    return {name for t in dataclass_types for name, hint in typing.get_type_hints(t).items()
+            if hint is bool or set(typing.get_args(hint)) == {bool, type(None)}}
+
+
 def load_yaml(text: str):
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
 
@@ -47,29 +60,34 @@ REPLACE = "__replace__"
 
 def merge_mappings(base: dict, update: dict) -> dict:
     """`update` laid over `base` key by key (nested mappings too). An update holding `__replace__: true` replaces
-    the mapping at its level instead of merging into it."""
+    the mapping at its level instead of merging into it. `__replace__` never reaches the result."""
     update = dict(update)
     if update.pop(REPLACE, False):
-        return update
+        base = {}
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = merge_mappings(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
+        merged[key] = merge_mappings(merged[key] if isinstance(merged.get(key), dict) else {}, value) \
+            if isinstance(value, dict) else value
     return merged
 
 
-def _as_mapping(value, key: str):
+def _as_mapping(value, key: str, key_value_form: bool):
+    """A mapping given as a dict or a JSON object string (or `k=v,k=v` for lmrecipes' own keys); else None."""
     if isinstance(value, dict):
         return value
-    if isinstance(value, str) and (value.strip().startswith("{") or "=" in value):
+    if isinstance(value, str) and (value.strip().startswith("{") or (key_value_form and "=" in value)):
         return parse_mapping(value, key)
     return None
 
 
-def mapping_keys(dataclass_types) -> set[str]:
-    """Recipe keys whose value is a mapping (typed `dict | ...`): these merge instead of replacing."""
+def mapping_keys(dataclass_types) -> dict[str, bool]:
+    """Recipe keys whose value is a mapping (typed `dict | ...`): these merge instead of replacing. The value says
+    whether the key also takes `k=v,k=v` (lmrecipes' own keys; TrainingArguments' dict keys take JSON only)."""
+    from transformers import TrainingArguments
+
     # the annotations, not dataclasses.fields(): HfArgumentParser rewrites a field's .type (dict | str -> str)
-    return {name for t in dataclass_types for name, hint in typing.get_type_hints(t).items() if "dict" in str(hint)}
+    return {name: not issubclass(t, TrainingArguments) for t in dataclass_types
+            for name, hint in typing.get_type_hints(t).items() if "dict" in str(hint)}
 
 
 def merge_recipe(base: dict, overrides: dict, dataclass_types) -> dict:
@@ -77,14 +95,19 @@ def merge_recipe(base: dict, overrides: dict, dataclass_types) -> dict:
     merged = dict(base)
     mappings = mapping_keys(dataclass_types)
     for key, value in overrides.items():
-        old, new = (_as_mapping(merged.get(key), key), _as_mapping(value, key)) if key in mappings else (None, None)
-        merged[key] = merge_mappings(old, new) if old is not None and new is not None else value
+        new = _as_mapping(value, key, mappings[key]) if key in mappings else None
+        if new is None:
+            merged[key] = value
+        else:
+            old = _as_mapping(merged.get(key), key, mappings[key])
+            merged[key] = merge_mappings(old or {}, new)
     return merged
 
 
-def _split_mapping_flags(flags: list[str], keys: set[str]) -> tuple[dict, list[str]]:
-    """Take `--key value` / `--key=value` flags of mapping-valued keys out of argv (they are merged, not parsed)."""
-    found, rest, i = {}, [], 0
+def _split_mapping_flags(flags: list[str], keys) -> tuple[list[tuple[str, str]], list[str]]:
+    """Take `--key value` / `--key=value` flags of mapping-valued keys out of argv, in order (they are merged into
+    the recipe one after the other, not parsed by argparse)."""
+    found, rest, i = [], [], 0
     while i < len(flags):
         name, sep, value = flags[i].partition("=")
         key = name[2:].replace("-", "_") if name.startswith("--") else None
@@ -93,7 +116,7 @@ def _split_mapping_flags(flags: list[str], keys: set[str]) -> tuple[dict, list[s
                 if i + 1 >= len(flags):
                     raise RecipeError(f"key '{key}': expected one argument")
                 value, i = flags[i + 1], i + 1
-            found[key] = merge_mappings(found[key], parse_mapping(value, key)) if key in found else value
+            found.append((key, value))
         else:
             rest.append(flags[i])
         i += 1
@@ -172,7 +195,11 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         recipe = merge_recipe(read_recipe_file(path), recipe, dataclass_types)
         source = path
     mapping_flags, flags = _split_mapping_flags(flags, mapping_keys(dataclass_types))
-    recipe = merge_recipe(recipe, mapping_flags, dataclass_types)
+    for key, value in mapping_flags:
+        recipe = merge_recipe(recipe, {key: value}, dataclass_types)
+
+    booleans = boolean_keys(dataclass_types)
+    recipe = {key: yaml_boolean(value) if key in booleans else value for key, value in recipe.items()}
 
     parser = _RecipeArgumentParser(dataclass_types)
     known = {action.dest for action in parser._actions} - {"help"}
@@ -220,6 +247,8 @@ def _did_you_mean(key: str, known) -> str:
 
 
 def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. TrainingArguments.accelerator_config
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):

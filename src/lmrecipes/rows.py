@@ -161,9 +161,14 @@ def check_rows(dataset, rules: RowRules, locate: RowLocator, skip: bool):
         dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
         if len(dataset) == 0:
             raise RecipeError(f"skip_bad_rows: every row of the {locate.split} split is defective ({shown})")
-    for column in [c for c in rules.texts.values() if c]:  # a text column that held numbers is a Json feature
-        if dataset.features[column] != Value("string"):
-            dataset = dataset.cast_column(column, Value("string"))
+    # A text column that held numbers is a Json feature; its rows are strings now. Rebuilt from the decoded values:
+    # cast_column would keep the stored JSON text, quotes included.
+    retyped = [c for c in rules.texts.values() if c and dataset.features[c] != Value("string")]
+    if retyped:
+        features = dataset.features.copy()
+        features.update({c: Value("string") for c in retyped})
+        dataset = dataset.map(lambda batch: {c: list(batch[c]) for c in retyped}, batched=True, features=features,
+                              desc="Text columns as strings")
     return dataset
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import transformers
 from transformers import TrainerCallback
 
 from .errors import RecipeError
+from .ownership import check_deletable, delete_checked, files_in, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
 
@@ -102,41 +104,67 @@ def find_checkpoint(training_args) -> str | None:
     return checkpoint
 
 
-# Written by claim_output_dir into every run folder it starts: what proves that a folder is an lmrecipes run. A
-# recipe.yaml alone proves nothing (the published copy of a run carries one).
+# Written by claim_output_dir into every run folder it starts, and kept up to date while the run writes: what proves
+# that a folder is an lmrecipes run (a recipe.yaml alone proves nothing: the published copy of a run carries one)
+# and which files the run wrote. overwrite_output_dir deletes those files and nothing else.
 RUN_MARKER = ".lmrecipes-run.json"
-# What runs write at the top of output_dir (Trainer, tokenizer, peft, lmrecipes); overwrite_output_dir deletes these
-# and refuses a run folder holding anything else. The publish folder (hub/) goes by its own manifest.
+# What runs write at the top of output_dir (Trainer, tokenizer, peft, lmrecipes): only these are recorded, so a file
+# the user puts into a run folder is never taken for the run's. The publish folder goes by its own manifest.
 RUN_PRODUCTS = (RUN_MARKER, RUN_RECIPE, "labels.json", "*_results.json", "trainer_state.json", "training_args.bin",
                 "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
                 "adapter_config.json", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-                "checkpoint-*", "runs", "merged", ".tmp-*")
+                "checkpoint-*", "runs", "merged")
 
 
 def is_run_folder(out: Path) -> bool:
-    return (out / RUN_MARKER).is_file()
+    return (out / RUN_MARKER).is_file() and not out.is_symlink()
+
+
+def _recorded_files(out: Path) -> set[str]:
+    try:
+        return set(json.loads((out / RUN_MARKER).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def record_run_files(out: Path) -> None:
+    """Add the files the run has written so far (names of RUN_PRODUCTS, no symbolic links) to its marker."""
+    written = {name for name in files_in(out) if not (out / name).is_symlink()
+               and any(fnmatch.fnmatch(name.split("/")[0], pattern) for pattern in RUN_PRODUCTS)}
+    write_json_atomically(out / RUN_MARKER, {"written_by": "lmrecipes", "recipe": RUN_RECIPE,
+                                             "files": sorted(_recorded_files(out) | written | {RUN_MARKER})})
+
+
+class RunFilesRecorder(TrainerCallback):
+    """Keeps the run's marker up to date as the Trainer writes (logs, checkpoints, the final model)."""
+
+    def _record(self, args, state, control, **kwargs):
+        if args.should_save:
+            record_run_files(Path(args.output_dir))
+
+    on_train_begin = on_save = on_train_end = _record
 
 
 def remove_run_folder(out: Path) -> None:
-    """Delete an lmrecipes run folder (proven by its marker) and what runs write in it; a folder that also holds
-    anything else is refused untouched, naming what."""
-    from .hub import PUBLISH_MANIFEST, remove_earlier_publish_folder
+    """Delete a run folder (proven by its marker) when it holds only what the run wrote: the recorded files,
+    checkpoint-N folders (one may be newer than the last record), and a publish folder (by its own manifest).
+    Anything else is refused untouched, naming it."""
+    from .hub import PUBLISH_MANIFEST, publish_folder_owns
 
-    entries = sorted(out.iterdir())
-    hub = [p for p in entries if p.is_dir() and (p / PUBLISH_MANIFEST).is_file()]
-    foreign = [p.name for p in entries if p not in hub and not any(fnmatch.fnmatch(p.name, g) for g in RUN_PRODUCTS)]
-    if foreign:
-        raise RecipeError(f"key 'overwrite_output_dir': {out} holds files no lmrecipes run writes "
-                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them or pick "
-                          "another output_dir")
-    for folder in hub:
-        remove_earlier_publish_folder(folder)  # refuses one that holds files publish did not write
-    for path in entries:
-        if path in hub:
-            continue
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    out.rmdir()
+    recorded = _recorded_files(out)
+    published = {p.name: publish_folder_owns(p) for p in out.iterdir()
+                 if p.is_dir() and not p.is_symlink() and (p / PUBLISH_MANIFEST).is_file()}
+
+    def owns(name: str) -> bool:
+        top, _, rest = name.partition("/")
+        if name in recorded:
+            return True
+        if top in published:
+            return published[top](rest)
+        return bool(rest) and re.fullmatch(r"checkpoint-\d+", top) is not None
+
+    delete_checked(out, check_deletable(out, owns, "overwrite_output_dir", "this lmrecipes run"))
 
 
 def _comparable(recipe: dict) -> dict:
@@ -162,7 +190,7 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
             raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
         if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
             raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
-                              "or empty folder")
+                              "or empty folder (runs of lmrecipes before the marker existed: move them away)")
         finished = results_file.is_file()
         if is_run_folder(out):
             previous = read_run_recipe(out)
@@ -185,7 +213,7 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
             out.mkdir(parents=True, exist_ok=True)
             if not is_run_folder(out):
                 write_recipe(previous_file, recipe, header)
-                (out / RUN_MARKER).write_text(json.dumps({"written_by": "lmrecipes", "recipe": RUN_RECIPE}))
+                record_run_files(out)
     return None
 
 
@@ -259,6 +287,7 @@ def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallba
     """Train (resuming if asked), save the final model, tokenizer and trainer_state.json, return train metrics."""
     trainer.args.logging_nan_inf_filter = False  # a NaN loss must show, for NonFiniteLossGuard
     trainer.add_callback(NonFiniteLossGuard())
+    trainer.add_callback(RunFilesRecorder())
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.save_state()
