@@ -42,8 +42,9 @@ rows = st.lists(st.fixed_dictionaries({"text": text_values, "label": label_value
 clean_rows = st.lists(st.fixed_dictionaries({"text": st.sampled_from(TEXTS), "label": st.sampled_from(["pos", "neg"])}),
                       min_size=20, max_size=60)
 some_rows = st.one_of(rows, clean_rows)  # a clean file, or one with defects (most of those have several)
-mutations = st.one_of(st.sets(st.sampled_from(["bom", "crlf"])), st.sets(st.sampled_from(["bom", "crlf"])),
-                      st.sets(st.sampled_from(["bom", "crlf", "bad_utf8", "truncate"]), min_size=1, max_size=2))
+BENIGN = ["bom", "crlf", "blank_lines"]
+mutations = st.one_of(st.sets(st.sampled_from(BENIGN)), st.sets(st.sampled_from(BENIGN)),
+                      st.sets(st.sampled_from([*BENIGN, "bad_utf8", "truncate"]), min_size=1, max_size=2))
 
 
 def render(rows, fmt: str) -> str:
@@ -64,6 +65,8 @@ def render(rows, fmt: str) -> str:
 
 def write_file(folder: Path, rows, fmt: str, mutate) -> Path:
     data = render(rows, fmt)
+    if "blank_lines" in mutate and fmt == "jsonl":
+        data = data.replace("\n", "\n\n", 3)
     if "crlf" in mutate:
         data = data.replace("\n", "\r\n")
     raw = (b"\xef\xbb\xbf" if "bom" in mutate else b"") + data.encode("utf-8")
@@ -74,6 +77,10 @@ def write_file(folder: Path, rows, fmt: str, mutate) -> Path:
     path = folder / f"data-{next(counter)}.{fmt}"
     path.write_bytes(raw)
     return path
+
+
+def normal(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def one_line(err: BaseException) -> None:
@@ -103,9 +110,14 @@ def test_classification_loader_succeeds_or_fails_in_one_line(tmp_path_factory, t
         return
     event("loaded")
     assert len(labels) >= 2
-    for dataset in splits.values():  # what reaches the tokenizer: non-empty strings and known labels
-        assert all(isinstance(t, str) and t.strip() for t in dataset["text"])
+    written = {normal(r["text"] if isinstance(r["text"], str) else str(r["text"])) for r in train + (test or [])
+               if isinstance(r["text"], str) or (fmt == "csv" and r["text"] not in (None, MISSING))}  # csv: all text
+    whole = "truncate" not in mutate  # a truncated file may end in a shorter, still valid, row
+    for dataset in splits.values():  # what reaches the tokenizer: the rows' own texts, unchanged, known labels
+        assert all(isinstance(t, str) and t.strip() and (normal(t) in written or not whole) for t in dataset["text"])
         assert {str(v) if not isinstance(v, float) else str(int(v)) for v in dataset["label"]} <= set(labels)
+    if not skip and whole:  # nothing dropped without being asked to
+        assert sum(len(d) for d in splits.values()) == len(train) + len(test or [])
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +253,50 @@ def test_predict_script_succeeds_or_exits_2(tmp_path_factory, classifier, capsys
         predictions = [json.loads(line) for line in output.read_text().splitlines()]
         assert predictions and all(p["label"] in ("neg", "pos") and isinstance(p["text"], str) for p in predictions)
         assert not any("\r" in p["text"] or "\ufeff" in p["text"] for p in predictions if fmt == "txt")
+
+
+def test_the_catalogue_of_file_defects_names_file_and_line(tmp_path, causal_tokenizer):
+    """The messages docs/reliability.md quotes, one file each (the generator above checks only their kind)."""
+    def classification(path, **extra):
+        _, _, data_args, _, _, _ = load_recipe(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
+                                               FINETUNE_ARGUMENTS, train_file=[str(path)], **extra)
+        return load_classification_data(data_args)
+
+    good = [{"text": f"review number {i}", "label": ["neg", "pos"][i % 2]} for i in range(40)]
+    files = {
+        "bad.jsonl": (json.dumps(good[0]) + '\n{"text": "b", "label": \n', "bad.jsonl line 2: not valid JSON"),
+        "empty.jsonl": ("", "empty.jsonl holds no rows"),
+        "empty.json": ("[]", "empty.json holds no rows"),
+        "header.csv": ("text,label\n", "header.csv holds no rows"),
+        "blank.jsonl": (json.dumps(good[0]) + "\n\n" + json.dumps(good[1]) + "\n" + json.dumps({"text": 42, "label":
+                        "pos"}) + "\n", "blank.jsonl line 4: column 'text' (text_column) holds the int 42, not a text;"
+                        " fix the file (the reader stops at it)"),
+        "late.csv": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(12000)) + "late,neutral\n",
+                     "late.csv line 12002: column 'label' (label_column) holds the str 'neutral' where the column's "
+                     "other labels are ints"),
+    }
+    for name, (content, expected) in files.items():
+        path = tmp_path / name
+        path.write_text(content)
+        with pytest.raises(RecipeError) as err:
+            classification(path)
+        assert expected in str(err.value) and str(path) in str(err.value), str(err.value)
+    all_bad = tmp_path / "all-bad.jsonl"
+    all_bad.write_text("".join(json.dumps({"text": None, "label": "pos"}) + "\n" for _ in range(5)))
+    with pytest.raises(RecipeError, match="skip_bad_rows: every row of the train split is defective"):
+        classification(all_bad, skip_bad_rows=True)
+
+    plain, windows = tmp_path / "plain.csv", tmp_path / "windows.csv"  # BOM + CRLF read like plain UTF-8 + LF
+    plain.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in good))
+    windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    assert [classification(p)[0]["train"]["text"] for p in (plain, windows)] == \
+        [classification(plain)[0]["train"]["text"]] * 2
+
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": f"a few words {i}"}) + "\n" for i in range(10)))
+    model_args, tokenizer_args, data_args, _, _ = load_recipe(
+        LLAMA_PRETRAIN, PRETRAIN_ARGUMENTS, **{**TINY_LLAMA, "block_size": 64}, train_file=[str(short)],
+        tokenizer_name_or_path=causal_tokenizer, validation_fraction=0.3)
+    raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
+    with pytest.raises(RecipeError, match="the training text is shorter than one block of block_size=64 tokens"):
+        prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)

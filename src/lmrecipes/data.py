@@ -20,7 +20,7 @@ from datasets import (Dataset, DatasetDict, Features, IterableDataset, Sequence,
 from .arguments import REPO_ROOT, DataSourceArguments, PretrainDataArguments
 from .cache import atomic_directory, files_fingerprint
 from .errors import RecipeError, first_line
-from .rows import RowLocator, RowRules, check_rows
+from .rows import RowLocator, RowRules, check_rows, first_defect_in_files
 
 logger = logging.getLogger(__name__)
 
@@ -96,27 +96,6 @@ def _reader_message(err: BaseException) -> str:
     return message if inner is err else f"{message} ({type(inner).__name__})"
 
 
-def _first_bad_json_line(files: list[str]) -> str | None:
-    """'FILE line N: problem' for the first line of a json/jsonl file that is not JSON (datasets' readers name a
-    byte position or a 0-based row of a block at best)."""
-    for name in files:
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(name, "rt", encoding="utf-8-sig") as f:  # a byte order mark is fine: datasets reads past it
-            text = f.read()
-        if text.lstrip().startswith("["):  # one JSON document (an array of rows)
-            try:
-                json.loads(text)
-            except json.JSONDecodeError as err:
-                return f"{name} line {err.lineno}: not valid JSON ({err.msg})"
-            continue
-        for number, line in enumerate(text.split("\n"), 1):  # U+2028 may stand inside a JSON string
-            try:
-                line.strip() and json.loads(line)
-            except json.JSONDecodeError as err:
-                return f"{name} line {number}: not valid JSON ({err.msg}, column {err.colno})"
-    return None
-
-
 @contextlib.contextmanager
 def _quiet_datasets():
     """datasets logs a reader's failure at ERROR level before raising it: the user gets one line, from lmrecipes."""
@@ -167,11 +146,14 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
                     splits[split] = load_dataset(builder, data_files=files, split="train", streaming=streaming,
                                                  **kwargs)
             except Exception as err:
-                where = _first_bad_json_line(files) if builder == "json" else None
+                where = first_defect_in_files(files, builder, rules) if builder in ("json", "csv") else None
                 message = _reader_message(err)
                 if where is None and ("corresponds to no data" in message or message.startswith("StopIteration")):
                     raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows") from None
-                raise RecipeError(f"key '{key}': cannot read {where or ', '.join(files) + ': ' + message}") from None
+                if where is not None:  # the reader stopped there: skip_bad_rows cannot drop what was never read
+                    raise RecipeError(f"key '{key}': cannot read {where}; fix the file (the reader stops at it)"
+                                      ) from None
+                raise RecipeError(f"key '{key}': cannot read {', '.join(files)}: {message}") from None
             if not streaming and len(splits[split]) == 0:
                 raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows")
             fingerprint_files += files

@@ -10,6 +10,9 @@ column's type or those counts say that something is wrong.
 
 from __future__ import annotations
 
+import csv
+import gzip
+import json
 import logging
 import math
 from collections import Counter
@@ -197,3 +200,77 @@ def _check_stream(dataset, rules: RowRules, locate: RowLocator, skip: bool):
         return kept
 
     return dataset.filter(keep, with_indices=True, batched=True, batch_size=16)
+
+
+# ---------------------------------------------------------------- when the reader itself fails
+
+
+def _json_rows(name: str, text: str):
+    """(line, row) of a .jsonl file, or of a .json file holding one array; raises ValueError('line N: ...')."""
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"line {err.lineno}: not valid JSON ({err.msg})") from None
+        yield from ((None, row) for row in rows)
+        return
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 is valid inside a JSON string
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+
+
+def _csv_rows(text: str):
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    try:
+        for row in reader:
+            yield reader.line_num, {k: None if v in ("", None) else v for k, v in row.items()}
+    except csv.Error as err:
+        raise ValueError(f"line {reader.line_num}: not valid CSV ({err})") from None
+
+
+def _csv_value(text):
+    """A csv label cell as the csv reader types it: an int, a float, else the text."""
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def first_defect_in_files(files: list[str], builder: str, rules: RowRules | None) -> str | None:
+    """'FILE line N: problem' for the first line of json/jsonl/csv files that is not valid or breaks `rules`.
+
+    Used when datasets' reader fails on the files (a type change past its first block, a malformed line): its
+    message names a byte position or a 0-based row of a block at best. Hand-written, and only on that error path.
+    """
+    for name in files:
+        with (gzip.open if name.endswith(".gz") else open)(name, "rt", encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+        rows = _csv_rows(text) if builder == "csv" else _json_rows(name, text.replace("\r\n", "\n"))
+        label_kind = {}
+        try:
+            for number, row in rows:
+                where = f"{name} line {number}" if number else f"{name} (array row)"
+                if not isinstance(row, dict):
+                    return f"{where}: a row is an object of columns, got {type(row).__name__}"
+                if rules is None:
+                    continue
+                for key, column in rules.texts.items():
+                    problem = column and text_problem(row.get(column), rules.text_required)
+                    if problem:
+                        return f"{where}: column {column!r} ({key}) {problem}"
+                for key, column in rules.label.items():
+                    value = row.get(column) if builder == "json" else _csv_value(row.get(column))
+                    kind = label_kind.setdefault(column, type(value).__name__) if value is not None else None
+                    problem = column and _label_problem(value, kind)
+                    if problem:
+                        return f"{where}: column {column!r} ({key}) {problem}"
+        except ValueError as err:
+            return f"{name} {err}"
+    return None
