@@ -319,8 +319,8 @@ def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run
     cases.append((["--train_file", first, second], f"{second} row 5: column 'text' (text_column) is empty (null)"))
     quote = tmp_path / "quote.csv"
     quote.write_text('text,label\n"an unterminated quote,pos\nfine,neg\n')
-    cases.append((["--train_file", quote], f"key 'train_file': cannot read {quote}: Error tokenizing data. C error: "
-                                           "EOF inside string starting at row 1"))
+    cases.append((["--train_file", quote], f"key 'train_file': cannot read {quote} line 2: not valid CSV "
+                                           "(unexpected end of data)"))
     for extra, expected in cases:
         code, err = run_finetune_script(capsys, recipe, *common, *extra)
         assert code == 2 and expected in err and len(err.splitlines()) == 1, (extra, err)

@@ -223,12 +223,15 @@ def _json_rows(name: str, text: str):
 
 
 def _csv_rows(text: str):
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    """(line where the row starts, row) of a csv file; a quote left open names the line it opens on."""
+    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
+    start = 2
     try:
         for row in reader:
-            yield reader.line_num, {k: None if v in ("", None) else v for k, v in row.items()}
+            yield start, {k: None if v in ("", None) else v for k, v in row.items()}
+            start = reader.line_num + 1
     except csv.Error as err:
-        raise ValueError(f"line {reader.line_num}: not valid CSV ({err})") from None
+        raise ValueError(f"line {start}: not valid CSV ({err})") from None
 
 
 def _csv_value(text):
