@@ -333,3 +333,35 @@ def test_the_library_never_unpickles_weights_nor_loads_unsafe_yaml():
             arguments = text[call.start():end]
             wanted = "weights_only=True" if call.group(0).startswith("torch.load") else "use_safetensors=True"
             assert wanted in arguments, f"{path.name}: {arguments}"
+
+
+class StopAtFinalEvaluation(TrainerCallback):
+    """A kill after the final save, during the final evaluation."""
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_overwrite_deletes_what_the_run_recorded_and_nothing_else(tmp_path, small_corpus):
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 2,
+                "save_steps": 1}
+    out = tmp_path / "run"
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    recorded = set(read_json(out / ".lmrecipes-run.json")["files"])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "all_results.json", "recipe.yaml",
+            "checkpoint-2/model.safetensors", "checkpoint-2/trainer_state.json"} <= recorded
+    for name in ("checkpoint-2/my-eval-notes.md", "checkpoint-123456/model.safetensors"):  # inside / beside
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text("mine")
+        with pytest.raises(lmrecipes.RecipeError, match=rf"did not write, or that changed since \({name}\)"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out), overwrite_output_dir=True)
+        assert (out / name).read_text() == "mine"
+        (out / name).unlink()
+    (out / "checkpoint-123456").rmdir()
+
+    killed = tmp_path / "killed-after-saving"  # stopped during the final evaluation, after the final save
+    with pytest.raises(KeyboardInterrupt):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(killed), callbacks=[StopAtFinalEvaluation()])
+    assert (killed / "model.safetensors").is_file() and not read_json(killed / ".lmrecipes-run.json").get("finished")
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(killed), overwrite_output_dir=True)
+    assert "eval_loss" in results and read_json(killed / ".lmrecipes-run.json")["finished"] is True

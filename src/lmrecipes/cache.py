@@ -15,17 +15,21 @@ def atomic_directory(target: Path, replace=None):
     """Yield a temporary folder beside `target`; rename it to `target` only if the block finishes.
 
     A killed process leaves a `.tmp-*` folder, never a half-written `target`. When `target` exists at the end it is
-    kept (another process finished first) unless `replace` is given: then `replace()` deletes it first, so the old
-    folder stays until the new one is complete.
+    kept (another process finished first) unless `replace` is given: then the earlier folder is renamed aside, the
+    new one takes its place, and `replace(aside)` disposes of the earlier one (the new folder is in place whatever
+    it does).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
-        if (target.exists() or target.is_symlink()) and replace is not None:
-            replace()
-        if target.exists():  # another process finished first: keep theirs
+        if target.exists() and not target.is_symlink() and replace is not None:
+            aside = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+            os.replace(target, aside)  # over the empty folder mkdtemp made: a name nobody else holds
+            os.replace(tmp, target)
+            replace(aside)
+        elif target.exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)

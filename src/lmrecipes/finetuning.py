@@ -20,7 +20,8 @@ from .recipe import resolved_recipe
 from .rows import RowRules, label_key
 from .tokenizer import load_tokenizer
 from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
-                       publish_if_asked, record_run_files, setup_logging, throughput_callback, train_and_save)
+                       publish_if_asked, record_run, record_saved_files, setup_logging, throughput_callback,
+                       train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -289,6 +290,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         (Path(training_args.output_dir) / LABELS_FILE).write_text(json.dumps(
             {"labels": labels, "base_model": model_args.model_name_or_path, "init_from": finetune_args.init_from,
              "use_lora": finetune_args.use_lora, "base_config": architecture_summary(model)}, indent=2))
+        record_run(Path(training_args.output_dir), files=[LABELS_FILE])
     checkpoint = find_checkpoint(training_args)
 
     throughput = throughput_callback(model, training_args, data_args.max_length)
@@ -313,7 +315,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         merge_adapter(training_args.output_dir, Path(training_args.output_dir) / "merged")
     results = {**train_metrics, **eval_metrics, **test_metrics}
     if training_args.should_save:
-        record_run_files(Path(training_args.output_dir))  # the results and merged/ written after training
+        record_saved_files(Path(training_args.output_dir), finished=True)  # results, merged/: the run is done
     if training_args.should_log:
         print(f"Fine-tuning done: test accuracy {test_metrics['test_accuracy']:.4f}, macro F1 "
               f"{test_metrics['test_f1']:.4f} (majority class {test_metrics['test_majority_accuracy']:.4f}). "

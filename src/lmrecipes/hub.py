@@ -323,6 +323,14 @@ def earlier_publish_folder_files(target: Path) -> list[str]:
     return check_deletable(target, publish_folder_owns(target), "publish_dir", "lmrecipes publish")
 
 
+def _dispose_of_earlier_folder(aside: Path) -> None:
+    """Delete the earlier publish folder, moved aside once the new one is in place; kept (warned) if that fails."""
+    try:
+        delete_checked(aside, earlier_publish_folder_files(aside), last=PUBLISH_MANIFEST)
+    except (RecipeError, OSError) as err:
+        logger.warning("The earlier publish folder was kept at %s: %s", aside, first_line(err))
+
+
 def check_base_model_id(base_model: str | None) -> None:
     if base_model is None:
         return
@@ -360,11 +368,9 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
-    replace = None
     if target.exists() or target.is_symlink():  # an earlier publish folder is rebuilt; nothing else is deleted
         earlier_publish_folder_files(target)  # refused before anything is built
-        replace = lambda: delete_checked(target, earlier_publish_folder_files(target))  # noqa: E731 - once built
-    with atomic_directory(target, replace=replace) as tmp:
+    with atomic_directory(target, replace=_dispose_of_earlier_folder) as tmp:
         if lora_as == "merged":
             from .lora import export_classifier
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -46,9 +47,10 @@ def check_deletable(folder: Path, owns: Callable[[str], bool], key: str, owner: 
     return files
 
 
-def delete_checked(folder: Path, files: list[str]) -> None:
-    """Delete the files `check_deletable` accounted for, then the folders they leave empty, then `folder`."""
-    for name in files:
+def delete_checked(folder: Path, files: list[str], last: str | None = None) -> None:
+    """Delete the files `check_deletable` accounted for (`last`, the record of ownership, at the end: a folder left
+    half-deleted by a failure keeps its proof), then the folders they leave empty, then `folder`."""
+    for name in sorted(files, key=lambda name: name == last):
         (folder / name).unlink()
     for root, dirs, _ in os.walk(folder, topdown=False):
         for name in dirs:
@@ -57,6 +59,11 @@ def delete_checked(folder: Path, files: list[str]) -> None:
 
 
 def write_json_atomically(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(record, out, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

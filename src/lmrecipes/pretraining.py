@@ -18,7 +18,7 @@ from .recipe import resolved_recipe
 from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
 from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
-                       publish_if_asked, record_run_files, setup_logging, throughput_callback, train_and_save)
+                       publish_if_asked, record_saved_files, setup_logging, throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -114,7 +114,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     trainer.save_metrics("eval", eval_metrics)
     results = {**train_metrics, **eval_metrics}
     if training_args.should_save:
-        record_run_files(Path(training_args.output_dir))  # the results and merged/ written after training
+        record_saved_files(Path(training_args.output_dir), finished=True)  # results, merged/: the run is done
     if training_args.should_log:
         bpb = f", bits/byte {eval_metrics['bits_per_byte']:.3f}" if "bits_per_byte" in eval_metrics else ""
         print(f"Pretraining done: eval loss {eval_metrics['eval_loss']:.4f}, perplexity "

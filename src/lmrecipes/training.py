@@ -8,8 +8,8 @@ import logging
 import math
 import os
 import re
-import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -71,7 +71,12 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
         logger.warning("%s %s: incomplete (the run was killed while saving it)",
                        "Removing" if remove_incomplete else "Skipping", folder)
         if remove_incomplete:
-            shutil.rmtree(folder, ignore_errors=True)
+            try:  # only a checkpoint this run wrote (its files recorded, or the one being written when it stopped)
+                owns = run_owns(out)
+                delete_checked(folder, check_deletable(folder, lambda name: owns(f"{folder.name}/{name}"),
+                                                       "output_dir", "this lmrecipes run"))
+            except (RecipeError, OSError) as err:
+                logger.warning("Left %s in place: %s", folder, err)
     return None
 
 
@@ -104,67 +109,125 @@ def find_checkpoint(training_args) -> str | None:
     return checkpoint
 
 
-# Written by claim_output_dir into every run folder it starts, and kept up to date while the run writes: what proves
-# that a folder is an lmrecipes run (a recipe.yaml alone proves nothing: the published copy of a run carries one)
-# and which files the run wrote. overwrite_output_dir deletes those files and nothing else.
+# Written by claim_output_dir into every run folder it starts and kept up to date as the run writes: what proves
+# that a folder is an lmrecipes run (a recipe.yaml alone proves nothing: the published copy of a run carries one),
+# the files the run wrote, the checkpoint being written ("pending"), and whether the run finished.
+# overwrite_output_dir deletes what it records and nothing else.
 RUN_MARKER = ".lmrecipes-run.json"
-# What runs write at the top of output_dir (Trainer, tokenizer, peft, lmrecipes): only these are recorded, so a file
-# the user puts into a run folder is never taken for the run's. The publish folder goes by its own manifest.
-RUN_PRODUCTS = (RUN_MARKER, RUN_RECIPE, "labels.json", "*_results.json", "trainer_state.json", "training_args.bin",
-                "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
-                "adapter_config.json", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-                "checkpoint-*", "runs", "merged")
+# Top-level names a run writes when it saves the model and its results (Trainer, tokenizer, peft, lmrecipes). Only
+# files of these names written during this session of the run are recorded, never the user's older ones.
+SAVED_NAMES = ("*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+               "adapter_config.json", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
+               "training_args.bin", "trainer_state.json", "train_results.json", "eval_results.json",
+               "test_results.json", "all_results.json", "merged/*")
+
+
+def run_record(out: Path) -> dict:
+    try:
+        record = json.loads((out / RUN_MARKER).read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def is_run_folder(out: Path) -> bool:
     return (out / RUN_MARKER).is_file() and not out.is_symlink()
 
 
-def _recorded_files(out: Path) -> set[str]:
-    try:
-        return set(json.loads((out / RUN_MARKER).read_text()).get("files", []))
-    except (OSError, ValueError, AttributeError):
-        return set()
+def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
+               finished: bool | None = None) -> None:
+    """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
+    that no longer exist (rotated checkpoints) are dropped."""
+    record = run_record(out)
+    known = {name for name in set(record.get("files", [])) | set(files) if (out / name).is_file()}
+    record["files"] = sorted(known | {RUN_MARKER})
+    record["pending"] = sorted((set(record.get("pending", [])) | set(pending)) - set(done_pending))
+    record.setdefault("written_by", "lmrecipes")
+    record["recipe"] = RUN_RECIPE
+    if session_start is not None:
+        record["session_start"] = session_start
+    if finished is not None:
+        record["finished"] = finished
+    write_json_atomically(out / RUN_MARKER, record)
 
 
-def record_run_files(out: Path) -> None:
-    """Add the files the run has written so far (names of RUN_PRODUCTS, no symbolic links) to its marker."""
-    written = {name for name in files_in(out) if not (out / name).is_symlink()
-               and any(fnmatch.fnmatch(name.split("/")[0], pattern) for pattern in RUN_PRODUCTS)}
-    write_json_atomically(out / RUN_MARKER, {"written_by": "lmrecipes", "recipe": RUN_RECIPE,
-                                             "files": sorted(_recorded_files(out) | written | {RUN_MARKER})})
+def files_written_since(out: Path, since: float, patterns=SAVED_NAMES) -> list[str]:
+    """Files (no symbolic links) whose relative path matches `patterns` and that were modified since `since`."""
+    found = []
+    for name in files_in(out):
+        path = out / name
+        if any(fnmatch.fnmatch(name, p) for p in patterns) and not path.is_symlink():
+            try:
+                if path.stat().st_mtime >= since:
+                    found.append(name)
+            except OSError:
+                pass
+    return found
+
+
+def record_saved_files(out: Path, finished: bool | None = None) -> None:
+    """Record the model, tokenizer and results files this session of the run wrote (see SAVED_NAMES)."""
+    since = run_record(out).get("session_start", float("inf"))
+    record_run(out, files_written_since(out, since - 1.0), finished=finished)
 
 
 class RunFilesRecorder(TrainerCallback):
-    """Keeps the run's marker up to date as the Trainer writes (logs, checkpoints, the final model)."""
+    """Keeps the run's marker up to date as the Trainer writes: the checkpoint it is about to write (pending), then
+    that checkpoint's files and the TensorBoard event files. A failure to record only makes a later
+    overwrite_output_dir refuse, so it is a warning, never the end of the run."""
 
-    def _record(self, args, state, control, **kwargs):
-        if args.should_save:
-            record_run_files(Path(args.output_dir))
+    @staticmethod
+    def _update(args, **changes):
+        if not args.should_save:
+            return
+        try:
+            record_run(Path(args.output_dir), **changes)
+        except OSError as err:
+            logger.warning("Could not update %s: %s", RUN_MARKER, err)
 
-    on_train_begin = on_save = on_train_end = _record
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._update(args, pending=[f"checkpoint-{state.global_step}"])
+
+    def on_save(self, args, state, control, **kwargs):
+        out, folder = Path(args.output_dir), f"checkpoint-{state.global_step}"
+        written = [f"{folder}/{name}" for name in files_in(out / folder)] if (out / folder).is_dir() else []
+        events = [f"runs/{name}" for name in files_in(out / "runs") if "tfevents" in name] \
+            if (out / "runs").is_dir() else []
+        self._update(args, files=written + events, done_pending=[folder])
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        out = Path(args.output_dir)
+        events = [f"runs/{name}" for name in files_in(out / "runs") if "tfevents" in name] \
+            if (out / "runs").is_dir() else []
+        self._update(args, files=events)
 
 
-def remove_run_folder(out: Path) -> None:
-    """Delete a run folder (proven by its marker) when it holds only what the run wrote: the recorded files,
-    checkpoint-N folders (one may be newer than the last record), and a publish folder (by its own manifest).
-    Anything else is refused untouched, naming it."""
+def run_owns(out: Path):
+    """Whether the run in `out` wrote a file (relative path -> bool): recorded, inside the checkpoint being written
+    when the run stopped, or inside a publish folder whose own manifest accounts for it."""
     from .hub import PUBLISH_MANIFEST, publish_folder_owns
 
-    recorded = _recorded_files(out)
-    published = {p.name: publish_folder_owns(p) for p in out.iterdir()
+    record = run_record(out)
+    recorded, pending = set(record.get("files", [])), tuple(f"{p}/" for p in record.get("pending", []))
+    published = {p.name: publish_folder_owns(p, "overwrite_output_dir") for p in out.iterdir()
                  if p.is_dir() and not p.is_symlink() and (p / PUBLISH_MANIFEST).is_file()}
 
     def owns(name: str) -> bool:
         top, _, rest = name.partition("/")
-        if name in recorded:
-            return True
         if top in published:
             return published[top](rest)
-        return bool(rest) and re.fullmatch(r"checkpoint-\d+", top) is not None
+        return name in recorded or name.startswith(pending)
 
-    delete_checked(out, check_deletable(out, owns, "overwrite_output_dir", "this lmrecipes run"))
+    return owns
+
+
+def remove_run_folder(out: Path) -> None:
+    """Delete a run folder (proven by its marker) when it holds only what the run wrote (run_owns); anything else
+    is refused untouched, naming it. The marker goes last, so a folder left half-deleted is still a run."""
+    files = check_deletable(out, run_owns(out), "overwrite_output_dir", "this lmrecipes run")
+    delete_checked(out, files, last=RUN_MARKER)
 
 
 def _comparable(recipe: dict) -> dict:
@@ -191,7 +254,7 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
         if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
             raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
                               "or empty folder (runs of lmrecipes before the marker existed: move them away)")
-        finished = results_file.is_file()
+        finished = results_file.is_file() and run_record(out).get("finished") is True
         if is_run_folder(out):
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
@@ -213,7 +276,8 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
             out.mkdir(parents=True, exist_ok=True)
             if not is_run_folder(out):
                 write_recipe(previous_file, recipe, header)
-                record_run_files(out)
+                record_run(out, files=[RUN_RECIPE])
+            record_run(out, session_start=time.time())
     return None
 
 
@@ -296,4 +360,6 @@ def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallba
     metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
+    if trainer.args.should_save:
+        record_saved_files(Path(trainer.args.output_dir))  # the final model, tokenizer, state and train results
     return metrics
