@@ -269,11 +269,11 @@ def test_the_catalogue_of_file_defects_names_file_and_line(tmp_path, causal_toke
         "empty.json": ("[]", "empty.json holds no rows"),
         "header.csv": ("text,label\n", "header.csv holds no rows"),
         "blank.jsonl": (json.dumps(good[0]) + "\n\n" + json.dumps(good[1]) + "\n" + json.dumps({"text": 42, "label":
-                        "pos"}) + "\n", "blank.jsonl line 4: column 'text' (text_column) holds the int 42, not a text;"
-                        " fix the file (the reader stops at it)"),
+                        "pos"}) + "\n", "blank.jsonl line 4: column 'text' (text_column) holds the number 42 where the "
+                        "column's earlier values are texts; fix the file (the reader stops at it)"),
         "late.csv": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(12000)) + "late,neutral\n",
-                     "late.csv line 12002: column 'label' (label_column) holds the str 'neutral' where the column's "
-                     "other labels are ints"),
+                     "late.csv line 12002: column 'label' (label_column) holds the text 'neutral' where the "
+                     "column's earlier values are numbers"),
     }
     for name, (content, expected) in files.items():
         path = tmp_path / name

@@ -250,6 +250,12 @@ def test_text_pairs_are_classified_as_pairs(tmp_path, causal_run):
     assert [r["text_pair"] for r in rows] == seconds
     expected = expected_predictions(out, firsts, seconds)
     assert [(r["label"], pytest.approx(r["score"], abs=1e-5)) for r in rows] == expected
+    with pytest.raises(lmrecipes.RecipeError, match="classifies text pairs"):  # a pair model given single texts
+        lmrecipes.predict(out, firsts)
+    txt = tmp_path / "inputs.txt"
+    txt.write_text("\n".join(firsts))
+    result = run_predict(out, txt)
+    assert result.returncode == 2 and "classifies text pairs" in result.stderr
 
 
 def test_minilm_lora_finetunes_offline_from_the_package(tmp_path):
@@ -348,3 +354,10 @@ def test_skip_bad_rows_drops_and_counts_defective_rows(tmp_path, caplog):
     assert all(isinstance(text, str) for split in splits.values() for text in split["text"])
     assert f"skip_bad_rows: dropped 3 of 60 rows of the train split ({path} row 4: column 'text' is empty (null); " \
            f"{path} row 11: column 'text' holds the list" in caplog.text
+
+    rows = [{"text": f"review number {i}", "label": ["neg", "pos"][i % 2]} for i in range(60)]
+    rows[1]["text"], rows[2]["text"], rows[3]["text"], rows[4]["text"] = "10", "true", "[1, 2]", 7
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # texts that look like JSON values are texts
+    splits, _ = load_classification_data(data_args)
+    kept = [text for split in splits.values() for text in split["text"]]
+    assert sorted(kept) == sorted(r["text"] for i, r in enumerate(rows) if i != 4)

@@ -96,7 +96,7 @@ def run_kind(model_dir: Path) -> str:
 # The keys of a run's recipe.yaml / labels.json whose values are local paths (strings or lists of strings).
 PATH_KEYS = {"model_name_or_path", "tokenizer_name_or_path", "config_name", "train_file", "validation_file",
              "test_file", "output_dir", "logging_dir", "data_cache_dir", "resume_from_checkpoint", "base_model",
-             "deepspeed"}
+             "deepspeed", "fsdp_config", "accelerator_config", "dataset_name"}
 
 
 def public_path(value: str) -> str:
@@ -136,6 +136,9 @@ def count_safetensors_parameters(paths) -> int:
 
 def data_provenance(recipe: dict) -> list[str]:
     """Markdown lines describing the training data: the recipe's files with their rows of data/README.md."""
+    if recipe.get("dataset_name") and looks_like_local_path(recipe["dataset_name"]):
+        return [f"- a local dataset folder `{public_path(recipe['dataset_name'])}` (provenance and licence: not "
+                "recorded by lmrecipes)"]
     if recipe.get("dataset_name"):
         config = f" (config {recipe['dataset_config_name']})" if recipe.get("dataset_config_name") else ""
         return [f"- Hub dataset [`{recipe['dataset_name']}`](https://huggingface.co/datasets/{recipe['dataset_name']})"

@@ -61,6 +61,18 @@ def _check_override_names(config, overrides: dict) -> None:
             raise RecipeError(f"key 'config_overrides': a {config.model_type} config has no attribute {name!r}")
 
 
+def _booleans_as_booleans(config, overrides: dict) -> dict:
+    """yes/no/on/off for a config attribute that is a boolean (YAML 1.1 spellings, which recipes read as text)."""
+    return {name: yaml_boolean(value) if isinstance(getattr(config, name, None), bool) else value
+            for name, value in overrides.items()}
+
+
+def _reason(err: Exception) -> str:
+    """huggingface_hub's strict-config errors put the field on their first line and the reason on the last."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return " ".join(dict.fromkeys([lines[0], lines[-1]]))[:300] if lines else type(err).__name__
+
+
 def build_config(model_args: ModelArguments):
     """The architecture: `config_name`, else `model_type`, else the config of `model_name_or_path`; plus overrides.
 
@@ -75,11 +87,11 @@ def build_config(model_args: ModelArguments):
                               " e.g. llama, gpt2, qwen2, bert, roberta, modernbert)")
         defaults = AutoConfig.for_model(model_args.model_type)
         _check_override_names(defaults, overrides)
-        overrides = {name: yaml_boolean(value) if isinstance(getattr(defaults, name), bool) else value
-                     for name, value in overrides.items()}
         try:
-            return AutoConfig.for_model(model_args.model_type, **overrides)
-        except (ValueError, TypeError, StrictDataclassError) as err:
+            return AutoConfig.for_model(model_args.model_type, **_booleans_as_booleans(defaults, overrides))
+        except StrictDataclassError as err:
+            raise RecipeError(f"key 'config_overrides': {_reason(err)}") from None
+        except (ValueError, TypeError) as err:
             raise RecipeError(f"key 'config_overrides': {first_line(err)}") from None
     key = "config_name" if model_args.config_name else "model_name_or_path"
     source = model_args.config_name or model_args.model_name_or_path
@@ -87,8 +99,12 @@ def build_config(model_args: ModelArguments):
         raise RecipeError("the recipe names no model: set model_type, config_name or model_name_or_path")
     path = resolve_model_path(source, key)
     try:
+        if overrides:
+            overrides = _booleans_as_booleans(AutoConfig.from_pretrained(path, **common), overrides)
         config, unused = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **common, **overrides)
-    except (OSError, ValueError, TypeError, StrictDataclassError) as err:
+    except StrictDataclassError as err:
+        raise RecipeError(f"key 'config_overrides': {_reason(err)}") from None
+    except (OSError, ValueError, TypeError) as err:
         raise RecipeError(f"key '{key}': cannot load {source!r}: {first_line(err)}") from None
     if unused:
         _check_override_names(config, unused)

@@ -12,35 +12,9 @@ from transformers import pipeline
 from .errors import RecipeError
 from .lora import load_classifier
 from .recipe import read_run_recipe
-from .rows import text_problem
+from .rows import csv_records, json_records, text_problem
 
 INPUT_TYPES = (".txt", ".jsonl", ".json", ".csv")
-
-
-def _json_rows(path: Path, text: str):
-    """(row number, row) of a .jsonl file, or of a .json file holding one array of rows."""
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from None
-        yield from enumerate(rows, 1)
-        return
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 is valid inside a JSON string
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecipeError(f"{path} line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
-
-
-def _csv_rows(path: Path, handle):
-    reader = csv.DictReader(handle)
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except csv.Error as err:
-        raise RecipeError(f"{path} line {reader.line_num}: not valid CSV ({err})") from None
 
 
 def read_inputs(path, text_column: str = "text", text_pair_column: str | None = None,
@@ -58,21 +32,23 @@ def read_inputs(path, text_column: str = "text", text_pair_column: str | None = 
     suffix = path.suffix.lower()
     if suffix not in INPUT_TYPES:
         raise RecipeError(f"{path}: unsupported input type {suffix!r} ({', '.join(INPUT_TYPES)})")
-    try:  # utf-8-sig drops a BOM; newline=None reads \r\n and \r as \n (csv needs newline="" and does it itself)
-        with open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as handle:
-            if suffix == ".txt":
-                if text_pair_column:
-                    raise RecipeError(f"{path}: this model classifies text pairs ({text_column!r}, "
-                                      f"{text_pair_column!r}): give a .jsonl, .json or .csv file with both columns")
+    try:  # utf-8-sig drops a BOM; newline=None reads \r\n and \r as \n
+        if suffix == ".txt":
+            if text_pair_column:
+                raise RecipeError(f"{path}: this model classifies text pairs ({text_column!r}, "
+                                  f"{text_pair_column!r}): give a .jsonl, .json or .csv file with both columns")
+            with open(path, encoding="utf-8-sig", newline=None) as handle:
                 return [line for line in handle.read().split("\n") if line.strip()] or _nothing(path)
-            rows = list(_csv_rows(path, handle) if suffix == ".csv" else _json_rows(path, handle.read()))
+        rows = list(csv_records(str(path)) if suffix == ".csv" else json_records(str(path)))
     except UnicodeDecodeError as err:
         raise RecipeError(f"{path} is not valid UTF-8 (byte 0x{err.object[err.start]:02x}); convert it to UTF-8") \
             from None
+    except ValueError as err:  # a line that does not parse: 'line N: not valid JSON (...)'
+        raise RecipeError(f"{path} {err}") from None
     inputs, skipped = [], []
     columns = [c for c in (text_column, text_pair_column) if c]
-    for number, row in rows:
-        where = f"{path} {'row' if suffix == '.json' else 'line'} {number}"
+    for position, row in rows:
+        where = f"{path} {position}"
         if not isinstance(row, dict):
             if isinstance(row, str) and not text_pair_column:  # a .json array of plain strings
                 row = {text_column: row}
@@ -114,9 +90,13 @@ def predict(model_dir, texts: list, batch_size: int = 32, max_length: int | None
             text_problem(text.get("text_pair"), required=True) if pair else None)
         if problem:
             raise RecipeError(f"text {index}: {problem}")
+    recipe = read_run_recipe(model_dir)
+    if recipe.get("text_pair_column") and any(not isinstance(text, dict) for text in texts):
+        raise RecipeError(f"{model_dir} classifies text pairs ({recipe.get('text_column')!r}, "
+                          f"{recipe['text_pair_column']!r}): give each text as {{'text': ..., 'text_pair': ...}}")
     model, tokenizer = load_classifier(model_dir)
     if max_length is None:
-        max_length = read_run_recipe(model_dir).get("max_length") or 512
+        max_length = recipe.get("max_length") or 512
     classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
     outputs = classifier(texts, batch_size=batch_size, truncation=True, max_length=max_length)
     return [{**(text if isinstance(text, dict) else {"text": text}), "label": out["label"], "score": float(out["score"])}

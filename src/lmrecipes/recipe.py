@@ -62,7 +62,7 @@ def merge_mappings(base: dict, update: dict) -> dict:
     """`update` laid over `base` key by key (nested mappings too). An update holding `__replace__: true` replaces
     the mapping at its level instead of merging into it. `__replace__` never reaches the result."""
     update = dict(update)
-    if update.pop(REPLACE, False):
+    if update.pop(REPLACE, False) is True:
         base = {}
     merged = dict(base)
     for key, value in update.items():
@@ -90,12 +90,19 @@ def mapping_keys(dataclass_types) -> dict[str, bool]:
             for name, hint in typing.get_type_hints(t).items() if "dict" in str(hint)}
 
 
+# TrainingArguments' mapping keys that also take a file path.
+PATH_OR_MAPPING = {"deepspeed", "fsdp_config", "accelerator_config"}
+
+
 def merge_recipe(base: dict, overrides: dict, dataclass_types) -> dict:
     """Recipe values laid over one another: plain keys are replaced, mapping-valued keys merged key by key."""
-    merged = dict(base)
+    merged = {key: merge_mappings({}, value) if isinstance(value, dict) else value for key, value in base.items()}
     mappings = mapping_keys(dataclass_types)
     for key, value in overrides.items():
         new = _as_mapping(value, key, mappings[key]) if key in mappings else None
+        if new is None and key in mappings and isinstance(value, str) and key not in PATH_OR_MAPPING \
+                and not mappings[key]:
+            raise RecipeError(f"key '{key}': expected a JSON object such as '{{\"name\": 1}}', got {value!r}")
         if new is None:
             merged[key] = value
         else:

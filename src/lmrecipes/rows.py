@@ -82,12 +82,14 @@ def _is_clean_label_column(table: pa.Table, column: str) -> bool:
         or pa.types.is_dictionary(values.type)
 
 
-def find_bad_rows(dataset, rules: RowRules) -> list[tuple[int, str, str]]:
-    """[(row index, column, problem)] of a (non-streaming) dataset, in row order."""
+def find_bad_rows(dataset, rules: RowRules, raw: dict | None = None) -> list[tuple[int, str, str]]:
+    """[(row index, column, problem)] of a (non-streaming) dataset, in row order; `raw` holds a column's values as
+    the files hold them, where datasets' own are not to be trusted."""
+    raw = raw or {}
     table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
     text_columns = [c for c in rules.texts.values() if c]
     label_columns = [c for c in rules.label.values() if c]
-    dirty_texts = [c for c in text_columns if not _is_clean_text_column(table, c, rules.text_required)]
+    dirty_texts = [c for c in text_columns if c in raw or not _is_clean_text_column(table, c, rules.text_required)]
     dirty_labels = [c for c in label_columns if not _is_clean_label_column(table, c)]
     if not dirty_texts and not dirty_labels:
         return []
@@ -101,7 +103,8 @@ def find_bad_rows(dataset, rules: RowRules) -> list[tuple[int, str, str]]:
         batch = columns[start:start + 1000]
         for offset in range(len(next(iter(batch.values())))):
             for column in dirty_texts:
-                problem = text_problem(batch[column][offset], rules.text_required)
+                value = raw[column][start + offset] if column in raw else batch[column][offset]
+                problem = text_problem(value, rules.text_required)
                 if problem:
                     bad.append((start + offset, column, problem))
                     break
@@ -150,7 +153,14 @@ def check_rows(dataset, rules: RowRules, locate: RowLocator, skip: bool):
     """
     if isinstance(dataset, IterableDataset):
         return _check_stream(dataset, rules, locate, skip)
-    bad = find_bad_rows(dataset, rules)
+    raw = {}  # a text column datasets stored as Json (mixed types) decodes "10" as 10: read it from the files
+    for column in [c for c in rules.texts.values() if c and dataset.features[c] != Value("string")]:
+        if locate.builder == "json" and locate.files:
+            values = raw_json_column(locate.files, column)
+            if len(values) == len(dataset):
+                raw[column] = values
+    bad = find_bad_rows(dataset, rules, raw)
+    kept = range(len(dataset))
     if bad and not skip:
         index, column, problem = bad[0]
         more = f" ({len(bad)} bad rows in all)" if len(bad) > 1 else ""
@@ -161,17 +171,15 @@ def check_rows(dataset, rules: RowRules, locate: RowLocator, skip: bool):
         logger.warning("skip_bad_rows: dropped %d of %d rows of the %s split (%s%s)", len(bad), len(dataset),
                        locate.split, shown, "; ..." if len(bad) > SHOWN else "")
         dropped = {i for i, _, _ in bad}
-        dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
+        kept = [i for i in range(len(dataset)) if i not in dropped]
+        dataset = dataset.select(kept)
         if len(dataset) == 0:
             raise RecipeError(f"skip_bad_rows: every row of the {locate.split} split is defective ({shown})")
-    # A text column that held numbers is a Json feature; its rows are strings now. Rebuilt from the decoded values:
-    # cast_column would keep the stored JSON text, quotes included.
-    retyped = [c for c in rules.texts.values() if c and dataset.features[c] != Value("string")]
-    if retyped:
-        features = dataset.features.copy()
-        features.update({c: Value("string") for c in retyped})
-        dataset = dataset.map(lambda batch: {c: list(batch[c]) for c in retyped}, batched=True, features=features,
-                              desc="Text columns as strings")
+    # A text column that held numbers is a Json feature; its rows are strings now. Rebuilt from the files' own
+    # values (or the decoded ones): cast_column would keep the stored JSON text, quotes included.
+    for column in [c for c in rules.texts.values() if c and dataset.features[c] != Value("string")]:
+        values = [raw[column][i] for i in kept] if column in raw else list(dataset[column])
+        dataset = dataset.remove_columns(column).add_column(column, values, feature=Value("string"))
     return dataset
 
 
@@ -202,78 +210,102 @@ def _check_stream(dataset, rules: RowRules, locate: RowLocator, skip: bool):
     return dataset.filter(keep, with_indices=True, batched=True, batch_size=16)
 
 
-# ---------------------------------------------------------------- when the reader itself fails
+# ---------------------------------------------------------------- lmrecipes' own reading of json/jsonl/csv files
+# Hand-written, and used only where datasets' reader falls short: when it fails (its message names a byte position
+# or a 0-based row of a block at best), and when it stores a column of mixed types as Json (which decodes the
+# string "10" as the number 10). Files are read a line at a time; a .json array is read whole.
 
 
-def _json_rows(name: str, text: str):
-    """(line, row) of a .jsonl file, or of a .json file holding one array; raises ValueError('line N: ...')."""
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"line {err.lineno}: not valid JSON ({err.msg})") from None
-        yield from ((None, row) for row in rows)
-        return
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 is valid inside a JSON string
-        if line.strip():
+def _open_text(name: str, newline=None):
+    return (gzip.open if name.endswith(".gz") else open)(name, "rt", encoding="utf-8-sig", newline=newline)
+
+
+def json_records(name: str):
+    """(where, row) of a .jsonl file (where = 'line N') or of a .json array ('row N of the array'); a line that is
+    not JSON raises ValueError('line N: ...')."""
+    with _open_text(name) as handle:
+        head = handle.read(4096).lstrip()
+        handle.seek(0)
+        if head.startswith("["):  # one JSON document: an array of rows
             try:
-                yield number, json.loads(line)
+                rows = json.load(handle)
             except json.JSONDecodeError as err:
-                raise ValueError(f"line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+                raise ValueError(f"line {err.lineno}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise ValueError("is nested too deeply to read") from None
+            yield from ((f"row {i} of the array", row) for i, row in enumerate(rows, 1))
+            return
+        for number, line in enumerate(handle, 1):  # lines end at \n, \r\n or \r only (not at U+2028)
+            if line.strip():
+                try:
+                    yield f"line {number}", json.loads(line.strip())
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+                except RecursionError:
+                    raise ValueError(f"line {number}: nested too deeply to read") from None
 
 
-def _csv_rows(text: str):
-    """(line where the row starts, row) of a csv file; a quote left open names the line it opens on."""
-    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
-    start = 2
-    try:
-        for row in reader:
-            yield start, {k: None if v in ("", None) else v for k, v in row.items()}
-            start = reader.line_num + 1
-    except csv.Error as err:
-        raise ValueError(f"line {start}: not valid CSV ({err})") from None
-
-
-def _csv_value(text):
-    """A csv label cell as the csv reader types it: an int, a float, else the text."""
-    if text is None:
-        return None
-    for kind in (int, float):
+def csv_records(name: str):
+    """(where, row) of a csv file, where = the line the row starts on (blank lines and quoted line breaks counted);
+    empty cells are None. A quote left open raises ValueError naming the line it opens on."""
+    with _open_text(name, newline="") as handle:
+        reader = csv.reader(handle, strict=True)
         try:
-            return kind(text)
+            header = next(reader, None)
+            while True:
+                start = reader.line_num + 1
+                cells = next(reader, None)
+                if cells is None:
+                    return
+                if cells:  # a blank line
+                    yield f"line {start}", {k: v or None for k, v in zip(header, cells)}
+        except csv.Error as err:
+            raise ValueError(f"line {start}: not valid CSV ({err})") from None
+
+
+def _kind(value, builder: str) -> str | None:
+    """What pyarrow / pandas type a value as: a change of kind down a column is what stops datasets' reader."""
+    if value is None:
+        return None
+    if builder == "csv":
+        try:
+            float(value)
+            return "number"
         except ValueError:
-            pass
-    return text
+            return "text"
+    if isinstance(value, bool):
+        return "boolean"
+    return {int: "number", float: "number", str: "text", list: "list", dict: "mapping"}.get(type(value), "value")
 
 
 def first_defect_in_files(files: list[str], builder: str, rules: RowRules | None) -> str | None:
-    """'FILE line N: problem' for the first line of json/jsonl/csv files that is not valid or breaks `rules`.
-
-    Used when datasets' reader fails on the files (a type change past its first block, a malformed line): its
-    message names a byte position or a 0-based row of a block at best. Hand-written, and only on that error path.
-    """
-    for name in files:
-        with (gzip.open if name.endswith(".gz") else open)(name, "rt", encoding="utf-8-sig", newline="") as f:
-            text = f.read()
-        rows = _csv_rows(text) if builder == "csv" else _json_rows(name, text.replace("\r\n", "\n"))
-        label_kind = {}
-        try:
-            for number, row in rows:
-                where = f"{name} line {number}" if number else f"{name} (array row)"
+    """'FILE line N: problem' for what stops datasets' reader on these files: a line that does not parse, else the
+    first row whose value in a column is of another kind than the column's earlier values. None if neither."""
+    records = csv_records if builder == "csv" else json_records
+    try:
+        for name in files:  # first: syntax, in every file
+            for where, row in records(name):
                 if not isinstance(row, dict):
-                    return f"{where}: a row is an object of columns, got {type(row).__name__}"
-                if rules is None:
+                    return f"{name} {where}: a row is an object of columns, got {type(row).__name__}"
+    except ValueError as err:
+        return f"{name} {err}"
+    keys = {column: key for key, column in {**(rules.texts if rules else {}), **(rules.label if rules else {})}.items()
+            if column}
+    kinds = {}
+    for name in files:  # then: a change of kind down a column, across the files in order
+        for where, row in records(name):
+            for column, value in row.items():
+                kind = _kind(value, builder)
+                if kind is None:
                     continue
-                for key, column in rules.texts.items():
-                    problem = column and text_problem(row.get(column), rules.text_required)
-                    if problem:
-                        return f"{where}: column {column!r} ({key}) {problem}"
-                for key, column in rules.label.items():
-                    value = row.get(column) if builder == "json" else _csv_value(row.get(column))
-                    kind = label_kind.setdefault(column, type(value).__name__) if value is not None else None
-                    problem = column and _label_problem(value, kind)
-                    if problem:
-                        return f"{where}: column {column!r} ({key}) {problem}"
-        except ValueError as err:
-            return f"{name} {err}"
+                first = kinds.setdefault(column, kind)
+                if kind != first:
+                    named = f"column {column!r}" + (f" ({keys[column]})" if column in keys else "")
+                    return (f"{name} {where}: {named} holds the {kind} {repr(value)[:40]} where the column's "
+                            f"earlier values are {first}s")
     return None
+
+
+def raw_json_column(files: list[str], column: str) -> list:
+    """The values of `column` in json/jsonl files, row by row, as the files hold them."""
+    return [row.get(column) for name in files for _, row in json_records(name)]
