@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from conftest import BERT_PRETRAIN, LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, read_json
 
 import lmrecipes
-from lmrecipes.training import is_complete_checkpoint
+from lmrecipes.training import is_complete_checkpoint, record_run
 
 FT_LORA = str(REPO / "recipes/tiny-llama/finetune-sentiment-lora.yaml")
 FT_FULL = str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml")
@@ -56,10 +56,12 @@ def kill_while_saving(process, out: Path, complete_step: int, next_step: int, ti
 
 
 def plant_half_written_checkpoint(out: Path, step: int):
-    """What a kill in the middle of writing the weights leaves: a truncated file, no trainer_state.json."""
+    """What a kill in the middle of writing the weights leaves: a truncated file, no trainer_state.json, and the
+    checkpoint announced in the run's marker (as the run does before the Trainer writes it)."""
     folder = out / f"checkpoint-{step}"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"\x00" * 100)
+    record_run(out, pending=[folder.name])
 
 
 def resume_and_check(script, recipe, out, reference_loss, key):
@@ -86,6 +88,7 @@ def test_pretraining_killed_while_saving_resumes_to_the_same_result(tmp_path, sm
     assert not (out / "all_results.json").exists()
     plant_half_written_checkpoint(out, 11)
     results = resume_and_check("pretrain.py", recipe, out, reference["eval_loss"], "eval_loss")
+    assert not (out / "checkpoint-11").exists(), "the half-written checkpoint was removed"
     assert read_json(out / "trainer_state.json")["global_step"] == 12
     assert results["train_tokens"] == reference["train_tokens"]
 
@@ -365,3 +368,18 @@ def test_overwrite_deletes_what_the_run_recorded_and_nothing_else(tmp_path, smal
     assert (killed / "model.safetensors").is_file() and not read_json(killed / ".lmrecipes-run.json").get("finished")
     results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(killed), overwrite_output_dir=True)
     assert "eval_loss" in results and read_json(killed / ".lmrecipes-run.json")["finished"] is True
+
+
+def test_only_a_half_written_checkpoint_of_the_run_is_removed(tmp_path):
+    from lmrecipes.training import find_last_complete_checkpoint
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("model_type: llama\n")
+    record_run(out, files=["recipe.yaml"])
+    plant_half_written_checkpoint(out, 6)  # the run's own, announced before the kill
+    mine = out / "checkpoint-5"  # not the run's: the user's copy, say
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert find_last_complete_checkpoint(out, remove_incomplete=True) is None
+    assert not (out / "checkpoint-6").exists() and (mine / "notes.txt").read_text() == "mine"
