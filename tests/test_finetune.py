@@ -361,3 +361,38 @@ def test_skip_bad_rows_drops_and_counts_defective_rows(tmp_path, caplog):
     splits, _ = load_classification_data(data_args)
     kept = [text for split in splits.values() for text in split["text"]]
     assert sorted(kept) == sorted(r["text"] for i, r in enumerate(rows) if i != 4)
+
+
+def test_max_train_samples_is_a_stratified_random_sample(causal_run):
+    """The embedded sentiment file is sorted by label: its first 1,000 rows are 97% positive."""
+    from lmrecipes.finetuning import tokenize_for_classification
+
+    *_, data_args, _, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
+                                         max_train_samples=1000, max_eval_samples=200)
+    splits, labels = load_classification_data(data_args)
+    share = sum(v == "positive" for v in splits["train"]["label"]) / len(splits["train"])
+    tokenizer = AutoTokenizer.from_pretrained(causal_run[0])
+    prepare_pad_token(tokenizer)
+    encoded = tokenize_for_classification(splits, tokenizer, labels, data_args, seed=42)
+    assert len(encoded["train"]) == 1000 and len(encoded["validation"]) == 200
+    for name in ("train", "validation"):
+        positive = sum(encoded[name]["labels"]) / len(encoded[name])  # labels: negative 0, positive 1
+        assert abs(positive - share) < 0.01, (name, positive, share)
+    again = tokenize_for_classification(splits, tokenizer, labels, data_args, seed=42)
+    assert again["train"]["input_ids"] == encoded["train"]["input_ids"]  # seeded: the same sample
+
+
+def test_rows_without_a_label_are_refused(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    Dataset.from_dict({"text": [f"review {i}" for i in range(40)], "label": [i % 2 for i in range(40)]},
+                      features=features).to_parquet(train)
+    Dataset.from_dict({"text": [f"unseen {i}" for i in range(10)], "label": [-1] * 10},  # as GLUE's test splits
+                      features=features).to_parquet(test)
+    *_, data_args, _, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
+                                         train_file=[str(train)], test_file=[str(test)])
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'label_column': 10 of 10 rows of the test split have no "
+                                                    r"label \(-1\)"):
+        load_classification_data(data_args)

@@ -118,3 +118,68 @@ def test_streaming_without_max_steps_is_refused(tmp_path, small_corpus):
     with pytest.raises(lmrecipes.RecipeError, match="key 'streaming': streaming needs max_steps"):
         lmrecipes.pretrain(LLAMA_RECIPE, **TINY_LLAMA, train_file=[small_corpus], streaming=True, max_steps=-1,
                            output_dir=str(tmp_path / "x"))
+
+
+def test_bits_per_byte_is_total_nats_over_the_bytes_of_the_evaluated_text(tmp_path):
+    """Documents with 1, 2 and 3 UTF-8 bytes per character, so bytes per token differ widely between blocks; the
+    held-out blocks are a seeded sample. Hand computation: the model's summed loss over every predicted token of
+    the evaluated blocks, over the bytes of exactly those tokens (a byte-level BPE token is one character per
+    byte), in bits."""
+    import math
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmrecipes.data import prepare_pretraining_data
+    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer
+
+    rng = random.Random(0)
+    words = [["the", "king", "spoke", "of", "war", "and", "peace"], ["καλή", "μέρα", "κόσμε", "θάλασσα", "ήλιος"],
+             ["日本語", "東京", "山", "川", "海の", "空"]]
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words[i % 3]) for _ in range(300))},
+                                         ensure_ascii=False) + "\n" for i in range(60)), encoding="utf-8")
+    settings = {**TINY_LLAMA, "train_file": [str(corpus)], "validation_fraction": 0.3, "max_eval_samples": 12,
+                "max_steps": 8, "output_dir": str(tmp_path / "run")}
+    results = lmrecipes.pretrain(LLAMA_RECIPE, **settings)
+
+    model_args, tokenizer_args, data_args, training_args, _ = lmrecipes.load_recipe(LLAMA_RECIPE, PRETRAIN_ARGUMENTS,
+                                                                                   **settings)
+    raw, fingerprint, _ = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
+    _, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args,
+                                                shuffle_seed=training_args.seed)
+    assert len(evaluation) == 12
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
+    ids = torch.tensor(evaluation["input_ids"])
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1]
+    nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                             reduction="sum").item()
+    special = set(tokenizer.all_special_ids)
+    tokens = tokenizer.convert_ids_to_tokens(ids[:, 1:].reshape(-1).tolist())
+    nbytes = sum(len(token) for token, i in zip(tokens, ids[:, 1:].reshape(-1).tolist()) if i not in special)
+    assert results["bits_per_byte"] == pytest.approx(nats / (math.log(2) * nbytes), rel=1e-5)
+
+
+def test_packing_carries_remainders_and_marks_every_special_token(tmp_path, masked_run):
+    """Short documents (reviews): tokens lost to packing are fewer than one block (the remainder of each map batch
+    is carried into the next); masked blocks mark every special token, the [SEP]s between documents included."""
+    import gzip
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from lmrecipes.data import _tokenize_and_pack
+
+    reviews = [json.loads(line)["text"] for line in gzip.open(REPO / "data/sentiment/movie_reviews.jsonl.gz", "rt")]
+    documents = Dataset.from_dict({"text": reviews[:2000]})
+    tokenizer = AutoTokenizer.from_pretrained(masked_run[0])
+    tokens_in = sum(len(ids) + 1 for ids in tokenizer(reviews[:2000], add_special_tokens=False)["input_ids"])
+    blocks = _tokenize_and_pack(documents, tokenizer, "masked_lm", 128, "text")
+    body = 128 - 2
+    assert 0 <= tokens_in - len(blocks) * body < body, (tokens_in, len(blocks))
+    for block, mask in zip(blocks["input_ids"][:50], blocks["special_tokens_mask"][:50]):
+        assert mask == [int(t in tokenizer.all_special_ids) for t in block]  # as the collator's own default
+        assert sum(mask) > 2  # inner [SEP]s between the short documents

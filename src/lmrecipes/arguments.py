@@ -154,10 +154,13 @@ class DataSourceArguments:
         default=0.05, metadata={"help": "Fraction of training rows held out for validation when none is given."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many training examples (blocks when pretraining)."}
+        default=None, metadata={"help": "Use at most this many training examples (blocks when pretraining): a random "
+                                "sample seeded by `seed` (classification: stratified by label), not the first ones. "
+                                "Streaming: the first N blocks of the shuffled stream."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate on at most this many examples (blocks when pretraining)."}
+        default=None, metadata={"help": "Evaluate on at most this many examples (blocks when pretraining), sampled "
+                                "like max_train_samples. Streaming: the first N held-out blocks (default 256)."}
     )
     streaming: bool = field(
         default=False,

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import (Dataset, DatasetDict, Features, IterableDataset, Sequence, Value, load_dataset,
                       load_from_disk)
 
@@ -211,11 +212,28 @@ def check_text_column(dataset, column: str, key: str = "text_column") -> None:
 # ---------------------------------------------------------------- pretraining: tokenize and pack
 
 
+def _token_bytes(text: str, offsets) -> list[int]:
+    """UTF-8 bytes of `text` per token, summing to the text's bytes: token i gets the bytes from the end of token
+    i-1's span to the end of its own (the first also takes what precedes it, the last what follows it). Hand-written:
+    tokenizers give character offsets, and byte-level BPE splits characters between tokens."""
+    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+    prefix = np.concatenate([[0], np.cumsum(width)])
+    ends = np.maximum.accumulate(prefix[[min(end, len(text)) for _, end in offsets]]) if offsets else np.zeros(0, int)
+    counts = np.diff(ends, prepend=0)
+    if len(counts):
+        counts[-1] += prefix[-1] - ends[-1]
+    return counts.astype(int).tolist()
+
+
 def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text_column: str, num_proc=None):
     """Tokenize documents, separate them with EOS (causal) or SEP (masked), and cut the stream into blocks.
 
-    Masked blocks are wrapped as [CLS] ... [SEP]. Each block records `block_bytes`, the UTF-8 bytes of text it
-    covers (pro rata within a map batch), for bits-per-byte. The tail shorter than a block is dropped.
+    The remainder of each map batch is carried into the next (hand-written: datasets' map has no state between
+    batches), so at most one partial block is lost per corpus (per process with num_proc). Masked blocks are
+    wrapped as [CLS] ... [SEP], and every special token (the [SEP]s between documents too) is marked in
+    `special_tokens_mask`. Each block records `block_bytes`: the exact UTF-8 bytes of the text its predicted tokens
+    came from (causal: tokens 2..block_size, which the loss is computed on), for bits per byte.
     """
     separator = tokenizer.eos_token_id if objective == "causal_lm" else tokenizer.sep_token_id
     if separator is None:
@@ -223,25 +241,37 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
         raise RecipeError(f"the tokenizer has no {role}, needed to separate documents for {objective}")
     wrap = objective == "masked_lm"
     body = block_size - 2 if wrap else block_size
+    specials = set(tokenizer.all_special_ids)
 
     def tokenize(batch):
         texts = [t for t in batch[text_column] if t]
         if not texts:  # the tokenizer fails on an empty batch
-            return {"input_ids": [], "num_bytes": []}
-        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-        return {"input_ids": [row + [separator] for row in ids], "num_bytes": [len(t.encode("utf-8")) for t in texts]}
+            return {"input_ids": [], "token_bytes": []}
+        try:
+            encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                                return_offsets_mapping=True, verbose=False)
+            sizes = [_token_bytes(t, o) for t, o in zip(texts, encoded["offset_mapping"])]
+        except NotImplementedError:  # a slow tokenizer has no offsets: the document's bytes spread evenly
+            encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
+            sizes = [_spread(len(t.encode("utf-8")), len(ids)) for t, ids in zip(texts, encoded["input_ids"])]
+        return {"input_ids": [row + [separator] for row in encoded["input_ids"]],
+                "token_bytes": [row + [0] for row in sizes]}
+
+    carry = {"ids": [], "bytes": []}  # the tokens of the batches so far that did not fill a block
 
     def pack(batch):
-        stream = [token for row in batch["input_ids"] for token in row]
-        bytes_per_token = sum(batch["num_bytes"]) / max(len(stream), 1)
-        blocks = [stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
+        ids = carry["ids"] + [token for row in batch["input_ids"] for token in row]
+        sizes = carry["bytes"] + [size for row in batch["token_bytes"] for size in row]
+        full = len(ids) // body * body
+        carry["ids"], carry["bytes"] = ids[full:], sizes[full:]
+        blocks = [ids[i : i + body] for i in range(0, full, body)]
+        first = 0 if wrap else 1  # a causal block's first token is never predicted
+        out = {"block_bytes": [float(sum(sizes[i + first : i + body])) for i in range(0, full, body)]}
         if wrap:
-            blocks = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
-        out = {"input_ids": blocks, "block_bytes": [body * bytes_per_token] * len(blocks)}
-        if wrap:
-            out["special_tokens_mask"] = [[1] + [0] * body + [1] for _ in blocks]
+            out["input_ids"] = [[tokenizer.cls_token_id, *b, tokenizer.sep_token_id] for b in blocks]
+            out["special_tokens_mask"] = [[int(t in specials) for t in block] for block in out["input_ids"]]
         else:
-            out["labels"] = [list(b) for b in blocks]
+            out["input_ids"], out["labels"] = blocks, [list(b) for b in blocks]
         return out
 
     # IterableDataset.map takes neither num_proc nor desc; a stream is tokenized STREAM_BATCH documents at a time
@@ -257,8 +287,38 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     features = Features({"input_ids": Sequence(Value("int32")), "block_bytes": Value("float64"),
                          **({"special_tokens_mask": Sequence(Value("int8"))} if wrap
                             else {"labels": Sequence(Value("int32"))})})
-    return tokenized.map(pack, batched=True, batch_size=64, remove_columns=["input_ids", "num_bytes"],
+    return tokenized.map(pack, batched=True, batch_size=64, remove_columns=["input_ids", "token_bytes"],
                          features=features, **options, **desc("Packing"))
+
+
+def _spread(total: int, count: int) -> list[int]:
+    share, rest = divmod(total, max(count, 1))
+    return [share + (i < rest) for i in range(count)]
+
+
+def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
+    """`size` of `count` rows, a seeded random sample in their original order; with `labels`, stratified: each
+    label keeps its share (largest remainders), and every label at least one row when size allows."""
+    rng = np.random.default_rng(seed)
+    if size >= count:
+        return list(range(count))
+    if labels is None:
+        return sorted(rng.choice(count, size=size, replace=False).tolist())
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * size / count
+    take = np.floor(quota).astype(int)
+    if size >= len(classes):
+        take = np.maximum(take, 1)
+    for i in np.argsort(-(quota - np.floor(quota))):
+        if take.sum() >= size:
+            break
+        take[i] += 1
+    while take.sum() > size:  # the one-per-label floor overshot: trim the largest
+        take[np.argmax(take)] -= 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=min(n, k), replace=False)
+              for c, n, k in zip(classes, take, counts)]
+    return sorted(np.concatenate(chosen).tolist())
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
@@ -289,7 +349,7 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
         evaluation = Dataset.from_list(list(blocks.take(args.max_eval_samples or 256)))
     else:
         key_parts = [fingerprint, _tokenizer_fingerprint(tokenizer), objective, args.block_size, args.text_column,
-                     args.validation_fraction, 3]
+                     args.validation_fraction, 4]
         key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
         folder = args.cache_root / "data" / key
         if (folder / "dataset_dict.json").is_file():
@@ -313,13 +373,14 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
             logger.info("Tokenized data saved to %s", folder)
         packed = load_from_disk(str(folder))
         train, evaluation = packed["train"].remove_columns(["block_bytes"]), packed["validation"]
-        if args.max_train_samples:
-            train = train.select(range(min(args.max_train_samples, len(train))))
+        if args.max_train_samples:  # seeded random samples of the blocks, not the first ones
+            train = train.select(sample_indices(len(train), args.max_train_samples, shuffle_seed))
         if args.max_eval_samples:
-            evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+            evaluation = evaluation.select(sample_indices(len(evaluation), args.max_eval_samples, shuffle_seed))
     if len(evaluation) == 0:
         raise RecipeError("the held-out data produced no evaluation block")
-    eval_bytes_per_token = sum(evaluation["block_bytes"]) / (len(evaluation) * args.block_size)
+    predicted = args.block_size - 1 if objective == "causal_lm" else args.block_size - 2  # tokens per block scored
+    eval_bytes_per_token = sum(evaluation["block_bytes"]) / (len(evaluation) * predicted)
     return train, evaluation.remove_columns(["block_bytes"]), eval_bytes_per_token
 
 

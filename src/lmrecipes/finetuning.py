@@ -13,7 +13,7 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, RunArguments, TokenizerArguments
-from .data import load_raw_splits, split_held_out
+from .data import load_raw_splits, sample_indices, split_held_out
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
@@ -114,6 +114,12 @@ def load_classification_data(args: ClassificationDataArguments):
     for split, dataset in raw.items():
         if len(dataset) == 0:
             raise RecipeError(f"the {split} split is empty; add rows or change validation_fraction/test_fraction")
+    for split, dataset in raw.items():  # a ClassLabel column marks a row without a label as -1 (e.g. GLUE test splits)
+        if hasattr(dataset.features[args.label_column], "names"):
+            unlabelled = sum(1 for v in dataset[args.label_column] if v is None or v < 0)
+            if unlabelled:
+                raise RecipeError(f"key 'label_column': {unlabelled} of {len(dataset)} rows of the {split} split have "
+                                  "no label (-1); give a labelled split (test_file / test_fraction) for evaluation")
     labels = _label_names(raw["train"], args.label_column)
     if len(labels) < 2:
         raise RecipeError(f"key 'label_column': the training data has a single class ({labels[0] if labels else '-'})"
@@ -121,14 +127,16 @@ def load_classification_data(args: ClassificationDataArguments):
     known = set(labels)
     for split in ("validation", "test"):
         feature = raw[split].features[args.label_column]
-        unseen = set() if hasattr(feature, "names") else {label_key(v) for v in set(raw[split][args.label_column])} - known
+        unseen = set() if hasattr(feature, "names") else \
+            {label_key(v) for v in set(raw[split][args.label_column])} - known
         if unseen:
             raise RecipeError(f"key 'label_column': label(s) {sorted(unseen)} in the {split} split never occur in "
                               "training")
     return {k: raw[k] for k in ("train", "validation", "test")}, labels
 
 
-def tokenize_for_classification(splits: dict, tokenizer, labels: list[str], args: ClassificationDataArguments):
+def tokenize_for_classification(splits: dict, tokenizer, labels: list[str], args: ClassificationDataArguments,
+                                seed: int = 42):
     """Tokenize (truncating at max_length; padding happens per batch) and map labels to ids 0..n-1."""
     label_ids = {name: i for i, name in enumerate(labels)}
     class_label = hasattr(splits["train"].features[args.label_column], "names")  # already ids
@@ -141,10 +149,10 @@ def tokenize_for_classification(splits: dict, tokenizer, labels: list[str], args
 
     out = {}
     for name, dataset in splits.items():
-        if name == "train" and args.max_train_samples:
-            dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
-        if name == "validation" and args.max_eval_samples:
-            dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))
+        limit = {"train": args.max_train_samples, "validation": args.max_eval_samples}.get(name)
+        if limit:  # a seeded sample stratified by label, not the first rows (data files are often sorted by label)
+            dataset = dataset.select(sample_indices(len(dataset), limit, seed,
+                                                    [label_key(v) for v in dataset[args.label_column]]))
         out[name] = dataset.map(encode, batched=True, remove_columns=dataset.column_names,
                                 num_proc=args.preprocessing_num_workers, desc=f"Tokenizing {name}")
     return out
@@ -275,7 +283,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     prepare_pad_token(tokenizer)
     with training_args.main_process_first(desc="classification data"):
         splits, labels = load_classification_data(data_args)
-        encoded = tokenize_for_classification(splits, tokenizer, labels, data_args)
+        encoded = tokenize_for_classification(splits, tokenizer, labels, data_args, training_args.seed)
     model = build_classifier(model_args, finetune_args, tokenizer, labels)
     if finetune_args.use_lora:
         model = apply_lora(model, finetune_args)
