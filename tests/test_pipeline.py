@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -9,7 +10,7 @@ from transformers import pipeline as hf_pipeline
 
 from conftest import REPO, TINY_LLAMA, read_json
 
-from lmrecipes import load_recipe
+from lmrecipes import RecipeError, load_recipe
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
 from lmrecipes.pipeline import PipelineArguments, run_pipeline
 from lmrecipes.recipe import parse_recipe
@@ -72,5 +73,15 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
 
     run_pipeline(args)  # the same command again: every training stage is reused
     again = capsys.readouterr().out
-    assert again.count("done earlier, reusing") == 3
+    assert again.count("holds a finished run of this recipe: nothing to do") == 3
     assert read_json(run / "summary.json") == written
+
+    # a changed recipe never reuses a stage: refused, naming what changed, and pipeline.yaml still the old one
+    before = (run / "pipeline.yaml").read_text()
+    changed, _ = parse_recipe([PipelineArguments], [str(recipe), "--pretrain_overrides", '{"max_steps": 13}'])
+    with pytest.raises(RecipeError, match=r"pretrain holds a finished run of another recipe \(differs in max_steps\)"):
+        run_pipeline(changed)
+    assert (run / "pipeline.yaml").read_text() == before
+    changed, _ = parse_recipe([PipelineArguments], [str(recipe), "--task_text_repeats", "3"])
+    with pytest.raises(RecipeError, match=r"differs in the contents of data"):  # same keys, other corpus
+        run_pipeline(changed)

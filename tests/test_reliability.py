@@ -383,3 +383,22 @@ def test_only_a_half_written_checkpoint_of_the_run_is_removed(tmp_path):
     (mine / "notes.txt").write_text("mine")
     assert find_last_complete_checkpoint(out, remove_incomplete=True) is None
     assert not (out / "checkpoint-6").exists() and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_on_changed_inputs_is_not_reused(tmp_path, causal_run, learnable_csv):
+    """Same recipe text, but the base model at the same path was trained again: not "nothing to do"."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(causal_run[0], base, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+    settings = {"model_name_or_path": str(base), "train_file": [learnable_csv], "text_column": "review",
+                "label_column": "verdict", "max_length": 32, "max_steps": 2, "eval_strategy": "no",
+                "save_strategy": "no", "load_best_model_at_end": False, "report_to": "none",
+                "output_dir": str(tmp_path / "ft")}
+    first = lmrecipes.finetune(FT_FULL, **settings)
+    assert lmrecipes.finetune(FT_FULL, **settings) == first  # unchanged: nothing to do
+    weights = base / "model.safetensors"
+    time.sleep(0.01)
+    weights.write_bytes(weights.read_bytes())  # what retraining at the same path does to the folder
+    with pytest.raises(lmrecipes.RecipeError, match=r"differs in the contents of model_name_or_path"):
+        lmrecipes.finetune(FT_FULL, **settings)

@@ -47,3 +47,17 @@ def files_fingerprint(paths: list[str]) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """What identifies the contents of a local model or tokenizer folder cheaply: its files' names, sizes and
+    modification times (a retrained model at the same path changes it; a copy of the same weights may too, which
+    only makes a rerun refuse to reuse results). A path that is not a local folder (a Hub id) stands for itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return str(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.iterdir() if p.is_file()):
+        stat = item.stat()
+        digest.update(f"{item.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -130,10 +130,9 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
         except Exception as err:  # offline, unknown id, bad config: all one line for the user
             raise RecipeError(f"key 'dataset_name': cannot load {source.dataset_name!r}: {first_line(err)}") from None
         splits = dict(loaded)
-        fingerprint = json.dumps([source.dataset_name, source.dataset_config_name])
         locators = {split: RowLocator(None, None, split) for split in splits}
     else:
-        splits, fingerprint_files, locators = {}, [], {}
+        splits, locators = {}, {}
         for split, key in FILE_KEYS.items():
             patterns = getattr(source, key, None)
             if not patterns:
@@ -157,16 +156,23 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
                 raise RecipeError(f"key '{key}': cannot read {', '.join(files)}: {message}") from None
             if not streaming and len(splits[split]) == 0:
                 raise RecipeError(f"key '{key}': {', '.join(files)} holds no rows")
-            fingerprint_files += files
             locators[split] = RowLocator(files, builder, split)
-        fingerprint = files_fingerprint(fingerprint_files)
     if "train" not in splits:
         raise RecipeError(f"the data has no 'train' split (splits: {', '.join(splits) or 'none'})")
     if rules is not None:
         for split, dataset in list(splits.items()):
             check_columns(dataset, split, rules)
             splits[split] = check_rows(dataset, rules, locators[split], source.skip_bad_rows)
-    return splits, fingerprint
+    return splits, source_fingerprint(source)
+
+
+def source_fingerprint(source: DataSourceArguments) -> str:
+    """What identifies the recipe's data: the contents of its local files (names and bytes), or the Hub dataset id."""
+    if source.dataset_name:
+        return json.dumps([source.dataset_name, source.dataset_config_name])
+    files = [f for key in FILE_KEYS.values() if getattr(source, key, None)
+             for f in resolve_data_files(getattr(source, key), key)]
+    return files_fingerprint(files)
 
 
 def _unit_hash(text) -> float:
@@ -321,9 +327,13 @@ def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
     return sorted(np.concatenate(chosen).tolist())
 
 
-def _tokenizer_fingerprint(tokenizer) -> str:
-    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
-    return hashlib.sha256(state.encode()).hexdigest()
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's vocabulary, model and pipeline, without the truncation / padding state that calling it sets."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        return hashlib.sha256(repr(tokenizer).encode()).hexdigest()
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None), state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: str, args: PretrainDataArguments,
@@ -348,8 +358,8 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
         blocks = _tokenize_and_pack(eval_raw, tokenizer, objective, args.block_size, args.text_column)
         evaluation = Dataset.from_list(list(blocks.take(args.max_eval_samples or 256)))
     else:
-        key_parts = [fingerprint, _tokenizer_fingerprint(tokenizer), objective, args.block_size, args.text_column,
-                     args.validation_fraction, 4]
+        key_parts = [fingerprint, tokenizer_fingerprint(tokenizer), objective, args.block_size, args.text_column,
+                     args.validation_fraction, 5]
         key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
         folder = args.cache_root / "data" / key
         if (folder / "dataset_dict.json").is_file():

@@ -13,7 +13,8 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, RunArguments, TokenizerArguments
-from .data import load_raw_splits, sample_indices, split_held_out
+from .cache import folder_fingerprint
+from .data import load_raw_splits, sample_indices, source_fingerprint, split_held_out, tokenizer_fingerprint
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
@@ -291,7 +292,9 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
-    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)")
+    inputs = {"data": source_fingerprint(data_args), "tokenizer": tokenizer_fingerprint(tokenizer),
+              "model_name_or_path": folder_fingerprint(resolve_model_path(model_args.model_name_or_path))}
+    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)", inputs)
     if finished is not None:
         return finished
     if training_args.should_save:

@@ -1,5 +1,7 @@
 """The whole path in one run: pretrain, fine-tune (and the same fine-tuning from scratch), evaluate, export,
-summarise. Each stage writes into its own folder under `output_dir`; a finished stage is reused on a rerun."""
+summarise. Each stage writes into its own folder under `output_dir`. A rerun runs every stage again through its
+own output protection: a finished stage of the same recipe on the same inputs is reused ("nothing to do"); a
+stage whose recipe or inputs changed is refused, naming what changed, unless `overwrite_output_dir`."""
 
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ class PipelineArguments:
                   "pretraining corpus: domain-adaptive pretraining."})
     task_text_repeats: int = field(
         default=1, metadata={"help": "How many times those texts are repeated in the pretraining corpus."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Stages whose recipe or inputs changed since an earlier run in output_dir "
+                                 "are deleted and run again (without it they are refused, naming what changed)."})
 
     def __post_init__(self):
         self.pretrain_overrides = parse_mapping(self.pretrain_overrides, "pretrain_overrides")
@@ -53,11 +58,8 @@ def _read_results(folder: Path) -> dict | None:
 
 
 def _stage(number: int, total: int, name: str, folder: Path, run) -> dict:
-    """Run one stage unless its results exist already; returns its results."""
-    done = _read_results(folder)
-    if done is not None:
-        print(f"== [{number}/{total}] {name}: done earlier, reusing {folder}", flush=True)
-        return done
+    """Run one stage; the stage itself reuses a finished run of the same recipe and inputs, or refuses a changed
+    one (training.claim_output_dir). Returns its results."""
     print(f"== [{number}/{total}] {name} -> {folder}", flush=True)
     run()
     return _read_results(folder)
@@ -73,19 +75,19 @@ def _corpus_with_task_text(args: PipelineArguments, path: Path) -> list[str]:
     if pretrain_data.dataset_name:
         raise RecipeError("key 'pretrain_on_task_text': needs a pretraining corpus of local files")
     _, _, task_data, _, _, _ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS, **args.finetune_overrides)
-    if not path.is_file():
-        splits, _ = load_classification_data(task_data)
-        columns = [c for c in (task_data.text_column, task_data.text_pair_column) if c]
-        texts = [" ".join(str(row[c]) for c in columns) for row in splits["train"]]
-        text_column = pretrain_data.text_column
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for _ in range(args.task_text_repeats):
-                for text in texts:
-                    handle.write(json.dumps({text_column: text}) + "\n")
-        tmp.replace(path)
-        print(f"   pretraining corpus + {len(texts)} fine-tuning train texts x{args.task_text_repeats} ({path})",
-              flush=True)
+    # written every time: the same bytes for the same recipes, so the pretraining stage's data fingerprint holds
+    splits, _ = load_classification_data(task_data)
+    columns = [c for c in (task_data.text_column, task_data.text_pair_column) if c]
+    texts = [" ".join(str(row[c]) for c in columns) for row in splits["train"]]
+    text_column = pretrain_data.text_column
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for _ in range(args.task_text_repeats):
+            for text in texts:
+                handle.write(json.dumps({text_column: text}) + "\n")
+    tmp.replace(path)
+    print(f"   pretraining corpus + {len(texts)} fine-tuning train texts x{args.task_text_repeats} ({path})",
+          flush=True)
     return [*pretrain_data.train_file, str(path)]
 
 
@@ -96,21 +98,17 @@ def run_pipeline(args: PipelineArguments) -> dict:
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_recipe(out / "pipeline.yaml", {
-        "pretrain_recipe": args.pretrain_recipe, "finetune_recipe": args.finetune_recipe,
-        "output_dir": args.output_dir, "pretrain_overrides": args.pretrain_overrides,
-        "finetune_overrides": args.finetune_overrides, "scratch_baseline": args.scratch_baseline,
-        "pretrain_on_task_text": args.pretrain_on_task_text, "task_text_repeats": args.task_text_repeats,
-    }, "# Resolved pipeline recipe of this run (lmrecipes pipeline)")
     total = 4 if args.scratch_baseline else 3
     pre_dir, ft_dir, scratch_dir, model_dir = out / "pretrain", out / "finetune", out / "finetune-scratch", out / "model"
 
-    pretrain_settings = {**args.pretrain_overrides, "output_dir": str(pre_dir)}
+    pretrain_settings = {**args.pretrain_overrides, "output_dir": str(pre_dir),
+                         "overwrite_output_dir": args.overwrite_output_dir}
     if args.pretrain_on_task_text:
         pretrain_settings["train_file"] = _corpus_with_task_text(args, out / "task_text.jsonl")
     pre = _stage(1, total, "pretrain", pre_dir, lambda: pretrain(args.pretrain_recipe,
                                                                                **pretrain_settings))
-    finetune_settings = {**args.finetune_overrides, "model_name_or_path": str(pre_dir)}
+    finetune_settings = {**args.finetune_overrides, "model_name_or_path": str(pre_dir),
+                         "overwrite_output_dir": args.overwrite_output_dir}
     ft = _stage(2, total, "fine-tune the pretrained model", ft_dir, lambda: finetune(
         args.finetune_recipe, **finetune_settings, output_dir=str(ft_dir)))
     scratch = None
@@ -137,6 +135,12 @@ def run_pipeline(args: PipelineArguments) -> dict:
                                         "train_seconds": scratch.get("train_runtime")}
         summary["pretraining_gain_accuracy_points"] = round(100 * (ft["test_accuracy"] - scratch["test_accuracy"]), 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_recipe(out / "pipeline.yaml", {  # written only now: it describes the stages that ran
+        "pretrain_recipe": args.pretrain_recipe, "finetune_recipe": args.finetune_recipe,
+        "output_dir": args.output_dir, "pretrain_overrides": args.pretrain_overrides,
+        "finetune_overrides": args.finetune_overrides, "scratch_baseline": args.scratch_baseline,
+        "pretrain_on_task_text": args.pretrain_on_task_text, "task_text_repeats": args.task_text_repeats,
+    }, "# Resolved pipeline recipe of this run (lmrecipes pipeline)")
     table = summary_markdown(summary)
     (out / "summary.md").write_text(table)
     plot_loss_curves(pre_dir, {"pretrained": ft_dir, **({"scratch": scratch_dir} if scratch else {})},

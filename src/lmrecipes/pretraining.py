@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from itertools import chain
@@ -10,10 +12,12 @@ from pathlib import Path
 from transformers import DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
 from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
-from .data import bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out
+from .cache import folder_fingerprint
+from .data import (bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out,
+                   tokenizer_fingerprint)
 from .errors import RecipeError
 from .modeling import (build_config, build_language_model, check_tokenizer_for, count_parameters,
-                       fit_config_to_tokenizer, infer_objective, warn_remote_code)
+                       fit_config_to_tokenizer, infer_objective, resolve_model_path, warn_remote_code)
 from .recipe import resolved_recipe
 from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
@@ -39,6 +43,9 @@ def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: Tokeni
     if "validation" not in raw:
         raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction},
                                   data_args.text_column))
+    # the training split, and so the tokenizer and the packed data, also depend on these keys and rows checks
+    fingerprint = hashlib.sha256(json.dumps([fingerprint, data_args.text_column, data_args.validation_fraction,
+                                             data_args.skip_bad_rows]).encode()).hexdigest()
     tokenizer = get_or_train_tokenizer(
         tokenizer_args, objective, lambda: _iter_texts(raw["train"], data_args.text_column), fingerprint,
         data_args.cache_root, trust_remote_code=model_args.trust_remote_code, is_main_process=is_main_process,
@@ -91,7 +98,10 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
 
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args)
     recipe["objective"] = objective
-    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)")
+    inputs = {"data": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    if model_args.model_name_or_path:
+        inputs["model_name_or_path"] = folder_fingerprint(resolve_model_path(model_args.model_name_or_path))
+    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)", inputs)
     if finished is not None:
         return finished
     checkpoint = find_checkpoint(training_args)

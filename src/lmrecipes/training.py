@@ -136,7 +136,7 @@ def is_run_folder(out: Path) -> bool:
 
 
 def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
-               finished: bool | None = None) -> None:
+               finished: bool | None = None, inputs: dict | None = None) -> None:
     """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
     that no longer exist (rotated checkpoints) are dropped."""
     record = run_record(out)
@@ -149,6 +149,8 @@ def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: 
         record["session_start"] = session_start
     if finished is not None:
         record["finished"] = finished
+    if inputs is not None:
+        record["inputs"] = inputs
     write_json_atomically(out / RUN_MARKER, record)
 
 
@@ -234,13 +236,14 @@ def _comparable(recipe: dict) -> dict:
     return {k: v for k, v in recipe.items() if k not in COSMETIC_KEYS}
 
 
-def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
+def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None) -> dict | None:
     """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
 
     - empty or new folder: used;
     - a started run of the same recipe: resumed (the caller finds its checkpoint);
     - a finished run of the same recipe: its results are returned and nothing is trained again;
-    - a run (started or finished) of another recipe: refused, naming the keys that differ;
+    - a run (started or finished) of another recipe, or of the same recipe on other inputs (`inputs`: fingerprints of
+      what the recipe names by path: data files, the model and tokenizer folders): refused, naming what differs;
     - with `overwrite_output_dir`, an lmrecipes run there is deleted first and the recipe starts over;
     - files that are not an lmrecipes run (no RUN_MARKER): always refused (nothing lmrecipes did not write is
       deleted).
@@ -259,6 +262,9 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
                              if previous.get(k) != recipe.get(k))
+            earlier_inputs = run_record(out).get("inputs") or {}
+            changed += [f"the contents of {k}" for k in sorted((inputs or {}).keys() | earlier_inputs.keys())
+                        if (inputs or {}).get(k) != earlier_inputs.get(k)]
             if not training_args.overwrite_output_dir:
                 if changed:
                     state = "finished" if finished else "started"
@@ -276,7 +282,7 @@ def claim_output_dir(training_args, recipe: dict, header: str) -> dict | None:
             out.mkdir(parents=True, exist_ok=True)
             if not is_run_folder(out):
                 write_recipe(previous_file, recipe, header)
-                record_run(out, files=[RUN_RECIPE])
+                record_run(out, files=[RUN_RECIPE], inputs=inputs or {})
             record_run(out, session_start=time.time())
     return None
 
