@@ -4,7 +4,8 @@
     python scripts/pipeline.py recipes/tiny-llama/pipeline.yaml [--output_dir runs/x]
     python scripts/pipeline.py recipes/tiny-bert/pipeline.yaml        # the masked model
 
-A rerun reuses every finished stage. Results: OUTPUT_DIR/summary.{json,md}, loss_curves.png, model/.
+A rerun reuses a stage only when its recipe and inputs are unchanged (else it is refused, naming what changed;
+--overwrite_output_dir true runs it again). Results: OUTPUT_DIR/summary.{json,md}, loss_curves.png, model/.
 """
 
 import sys
