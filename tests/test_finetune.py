@@ -392,7 +392,11 @@ def test_rows_without_a_label_are_refused(tmp_path):
     Dataset.from_dict({"text": [f"unseen {i}" for i in range(10)], "label": [-1] * 10},  # as GLUE's test splits
                       features=features).to_parquet(test)
     *_, data_args, _, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
-                                         train_file=[str(train)], test_file=[str(test)])
-    with pytest.raises(lmrecipes.RecipeError, match=r"key 'label_column': 10 of 10 rows of the test split have no "
+                                         train_file=[str(train)], test_file=[str(test)], test_fraction=0.2)
+    splits, _ = load_classification_data(data_args)  # an unlabelled test split: held out from train instead
+    assert all(text.startswith("review") for text in splits["test"]["text"]) and len(splits["test"]) > 0
+    Dataset.from_dict({"text": [f"unseen {i}" for i in range(10)], "label": [-1] * 3 + [0, 1] * 3 + [1]},
+                      features=features).to_parquet(test)  # some rows unlabelled: refused
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'label_column': 3 of 10 rows of the test split have no "
                                                     r"label \(-1\)"):
         load_classification_data(data_args)

@@ -85,3 +85,12 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
     changed, _ = parse_recipe([PipelineArguments], [str(recipe), "--task_text_repeats", "3"])
     with pytest.raises(RecipeError, match=r"differs in the contents of data"):  # same keys, other corpus
         run_pipeline(changed)
+    capsys.readouterr()
+    changed, _ = parse_recipe([PipelineArguments], [str(recipe), "--finetune_overrides", '{"learning_rate": 0.002}',
+                                                    "--overwrite_output_dir", "true"])
+    redone = run_pipeline(changed)  # only the changed stages run again: pretraining is reused
+    log = capsys.readouterr().out
+    assert log.count("holds a finished run of this recipe: nothing to do") == 1 and log.count("running the stage "
+                                                                                                "again") == 2
+    assert redone["pretraining"] == written["pretraining"]
+    assert yaml.safe_load((run / "pipeline.yaml").read_text())["finetune_overrides"]["learning_rate"] == 0.002

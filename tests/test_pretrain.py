@@ -136,12 +136,12 @@ def test_bits_per_byte_is_total_nats_over_the_bytes_of_the_evaluated_text(tmp_pa
 
     rng = random.Random(0)
     words = [["the", "king", "spoke", "of", "war", "and", "peace"], ["καλή", "μέρα", "κόσμε", "θάλασσα", "ήλιος"],
-             ["日本語", "東京", "山", "川", "海の", "空"]]
+             [chr(0x4E00 + i) + chr(0x1F300 + i % 700) for i in range(2000)]]  # too many to merge: split characters
     corpus = tmp_path / "mixed.jsonl"
     corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words[i % 3]) for _ in range(300))},
                                          ensure_ascii=False) + "\n" for i in range(60)), encoding="utf-8")
     settings = {**TINY_LLAMA, "train_file": [str(corpus)], "validation_fraction": 0.3, "max_eval_samples": 12,
-                "max_steps": 8, "output_dir": str(tmp_path / "run")}
+                "per_device_eval_batch_size": 5, "max_steps": 8, "output_dir": str(tmp_path / "run")}  # 5 + 5 + 2
     results = lmrecipes.pretrain(LLAMA_RECIPE, **settings)
 
     model_args, tokenizer_args, data_args, training_args, _ = lmrecipes.load_recipe(LLAMA_RECIPE, PRETRAIN_ARGUMENTS,
@@ -151,6 +151,9 @@ def test_bits_per_byte_is_total_nats_over_the_bytes_of_the_evaluated_text(tmp_pa
     _, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args,
                                                 shuffle_seed=training_args.seed)
     assert len(evaluation) == 12
+    _, every_block, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm",
+                                                 data_args.__class__(**{**vars(data_args), "max_eval_samples": None}))
+    assert len(every_block) > 24 and evaluation["input_ids"] != every_block["input_ids"][:12]  # a sample, no prefix
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
     ids = torch.tensor(evaluation["input_ids"])
     with torch.no_grad():
@@ -180,8 +183,9 @@ def test_packing_carries_remainders_and_marks_every_special_token(tmp_path, mask
     blocks = _tokenize_and_pack(documents, tokenizer, "masked_lm", 128, "text")
     body = 128 - 2
     assert 0 <= tokens_in - len(blocks) * body < body, (tokens_in, len(blocks))
-    streamed = sum(1 for _ in _tokenize_and_pack(documents.to_iterable_dataset(), tokenizer, "masked_lm", 128, "text"))
-    assert streamed == len(blocks)  # streaming packs the same way
+    stream = _tokenize_and_pack(documents.to_iterable_dataset(), tokenizer, "masked_lm", 128, "text")
+    first, second = [b["input_ids"] for b in stream], [b["input_ids"] for b in stream]  # two passes (epochs)
+    assert first == second == blocks["input_ids"]  # streaming packs the same way, each pass from the start
     for block, mask in zip(blocks["input_ids"][:50], blocks["special_tokens_mask"][:50]):
         assert mask == [int(t in tokenizer.all_special_ids) for t in block]  # as the collator's own default
         assert sum(mask) > 2  # inner [SEP]s between the short documents

@@ -49,11 +49,13 @@ def files_fingerprint(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-def folder_fingerprint(path: str | Path) -> str:
-    """What identifies the contents of a local model or tokenizer folder cheaply: its files' names, sizes and
-    modification times (a retrained model at the same path changes it; a copy of the same weights may too, which
-    only makes a rerun refuse to reuse results). A path that is not a local folder (a Hub id) stands for itself."""
+def path_fingerprint(path: str | Path) -> str:
+    """What identifies the contents of a local file (its bytes) or folder (cheaply: its files' names, sizes and
+    modification times; a retrained model at the same path changes it, a copy of the same weights may too, which
+    only makes a rerun refuse to reuse results). A Hub id stands for itself (a new revision is not seen)."""
     path = Path(path)
+    if path.is_file():
+        return files_fingerprint([str(path)])
     if not path.is_dir():
         return str(path)
     digest = hashlib.sha256()

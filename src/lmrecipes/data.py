@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 # the largest documents, not by the corpus (a small corpus fits whole in one batch of 1000). Normal mode takes 64:
 # short documents tokenize at 70% of the speed of 1000 (10k vs 14k reviews/s), 16 would be 55%. Streaming takes 16.
 MAP_BATCH, STREAM_BATCH = 64, 16
+EVAL_SAMPLE_SEED = 0  # max_eval_samples: the same held-out blocks whatever the training seed
 
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 FILE_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
@@ -218,10 +219,18 @@ def check_text_column(dataset, column: str, key: str = "text_column") -> None:
 # ---------------------------------------------------------------- pretraining: tokenize and pack
 
 
+def _is_byte_level(tokenizer) -> bool:
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        return False
+    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    return decoder.get("type") == "ByteLevel"
+
+
 def _token_bytes(text: str, offsets) -> list[int]:
     """UTF-8 bytes of `text` per token, summing to the text's bytes: token i gets the bytes from the end of token
     i-1's span to the end of its own (the first also takes what precedes it, the last what follows it). Hand-written:
-    tokenizers give character offsets, and byte-level BPE splits characters between tokens."""
+    tokenizers give character offsets only. Byte-level tokenizers are counted exactly by the caller instead (a
+    character split between tokens gives all its bytes to the first piece here)."""
     code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     width = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
     prefix = np.concatenate([[0], np.cumsum(width)])
@@ -248,6 +257,7 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     wrap = objective == "masked_lm"
     body = block_size - 2 if wrap else block_size
     specials = set(tokenizer.all_special_ids)
+    byte_level = _is_byte_level(tokenizer)
 
     def tokenize(batch):
         texts = [t for t in batch[text_column] if t]
@@ -257,6 +267,9 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
             encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                                 return_offsets_mapping=True, verbose=False)
             sizes = [_token_bytes(t, o) for t, o in zip(texts, encoded["offset_mapping"])]
+            if byte_level:  # a byte-level token is one character per byte: exact even where it splits a character
+                exact = [[len(piece) for piece in tokenizer.convert_ids_to_tokens(ids)] for ids in encoded["input_ids"]]
+                sizes = [e if sum(e) == sum(o) else o for e, o in zip(exact, sizes)]  # else (a prefix space) offsets
         except NotImplementedError:  # a slow tokenizer has no offsets: the document's bytes spread evenly
             encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
             sizes = [_spread(len(t.encode("utf-8")), len(ids)) for t, ids in zip(texts, encoded["input_ids"])]
@@ -265,7 +278,9 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
 
     carry = {"ids": [], "bytes": []}  # the tokens of the batches so far that did not fill a block
 
-    def pack(batch):
+    def pack(batch, indices):
+        if indices and indices[0] == 0:  # a new pass over the data (a stream's next epoch): nothing carried into it
+            carry["ids"], carry["bytes"] = [], []
         ids = carry["ids"] + [token for row in batch["input_ids"] for token in row]
         sizes = carry["bytes"] + [size for row in batch["token_bytes"] for size in row]
         full = len(ids) // body * body
@@ -293,8 +308,8 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     features = Features({"input_ids": Sequence(Value("int32")), "block_bytes": Value("float64"),
                          **({"special_tokens_mask": Sequence(Value("int8"))} if wrap
                             else {"labels": Sequence(Value("int32"))})})
-    return tokenized.map(pack, batched=True, batch_size=64, remove_columns=["input_ids", "token_bytes"],
-                         features=features, **options, **desc("Packing"))
+    return tokenized.map(pack, batched=True, batch_size=64, with_indices=True,
+                         remove_columns=["input_ids", "token_bytes"], features=features, **options, **desc("Packing"))
 
 
 def _spread(total: int, count: int) -> list[int]:
@@ -303,8 +318,9 @@ def _spread(total: int, count: int) -> list[int]:
 
 
 def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
-    """`size` of `count` rows, a seeded random sample in their original order; with `labels`, stratified: each
-    label keeps its share (largest remainders), and every label at least one row when size allows."""
+    """`size` of `count` rows (all when size >= count), a seeded random sample in their original order; with
+    `labels`, stratified: each label gets its share by largest remainders, and every label at least one row when
+    size allows."""
     rng = np.random.default_rng(seed)
     if size >= count:
         return list(range(count))
@@ -316,14 +332,12 @@ def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
     take = np.floor(quota).astype(int)
     if size >= len(classes):
         take = np.maximum(take, 1)
-    for i in np.argsort(-(quota - np.floor(quota))):
-        if take.sum() >= size:
-            break
-        take[i] += 1
     while take.sum() > size:  # the one-per-label floor overshot: trim the largest
         take[np.argmax(take)] -= 1
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=min(n, k), replace=False)
-              for c, n, k in zip(classes, take, counts)]
+    while take.sum() < size:  # then the largest remaining shares, never beyond a label's rows
+        room = np.where(take < counts, quota - take, -np.inf)
+        take[np.argmax(room)] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=n, replace=False) for c, n in zip(classes, take)]
     return sorted(np.concatenate(chosen).tolist())
 
 
@@ -359,7 +373,7 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
         evaluation = Dataset.from_list(list(blocks.take(args.max_eval_samples or 256)))
     else:
         key_parts = [fingerprint, tokenizer_fingerprint(tokenizer), objective, args.block_size, args.text_column,
-                     args.validation_fraction, 5]
+                     args.validation_fraction, args.preprocessing_num_workers, 5]  # each process packs its share
         key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
         folder = args.cache_root / "data" / key
         if (folder / "dataset_dict.json").is_file():
@@ -385,8 +399,8 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
         train, evaluation = packed["train"].remove_columns(["block_bytes"]), packed["validation"]
         if args.max_train_samples:  # seeded random samples of the blocks, not the first ones
             train = train.select(sample_indices(len(train), args.max_train_samples, shuffle_seed))
-        if args.max_eval_samples:
-            evaluation = evaluation.select(sample_indices(len(evaluation), args.max_eval_samples, shuffle_seed))
+        if args.max_eval_samples:  # one fixed seed: runs with other training seeds are scored on the same blocks
+            evaluation = evaluation.select(sample_indices(len(evaluation), args.max_eval_samples, EVAL_SAMPLE_SEED))
     if len(evaluation) == 0:
         raise RecipeError("the held-out data produced no evaluation block")
     predicted = args.block_size - 1 if objective == "causal_lm" else args.block_size - 2  # tokens per block scored

@@ -13,7 +13,7 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, RunArguments, TokenizerArguments
-from .cache import folder_fingerprint
+from .cache import path_fingerprint
 from .data import load_raw_splits, sample_indices, source_fingerprint, split_held_out, tokenizer_fingerprint
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
@@ -101,6 +101,13 @@ def _label_names(dataset, column: str) -> list[str]:
     return [label_key(v) for v in sorted(set(dataset[column]))]
 
 
+def _unlabelled(dataset, column: str) -> int:
+    """Rows a ClassLabel column marks as unlabelled (-1); other columns' missing labels are rows.check_rows'."""
+    if not hasattr(dataset.features[column], "names"):
+        return 0
+    return sum(1 for v in dataset[column] if v is None or v < 0)
+
+
 def load_classification_data(args: ClassificationDataArguments):
     """Train / validation / test splits (held out deterministically when missing) and the label names."""
     if args.streaming:
@@ -108,6 +115,12 @@ def load_classification_data(args: ClassificationDataArguments):
     rules = RowRules(texts={"text_column": args.text_column, "text_pair_column": args.text_pair_column},
                      label={"label_column": args.label_column}, text_required=True)
     raw, _ = load_raw_splits(args, streaming=False, rules=rules)
+    raw = {name: raw[name] for name in ("train", "validation", "test") if name in raw}  # e.g. not "unsupervised"
+    for split in ("validation", "test"):  # a Hub split without labels (GLUE's test splits: all -1): held out instead
+        if split in raw and _unlabelled(raw[split], args.label_column) == len(raw[split]):
+            logger.warning("The %s split has no labels (-1): holding out %s of the training rows instead", split,
+                           f"{split}_fraction")
+            del raw[split]
     fractions = {name: fraction for name, fraction in
                  (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw}
     if fractions:
@@ -115,12 +128,10 @@ def load_classification_data(args: ClassificationDataArguments):
     for split, dataset in raw.items():
         if len(dataset) == 0:
             raise RecipeError(f"the {split} split is empty; add rows or change validation_fraction/test_fraction")
-    for split, dataset in raw.items():  # a ClassLabel column marks a row without a label as -1 (e.g. GLUE test splits)
-        if hasattr(dataset.features[args.label_column], "names"):
-            unlabelled = sum(1 for v in dataset[args.label_column] if v is None or v < 0)
-            if unlabelled:
-                raise RecipeError(f"key 'label_column': {unlabelled} of {len(dataset)} rows of the {split} split have "
-                                  "no label (-1); give a labelled split (test_file / test_fraction) for evaluation")
+        unlabelled = _unlabelled(dataset, args.label_column)
+        if unlabelled:
+            raise RecipeError(f"key 'label_column': {unlabelled} of {len(dataset)} rows of the {split} split have "
+                              "no label (-1); label them or leave them out")
     labels = _label_names(raw["train"], args.label_column)
     if len(labels) < 2:
         raise RecipeError(f"key 'label_column': the training data has a single class ({labels[0] if labels else '-'})"
@@ -293,7 +304,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
     inputs = {"data": source_fingerprint(data_args), "tokenizer": tokenizer_fingerprint(tokenizer),
-              "model_name_or_path": folder_fingerprint(resolve_model_path(model_args.model_name_or_path))}
+              **{key: path_fingerprint(resolve_model_path(getattr(model_args, key), key))
+                 for key in ("model_name_or_path", "config_name") if getattr(model_args, key)}}
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)", inputs)
     if finished is not None:
         return finished

@@ -57,11 +57,18 @@ def _read_results(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _stage(number: int, total: int, name: str, folder: Path, run) -> dict:
+def _stage(number: int, total: int, name: str, folder: Path, run, overwrite: bool) -> dict:
     """Run one stage; the stage itself reuses a finished run of the same recipe and inputs, or refuses a changed
-    one (training.claim_output_dir). Returns its results."""
+    one (training.claim_output_dir), which `overwrite` deletes and runs again. Returns its results."""
     print(f"== [{number}/{total}] {name} -> {folder}", flush=True)
-    run()
+    try:
+        run(overwrite_output_dir=False)
+    except RecipeError as err:
+        if not (overwrite and "run of another recipe" in str(err)):
+            raise
+        print(f"   {folder} holds a run of another recipe or other inputs: deleting it and running the stage again "
+              "(overwrite_output_dir)", flush=True)
+        run(overwrite_output_dir=True)
     return _read_results(folder)
 
 
@@ -101,22 +108,21 @@ def run_pipeline(args: PipelineArguments) -> dict:
     total = 4 if args.scratch_baseline else 3
     pre_dir, ft_dir, scratch_dir, model_dir = out / "pretrain", out / "finetune", out / "finetune-scratch", out / "model"
 
-    pretrain_settings = {**args.pretrain_overrides, "output_dir": str(pre_dir),
-                         "overwrite_output_dir": args.overwrite_output_dir}
+    pretrain_settings = {**args.pretrain_overrides, "output_dir": str(pre_dir)}
     if args.pretrain_on_task_text:
         pretrain_settings["train_file"] = _corpus_with_task_text(args, out / "task_text.jsonl")
-    pre = _stage(1, total, "pretrain", pre_dir, lambda: pretrain(args.pretrain_recipe,
-                                                                               **pretrain_settings))
-    finetune_settings = {**args.finetune_overrides, "model_name_or_path": str(pre_dir),
-                         "overwrite_output_dir": args.overwrite_output_dir}
-    ft = _stage(2, total, "fine-tune the pretrained model", ft_dir, lambda: finetune(
-        args.finetune_recipe, **finetune_settings, output_dir=str(ft_dir)))
+    overwrite = args.overwrite_output_dir
+    pre = _stage(1, total, "pretrain", pre_dir,
+                 lambda **flags: pretrain(args.pretrain_recipe, **{**pretrain_settings, **flags}), overwrite)
+    finetune_settings = {**args.finetune_overrides, "model_name_or_path": str(pre_dir)}
+    ft = _stage(2, total, "fine-tune the pretrained model", ft_dir, lambda **flags: finetune(
+        args.finetune_recipe, **{**finetune_settings, **flags}, output_dir=str(ft_dir)), overwrite)
     scratch = None
     if args.scratch_baseline:
         scratch = _stage(3, total, "fine-tune the same architecture from scratch", scratch_dir,
-                                          lambda: finetune(args.finetune_recipe, **finetune_settings,
-                                                           init_from="scratch", use_lora=False,
-                                                           output_dir=str(scratch_dir)))
+                         lambda **flags: finetune(args.finetune_recipe, **{**finetune_settings, **flags},
+                                                  init_from="scratch", use_lora=False, output_dir=str(scratch_dir)),
+                         overwrite)
     print(f"== [{total}/{total}] export and summary -> {model_dir}", flush=True)
     export_classifier(ft_dir, model_dir)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from transformers import DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
 from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
-from .cache import folder_fingerprint
+from .cache import path_fingerprint
 from .data import (bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out,
                    tokenizer_fingerprint)
 from .errors import RecipeError
@@ -99,8 +99,9 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args)
     recipe["objective"] = objective
     inputs = {"data": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}
-    if model_args.model_name_or_path:
-        inputs["model_name_or_path"] = folder_fingerprint(resolve_model_path(model_args.model_name_or_path))
+    for key in ("model_name_or_path", "config_name"):
+        if getattr(model_args, key):
+            inputs[key] = path_fingerprint(resolve_model_path(getattr(model_args, key), key))
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)", inputs)
     if finished is not None:
         return finished
