@@ -381,6 +381,20 @@ def test_max_train_samples_is_a_stratified_random_sample(causal_run):
     again = tokenize_for_classification(splits, tokenizer, labels, data_args, seed=42)
     assert again["train"]["input_ids"] == encoded["train"]["input_ids"]  # seeded: the same sample
 
+    from lmrecipes.data import sample_indices
+
+    rng = random.Random(0)
+    for trial in range(500):  # any class sizes: exactly the size asked, distinct rows, each class its share
+        counts = [rng.randint(1, 40) for _ in range(rng.randint(1, 6))]
+        labels_ = [str(c) for c, n in enumerate(counts) for _ in range(n)]
+        size = rng.randint(1, len(labels_))
+        chosen = sample_indices(len(labels_), size, trial, labels_)
+        assert len(chosen) == len(set(chosen)) == size, (counts, size)
+        for c, n in enumerate(counts):  # its share, give or take the rows lent to labels too rare for one
+            got = sum(labels_[i] == str(c) for i in chosen)
+            assert abs(got - n * size / len(labels_)) <= len(counts) and (got >= 1 or size < len(counts)), \
+                (counts, size)
+
 
 def test_rows_without_a_label_are_refused(tmp_path):
     from datasets import ClassLabel, Dataset, Features, Value
