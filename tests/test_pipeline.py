@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import pipeline as hf_pipeline
 
-from conftest import REPO, TINY_LLAMA, read_json
+from conftest import TINY_LLAMA, read_json
 
 from lmrecipes import RecipeError, load_recipe
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
