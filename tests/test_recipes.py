@@ -188,6 +188,8 @@ def test_yaml_1_1_booleans_stay_strings_where_the_key_takes_strings(tmp_path):
     *_, training_args, explicit = load_recipe(recipe, PRETRAIN_ARGUMENTS)
     assert training_args.eval_strategy == "no" and training_args.save_strategy == "no"
     assert training_args.use_cpu is True and training_args.bf16 is False and training_args.hub_model_id == "off"
+    *_, training_args, _ = parse_recipe(PRETRAIN_ARGUMENTS, [str(recipe), "--use_cpu", "off", "--disable_tqdm=on"])
+    assert training_args.use_cpu is False and training_args.disable_tqdm is True  # the same spellings as flags
     written = tmp_path / "recipe.yaml"  # the resolved recipe reads back as the same values
     write_recipe(written, explicit)
     assert read_run_recipe(tmp_path) == explicit and yaml.safe_load(written.read_text())["eval_strategy"] == "no"

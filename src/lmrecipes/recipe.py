@@ -130,6 +130,20 @@ def _split_mapping_flags(flags: list[str], keys) -> tuple[list[tuple[str, str]],
     return found, rest
 
 
+def _boolean_flags(flags: list[str], booleans: set[str]) -> list[str]:
+    """`--key on` / `--key=off` for a boolean key as true / false, as in a recipe file (argparse knows yes/no only)."""
+    out = list(flags)
+    for i, flag in enumerate(out):
+        name, sep, value = flag.partition("=")
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in booleans:
+            if sep and value.lower() in ("on", "off"):
+                out[i] = f"{name}={str(yaml_boolean(value)).lower()}"
+            elif not sep and i + 1 < len(out) and out[i + 1].lower() in ("on", "off"):
+                out[i + 1] = str(yaml_boolean(out[i + 1])).lower()
+    return out
+
+
 class _RecipeArgumentParser(HfArgumentParser):
     """argparse raises instead of printing usage and exiting; no abbreviated flags (`--max_grad` for
     `--max_grad_norm` would train with a key the run's recipe.yaml never records)."""
@@ -207,6 +221,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
 
     booleans = boolean_keys(dataclass_types)
     recipe = {key: yaml_boolean(value) if key in booleans else value for key, value in recipe.items()}
+    flags = _boolean_flags(flags, booleans)
 
     parser = _RecipeArgumentParser(dataclass_types)
     known = {action.dest for action in parser._actions} - {"help"}
