@@ -109,13 +109,6 @@ def _quiet_datasets():
         root.setLevel(level)
 
 
-def check_columns(dataset, split: str, rules: RowRules) -> None:
-    names = dataset.column_names
-    for key, column in {**rules.texts, **rules.label}.items():
-        if column and names is not None and column not in names:
-            raise RecipeError(f"key '{key}': column {column!r} not in the {split} data (columns: {', '.join(names)})")
-
-
 def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, text_sample_by: str = "document",
                     rules: RowRules | None = None):
     """Load the recipe's data as a dict of split name -> (Iterable)Dataset, plus a fingerprint of the source.
@@ -162,7 +155,9 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
         raise RecipeError(f"the data has no 'train' split (splits: {', '.join(splits) or 'none'})")
     if rules is not None:
         for split, dataset in list(splits.items()):
-            check_columns(dataset, split, rules)
+            for key, column in {**rules.texts, **rules.label}.items():
+                if column:
+                    check_text_column(dataset, column, key, split)
             splits[split] = check_rows(dataset, rules, locators[split], source.skip_bad_rows)
     return splits, source_fingerprint(source)
 
@@ -210,10 +205,12 @@ def split_held_out(dataset, fractions: dict[str, float], key_column: str):
     return splits
 
 
-def check_text_column(dataset, column: str, key: str = "text_column") -> None:
+def check_text_column(dataset, column: str, key: str = "text_column", split: str | None = None) -> None:
+    """A one-line error naming the recipe key when the data has no such column (a stream may not know its own)."""
     names = dataset.column_names
     if names is not None and column not in names:
-        raise RecipeError(f"key '{key}': column {column!r} not in the data (columns: {', '.join(names)})")
+        where = f"the {split} data" if split else "the data"
+        raise RecipeError(f"key '{key}': column {column!r} not in {where} (columns: {', '.join(names)})")
 
 
 # ---------------------------------------------------------------- pretraining: tokenize and pack
@@ -259,6 +256,13 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     specials = set(tokenizer.all_special_ids)
     byte_level = _is_byte_level(tokenizer)
 
+    def _token_sizes(text: str, ids: list[int], offsets) -> list[int]:
+        if byte_level:  # a byte-level token is one character per byte: exact even where it splits a character
+            exact = [len(piece) for piece in tokenizer.convert_ids_to_tokens(ids)]
+            if sum(exact) == len(text.encode("utf-8")):  # else a prefix space was added: offsets below
+                return exact
+        return _token_bytes(text, offsets)
+
     def tokenize(batch):
         texts = [t for t in batch[text_column] if t]
         if not texts:  # the tokenizer fails on an empty batch
@@ -266,10 +270,8 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
         try:
             encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                                 return_offsets_mapping=True, verbose=False)
-            sizes = [_token_bytes(t, o) for t, o in zip(texts, encoded["offset_mapping"])]
-            if byte_level:  # a byte-level token is one character per byte: exact even where it splits a character
-                exact = [[len(piece) for piece in tokenizer.convert_ids_to_tokens(ids)] for ids in encoded["input_ids"]]
-                sizes = [e if sum(e) == sum(o) else o for e, o in zip(exact, sizes)]  # else (a prefix space) offsets
+            sizes = [_token_sizes(text, ids, offsets) for text, ids, offsets in
+                     zip(texts, encoded["input_ids"], encoded["offset_mapping"])]
         except NotImplementedError:  # a slow tokenizer has no offsets: the document's bytes spread evenly
             encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
             sizes = [_spread(len(t.encode("utf-8")), len(ids)) for t, ids in zip(texts, encoded["input_ids"])]

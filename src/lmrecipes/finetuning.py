@@ -13,16 +13,15 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
 
 from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, RunArguments, TokenizerArguments
-from .cache import path_fingerprint
-from .data import load_raw_splits, sample_indices, source_fingerprint, split_held_out, tokenizer_fingerprint
+from .data import load_raw_splits, sample_indices, source_fingerprint, split_held_out
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
 from .rows import RowRules, label_key
 from .tokenizer import load_tokenizer
 from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
-                       publish_if_asked, record_run, record_saved_files, setup_logging, throughput_callback,
-                       train_and_save)
+                       publish_if_asked, record_run, record_saved_files, run_inputs, setup_logging,
+                       throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -303,10 +302,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
-    inputs = {"data": source_fingerprint(data_args), "tokenizer": tokenizer_fingerprint(tokenizer),
-              **{key: path_fingerprint(resolve_model_path(getattr(model_args, key), key))
-                 for key in ("model_name_or_path", "config_name") if getattr(model_args, key)}}
-    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)", inputs)
+    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)",
+                                run_inputs(model_args, tokenizer, source_fingerprint(data_args)))
     if finished is not None:
         return finished
     if training_args.should_save:

@@ -12,17 +12,16 @@ from pathlib import Path
 from transformers import DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
 
 from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
-from .cache import path_fingerprint
-from .data import (bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out,
-                   tokenizer_fingerprint)
+from .data import bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out
 from .errors import RecipeError
 from .modeling import (build_config, build_language_model, check_tokenizer_for, count_parameters,
-                       fit_config_to_tokenizer, infer_objective, resolve_model_path, warn_remote_code)
+                       fit_config_to_tokenizer, infer_objective, warn_remote_code)
 from .recipe import resolved_recipe
 from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
 from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
-                       publish_if_asked, record_saved_files, setup_logging, throughput_callback, train_and_save)
+                       publish_if_asked, record_saved_files, run_inputs, setup_logging, throughput_callback,
+                       train_and_save)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -98,11 +97,8 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
 
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args)
     recipe["objective"] = objective
-    inputs = {"data": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}
-    for key in ("model_name_or_path", "config_name"):
-        if getattr(model_args, key):
-            inputs[key] = path_fingerprint(resolve_model_path(getattr(model_args, key), key))
-    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)", inputs)
+    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)",
+                                run_inputs(model_args, tokenizer, fingerprint))
     if finished is not None:
         return finished
     checkpoint = find_checkpoint(training_args)

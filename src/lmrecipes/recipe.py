@@ -111,13 +111,18 @@ def merge_recipe(base: dict, overrides: dict, dataclass_types) -> dict:
     return merged
 
 
+def _flag(token: str) -> tuple[str | None, bool, str]:
+    """`--some-key=value` -> ('some_key', True, 'value'); `--key` -> ('key', False, ''); a value -> (None, ...)."""
+    name, sep, value = token.partition("=")
+    return (name[2:].replace("-", "_") if name.startswith("--") else None), bool(sep), value
+
+
 def _split_mapping_flags(flags: list[str], keys) -> tuple[list[tuple[str, str]], list[str]]:
     """Take `--key value` / `--key=value` flags of mapping-valued keys out of argv, in order (they are merged into
     the recipe one after the other, not parsed by argparse)."""
     found, rest, i = [], [], 0
     while i < len(flags):
-        name, sep, value = flags[i].partition("=")
-        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        key, sep, value = _flag(flags[i])
         if key in keys:
             if not sep:
                 if i + 1 >= len(flags):
@@ -134,11 +139,10 @@ def _boolean_flags(flags: list[str], booleans: set[str]) -> list[str]:
     """`--key on` / `--key=off` for a boolean key as true / false, as in a recipe file (argparse knows yes/no only)."""
     out = list(flags)
     for i, flag in enumerate(out):
-        name, sep, value = flag.partition("=")
-        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        key, sep, value = _flag(flag)
         if key in booleans:
             if sep and value.lower() in ("on", "off"):
-                out[i] = f"{name}={str(yaml_boolean(value)).lower()}"
+                out[i] = f"{flag.partition('=')[0]}={str(yaml_boolean(value)).lower()}"
             elif not sep and i + 1 < len(out) and out[i + 1].lower() in ("on", "off"):
                 out[i + 1] = str(yaml_boolean(out[i + 1])).lower()
     return out
@@ -239,7 +243,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     if unknown:
         first = next((a for a in unknown if a.startswith("--")), None)
         if first is not None:
-            key = first[2:].split("=")[0].replace("-", "_")
+            key = _flag(first)[0]
             raise RecipeError(f"unknown command-line key '--{key}'{_did_you_mean(key, known)}")
         raise RecipeError(f"unknown command-line argument(s): {' '.join(unknown)}")
     try:
@@ -250,7 +254,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RecipeError(first) from None
 
-    set_keys = list(recipe) + [a[2:].split("=")[0].replace("-", "_") for a in flags if a.startswith("--")]
+    set_keys = list(recipe) + [key for key, _, _ in map(_flag, flags) if key]
     set_keys = [k[3:] if k.startswith("no_") and k[3:] in known else k for k in set_keys]
     explicit = {}
     for key in dict.fromkeys(set_keys):

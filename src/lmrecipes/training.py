@@ -15,7 +15,10 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
+from .cache import path_fingerprint
+from .data import tokenizer_fingerprint
 from .errors import RecipeError
+from .modeling import resolve_model_path
 from .ownership import check_deletable, delete_checked, files_in, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
@@ -191,18 +194,28 @@ class RunFilesRecorder(TrainerCallback):
         if control.should_save:
             self._update(args, pending=[f"checkpoint-{state.global_step}"])
 
+    @staticmethod
+    def _files_under(out: Path, folder: str, only: str = "") -> list[str]:
+        return [f"{folder}/{name}" for name in files_in(out / folder) if only in name] if (out / folder).is_dir() \
+            else []
+
     def on_save(self, args, state, control, **kwargs):
         out, folder = Path(args.output_dir), f"checkpoint-{state.global_step}"
-        written = [f"{folder}/{name}" for name in files_in(out / folder)] if (out / folder).is_dir() else []
-        events = [f"runs/{name}" for name in files_in(out / "runs") if "tfevents" in name] \
-            if (out / "runs").is_dir() else []
-        self._update(args, files=written + events, done_pending=[folder])
+        self._update(args, files=self._files_under(out, folder) + self._files_under(out, "runs", "tfevents"),
+                     done_pending=[folder])
 
     def on_train_begin(self, args, state, control, **kwargs):
-        out = Path(args.output_dir)
-        events = [f"runs/{name}" for name in files_in(out / "runs") if "tfevents" in name] \
-            if (out / "runs").is_dir() else []
-        self._update(args, files=events)
+        self._update(args, files=self._files_under(Path(args.output_dir), "runs", "tfevents"))
+
+
+def run_inputs(model_args, tokenizer, data_fingerprint: str) -> dict:
+    """Fingerprints of what a run's recipe names by path (kept in its marker: a rerun of the same recipe on other
+    inputs is not the same run): the data, the tokenizer, and the model / config folders or files."""
+    inputs = {"data": data_fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    for key in ("model_name_or_path", "config_name"):
+        if getattr(model_args, key):
+            inputs[key] = path_fingerprint(resolve_model_path(getattr(model_args, key), key))
+    return inputs
 
 
 def run_owns(out: Path):
