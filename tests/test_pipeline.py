@@ -1,6 +1,7 @@
 """The one-command pipeline at a tiny size: stages, summary, loss curves, exported model, and reuse on rerun."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from transformers import pipeline as hf_pipeline
 
 from conftest import TINY_LLAMA, read_json
 
-from lmrecipes import RecipeError, load_recipe
+from lmrecipes import RecipeError, finetune, load_recipe
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
 from lmrecipes.pipeline import PipelineArguments, run_pipeline
 from lmrecipes.recipe import parse_recipe
@@ -29,6 +30,8 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
                                "load_best_model_at_end": False, "logging_steps": 2, "disable_tqdm": True,
                                "report_to": "none", "max_length": 32},
         "pretrain_on_task_text": True, "task_text_repeats": 2,
+        "label_counts": [40, "all"], "seeds": 2, "curve_examples_per_run": 200,
+        "scratch_arm_overrides": {"learning_rate": 0.004},
     }))
     args, _ = parse_recipe([PipelineArguments], [str(recipe)])
     summary = run_pipeline(args)
@@ -44,6 +47,34 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
     assert written["pretraining_gain_accuracy_points"] == round(
         100 * (written["finetuned_pretrained"]["test_accuracy"] - written["finetuned_scratch"]["test_accuracy"]), 2)
     assert "(b) same architecture from scratch" in (run / "summary.md").read_text()
+    # the label curve: both arms on the same seeded 40-row samples (two seeds), then all train rows (one seed)
+    curve = written["label_curve"]
+    assert [(p["labels"], p["seeds"], p["full_split"]) for p in curve["points"]] == [(40, [42, 43], False),
+                                                                                    (curve["train_rows"], [42], True)]
+    assert curve["test_rows"] == read_json(run / "finetune" / "all_results.json")["test_samples"] and curve["majority_class_accuracy"] == written["majority_class"]["test_accuracy"]
+    small = curve["points"][0]
+    assert small["num_train_epochs"] == 6  # what ran: max_steps 12 at 2 batches per epoch caps the 5 asked
+    for arm in ("pretrained", "scratch"):
+        results = [read_json(folder + "/all_results.json") for folder in small["runs"][arm]]
+        assert small[arm]["per_seed"] == [r["test_accuracy"] for r in results]
+        assert small[arm]["mean"] == pytest.approx(sum(small[arm]["per_seed"]) / 2)
+        assert small[arm]["ci95"][0] <= small[arm]["mean"] <= small[arm]["ci95"][1]
+    difference = small["difference"]
+    assert difference["mean"] == pytest.approx(small["pretrained"]["mean"] - small["scratch"]["mean"])
+    assert difference["ci95"][0] <= difference["mean"] <= difference["ci95"][1]
+    for seed, a, b in zip((42, 43), small["runs"]["pretrained"], small["runs"]["scratch"]):
+        recipe_a, recipe_b = (yaml.safe_load(open(folder + "/recipe.yaml")) for folder in (a, b))
+        assert recipe_a["max_train_samples"] == recipe_b["max_train_samples"] == 40
+        assert recipe_a["num_train_epochs"] == 5  # ceil(200 / 40): fewer labels, more epochs
+        assert recipe_a["seed"] == recipe_b["seed"] == seed and recipe_a["load_best_model_at_end"] is True
+        assert recipe_a["learning_rate"] == 1e-3 and recipe_b["learning_rate"] == 0.004  # scratch_arm_overrides
+    assert (run / "label_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 40 | 2 | 6 |" in (run / "summary.md").read_text()
+    # what the summary prints is what an independent fine-tuning of the same recipe gives, row for row
+    repeated = finetune(small["runs"]["pretrained"][1] + "/recipe.yaml", output_dir=str(tmp_path / "again"))
+    assert repeated["test_accuracy"] == small["pretrained"]["per_seed"][1]
+    assert read_json(tmp_path / "again" / "test_predictions.json") == read_json(
+        small["runs"]["pretrained"][1] + "/test_predictions.json")
     # the summary reports the stages' own results, and each stage started from what it says
     stage = {name: read_json(run / name / "all_results.json") for name in ("pretrain", "finetune", "finetune-scratch")}
     assert pre["tokens"] == stage["pretrain"]["train_tokens"] and pre["eval_loss"] == stage["pretrain"]["eval_loss"]
@@ -64,16 +95,20 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
     _, _, task_data, *_ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS, **args.finetune_overrides)
     splits, _ = load_classification_data(task_data)
     task_texts = [json.loads(line)["text"] for line in (run / "task_text.jsonl").read_text().splitlines()]
-    assert len(task_texts) == 2 * len(splits["train"])
+    assert len(task_texts) == 2 * len(splits["train"]) and curve["train_rows"] == len(splits["train"])
+    for folder in [run / "finetune", *map(Path, small["runs"]["scratch"])]:  # per-row, in the test split's order
+        rows = read_json(folder / "test_predictions.json")
+        assert rows["references"] == [rows["labels"].index(v) for v in splits["test"]["verdict"]]
     assert not set(task_texts) & (set(splits["test"]["review"]) | set(splits["validation"]["review"])) - set(
         splits["train"]["review"])
     assert str(run / "task_text.jsonl") in yaml.safe_load((run / "pretrain" / "recipe.yaml").read_text())["train_file"]
     first = capsys.readouterr().out
-    assert "== [1/4] pretrain" in first and "== [3/4] fine-tune the same architecture from scratch" in first
+    assert "== [1/8] pretrain" in first
+    assert "== [7/8] fine-tune the same architecture from scratch, all labels, seed 42" in first
 
     run_pipeline(args)  # the same command again: every training stage is reused
     again = capsys.readouterr().out
-    assert again.count("holds a finished run of this recipe: nothing to do") == 3
+    assert again.count("holds a finished run of this recipe: nothing to do") == 7
     assert read_json(run / "summary.json") == written
 
     # a changed recipe never reuses a stage: refused, naming what changed, and pipeline.yaml still the old one
@@ -86,11 +121,12 @@ def test_pipeline_runs_end_to_end_and_reuses_finished_stages(tmp_path, small_cor
     with pytest.raises(RecipeError, match=r"differs in the contents of data"):  # same keys, other corpus
         run_pipeline(changed)
     capsys.readouterr()
-    changed, _ = parse_recipe([PipelineArguments], [str(recipe), "--finetune_overrides", '{"learning_rate": 0.002}',
-                                                    "--overwrite_output_dir", "true"])
-    redone = run_pipeline(changed)  # only the changed stages run again: pretraining is reused
+    changed, _ = parse_recipe([PipelineArguments], [str(recipe), "--pretrained_arm_overrides",
+                                                    '{"learning_rate": 0.002}', "--overwrite_output_dir", "true"])
+    redone = run_pipeline(changed)  # only the changed stages (arm (a)) run again: pretraining and (b) are reused
     log = capsys.readouterr().out
-    assert log.count("holds a finished run of this recipe: nothing to do") == 1 and log.count("running the stage "
-                                                                                                "again") == 2
+    assert log.count("holds a finished run of this recipe: nothing to do") == 4 and log.count("running the stage "
+                                                                                                "again") == 3
     assert redone["pretraining"] == written["pretraining"]
-    assert yaml.safe_load((run / "pipeline.yaml").read_text())["finetune_overrides"]["learning_rate"] == 0.002
+    assert yaml.safe_load((run / "pipeline.yaml").read_text())["pretrained_arm_overrides"]["learning_rate"] == 0.002
+    assert redone["arm_overrides"]["pretrained"] == {"learning_rate": 0.002}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ logger = logging.getLogger("lmrecipes")
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 LABELS_FILE = "labels.json"
+TEST_PREDICTIONS = "test_predictions.json"
 
 
 @dataclass
@@ -271,6 +273,28 @@ def majority_accuracy(train_labels, test_labels) -> float:
     return float((np.asarray(test_labels) == majority).mean())
 
 
+def predict_in_order(trainer, dataset):
+    """Trainer.predict with the rows in the dataset's order. Hand-written around the Trainer: with
+    `train_sampling_strategy: group_by_length` its evaluation sampler also groups rows by length (seeded), so
+    per-row predictions would come back shuffled; the metrics are the same either way."""
+    strategy = trainer.args.train_sampling_strategy
+    trainer.args.train_sampling_strategy = "random"
+    try:
+        return trainer.predict(dataset, metric_key_prefix="test")
+    finally:
+        trainer.args.train_sampling_strategy = strategy
+
+
+def save_test_predictions(out: Path, test, dataset, labels: list[str]) -> None:
+    """The predicted and true label id of every test row, in the test split's order, and a hash of the rows' token
+    ids (two runs scored the same rows in the same order only if it matches)."""
+    logits = test.predictions[0] if isinstance(test.predictions, tuple) else test.predictions
+    rows = hashlib.sha256(json.dumps([list(ids) for ids in dataset["input_ids"]]).encode()).hexdigest()
+    (out / TEST_PREDICTIONS).write_text(json.dumps({
+        "labels": labels, "test_inputs_sha256": rows, "predictions": np.argmax(logits, axis=-1).tolist(),
+        "references": np.asarray(test.label_ids).tolist()}))
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -321,7 +345,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     train_metrics = train_and_save(trainer, checkpoint, throughput)
 
     eval_metrics = trainer.evaluate(metric_key_prefix="eval")
-    test_metrics = trainer.evaluate(encoded["test"], metric_key_prefix="test")
+    test = predict_in_order(trainer, encoded["test"])
+    test_metrics = dict(test.metrics)
     test_metrics["test_majority_accuracy"] = majority_accuracy(encoded["train"]["labels"], encoded["test"]["labels"])
     eval_metrics["eval_samples"], test_metrics["test_samples"] = len(encoded["validation"]), len(encoded["test"])
     for split, metrics in (("eval", eval_metrics), ("test", test_metrics)):
@@ -329,6 +354,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         logger.info("%s confusion matrix (rows: true %s, columns: predicted): %s", split, labels,
                     metrics[f"{split}_confusion_matrix"])
         trainer.save_metrics(split, metrics)
+    if training_args.should_save:  # per row, for paired comparisons of runs on the same test split (label_curve)
+        save_test_predictions(Path(training_args.output_dir), test, encoded["test"], labels)
     if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
         from .lora import merge_adapter
 

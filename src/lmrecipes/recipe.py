@@ -261,6 +261,8 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         for obj in parsed:
             if hasattr(obj, key):
                 explicit[key] = _plain(getattr(obj, key))
+                if key == "report_to" and explicit[key] == []:  # TrainingArguments turns "none" into []: keep the
+                    explicit[key] = "none"  # recipe's word, so the run's recipe.yaml parses again
                 break
     return (*parsed, explicit)
 
