@@ -2,16 +2,15 @@
 
 For each label count N and seed, (a) the pretrained model and (b) the same architecture from random weights are
 fine-tuned on the *same* seeded, label-stratified N training rows (`max_train_samples: N` with `seed`: the
-sampler of data.sample_indices) and evaluated on the same test split. A run with fewer labels trains for more
-epochs and keeps its best validation checkpoint. Every
-run is an ordinary fine-tuning run in its own folder, so `scripts/finetune.py` with the run's recipe.yaml repeats it.
-A run on N < all labels sees ceil(examples_per_run / N) epochs of its sample (4,000 examples by default; the
-full-label runs keep the recipe's epochs). Every run picks its best checkpoint on the whole validation split
+sampler of data.sample_indices) and evaluated on the same test split. Every run is an ordinary fine-tuning run in
+its own folder, so `scripts/finetune.py` with the run's recipe.yaml repeats it. A run on N < all labels trains
+ceil(examples_per_run / N) epochs of its sample (2,500 examples by default: fewer labels, more epochs; the
+full-label runs keep the recipe's epochs). Every run keeps its best checkpoint on the whole validation split
 (1,109 labelled reviews on the embedded data, more than N): the same for both arms, but the absolute accuracies
 "at N labels" are those of a model chosen with more labels than N.
 
-The intervals (`interval`) add the seed-to-seed spread of training and the test split's sampling noise; with one
-seed, the test rows only.
+The intervals (`interval`, INTERVAL_METHOD) add the seed-to-seed spread of training and the test split's sampling
+noise, conservatively; with one seed, the test rows only.
 """
 
 from __future__ import annotations
@@ -28,11 +27,13 @@ from .errors import RecipeError
 ALL = "all"
 INTERVAL_METHOD = (
     "95% interval: mean ± t(0.975, df) x sqrt(s2_seeds / S + s2_rows / n). s2_seeds: sample variance of the S "
-    "per-seed accuracies (for (a) - (b): of the per-seed differences), the spread training's randomness adds; "
-    "s2_rows: sample variance over the n test rows of each row's correctness (difference) averaged over seeds, the "
-    "test split's sampling noise; df: Welch-Satterthwaite. With one seed the interval covers the test rows only "
-    "(std and seed term: n/a). Both arms are scored on the same test rows and, per seed, the same training rows: "
-    "the difference is paired.")
+    "per-seed accuracies (for (a) - (b): of the per-seed differences): training's seed-to-seed spread plus each "
+    "seed's own test-row noise; s2_rows: sample variance over the n test rows of each row's correctness "
+    "(difference) averaged over seeds: the test split's sampling noise; df: Welch-Satterthwaite. The seed x row "
+    "noise sits in both terms, so with several seeds the interval is conservative (wider than 95% when seeds "
+    "differ little); with one seed it covers the test rows only (std and seed term: n/a). Both arms are scored on "
+    "the same test rows and, per seed, the same training rows: the difference is paired.")
+
 
 def parse_label_counts(values) -> list[int | str]:
     """`[250, 1000, all]` -> sorted counts, 'all' last; a one-line error naming the key otherwise."""

@@ -53,10 +53,10 @@ class PipelineArguments:
     full_label_seeds: int = field(
         default=1, metadata={"help": "Seeds at 'all' (the dearest runs; the summary says how many each point used)."})
     curve_examples_per_run: int = field(
-        default=4000, metadata={"help": "A run on N < all labels trains ceil(this / N) epochs: fewer labels, more "
+        default=2500, metadata={"help": "A run on N < all labels trains ceil(this / N) epochs: fewer labels, more "
                                 "epochs, about the same examples seen."})
     curve_evaluations: int = field(
-        default=4, metadata={"help": "Validations spread over each run on N < all labels (at least 2); the best one "
+        default=3, metadata={"help": "Validations spread over each run on N < all labels (at least 2); the best one "
                              "(accuracy on the whole validation split) is the run's model."})
     pretrained_arm_overrides: dict | str | None = field(
         default=None, metadata={"help": "Fine-tuning keys for arm (a), the pretrained model, only (e.g. its "
