@@ -1,6 +1,7 @@
 """Recipes: every shipped recipe parses and validates; flags override YAML; bad keys and values fail in one line."""
 
 import glob
+import re
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,20 @@ def test_yaml_1_1_booleans_stay_strings_where_the_key_takes_strings(tmp_path):
     written = tmp_path / "recipe.yaml"  # the resolved recipe reads back as the same values
     write_recipe(written, explicit)
     assert read_run_recipe(tmp_path) == explicit and yaml.safe_load(written.read_text())["eval_strategy"] == "no"
+
+
+def test_each_objective_lives_in_its_own_module_and_nowhere_else():
+    """Pretraining, data, tokenizer, model and hub code ask objectives.get_objective(); none names an objective."""
+    from lmrecipes.objectives import OBJECTIVES, Objective
+
+    assert set(OBJECTIVES) == {"causal_lm", "masked_lm"}
+    for name, objective in OBJECTIVES.items():
+        assert isinstance(objective, Objective) and objective.name == name
+        assert (REPO / "src" / "lmrecipes" / "objectives" / f"{name}.py").is_file()
+    assert OBJECTIVES["causal_lm"].scored_per_block(256) == 255 and OBJECTIVES["masked_lm"].scored_per_block(128) == 126
+    assert OBJECTIVES["masked_lm"].eval_metrics(2.0, 4.0) == {}  # no bits per byte for a masked LM
+    assert OBJECTIVES["causal_lm"].eval_metrics(2.0, 4.0)["bits_per_byte"] == pytest.approx(2.0 / (0.6931472 * 4.0))
+    elsewhere = [f"{path.relative_to(REPO)}:{number}" for path in (REPO / "src" / "lmrecipes").glob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"[\"'](causal_lm|masked_lm)[\"']", line)]  # a name as a value, not in help texts
+    assert not elsewhere, f"objective-specific code outside src/lmrecipes/objectives/: {elsewhere}"

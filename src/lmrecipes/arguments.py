@@ -14,6 +14,7 @@ from typing import Literal
 from transformers import TrainingArguments
 
 from .errors import RecipeError
+from .objectives import ObjectiveName
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_CORPUS = "data/corpus/*.jsonl.gz"
@@ -73,7 +74,7 @@ class ModelArguments:
         metadata={"help": "Config attributes set on top of the defaults, e.g. {hidden_size: 64, num_hidden_layers: 2}."
                   " On the command line: JSON or key=value,key=value."},
     )
-    objective: Literal["causal_lm", "masked_lm"] | None = field(
+    objective: ObjectiveName | None = field(
         default=None,
         metadata={"help": "Pretraining objective. Default: masked_lm for encoder types (bert, roberta, ...), "
                   "causal_lm otherwise."},

@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import datasets
@@ -21,6 +20,7 @@ from datasets import (Dataset, DatasetDict, Features, IterableDataset, Sequence,
 from .arguments import REPO_ROOT, DataSourceArguments, PretrainDataArguments
 from .cache import atomic_directory, files_fingerprint
 from .errors import RecipeError, first_line
+from .objectives import get_objective
 from .rows import RowLocator, RowRules, check_rows, first_defect_in_files
 
 logger = logging.getLogger(__name__)
@@ -239,7 +239,8 @@ def _token_bytes(text: str, offsets) -> list[int]:
 
 
 def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text_column: str, num_proc=None):
-    """Tokenize documents, separate them with EOS (causal) or SEP (masked), and cut the stream into blocks.
+    """Tokenize documents, separate them with the objective's separator (EOS causal, SEP masked), and cut the
+    stream into blocks.
 
     The remainder of each map batch is carried into the next (hand-written: datasets' map has no state between
     batches), so at most one partial block is lost per corpus (per process with num_proc). Masked blocks are
@@ -247,11 +248,11 @@ def _tokenize_and_pack(dataset, tokenizer, objective: str, block_size: int, text
     `special_tokens_mask`. Each block records `block_bytes`: the exact UTF-8 bytes of the text its predicted tokens
     came from (causal: tokens 2..block_size, which the loss is computed on), for bits per byte.
     """
-    separator = tokenizer.eos_token_id if objective == "causal_lm" else tokenizer.sep_token_id
+    layout = get_objective(objective)
+    separator = getattr(tokenizer, f"{layout.separator}_id")
     if separator is None:
-        role = "eos_token" if objective == "causal_lm" else "sep_token"
-        raise RecipeError(f"the tokenizer has no {role}, needed to separate documents for {objective}")
-    wrap = objective == "masked_lm"
+        raise RecipeError(f"the tokenizer has no {layout.separator}, needed to separate documents for {objective}")
+    wrap = layout.wraps_blocks
     body = block_size - 2 if wrap else block_size
     specials = set(tokenizer.all_special_ids)
     byte_level = _is_byte_level(tokenizer)
@@ -405,14 +406,9 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
             evaluation = evaluation.select(sample_indices(len(evaluation), args.max_eval_samples, EVAL_SAMPLE_SEED))
     if len(evaluation) == 0:
         raise RecipeError("the held-out data produced no evaluation block")
-    predicted = args.block_size - 1 if objective == "causal_lm" else args.block_size - 2  # tokens per block scored
+    predicted = get_objective(objective).scored_per_block(args.block_size)
     eval_bytes_per_token = sum(evaluation["block_bytes"]) / (len(evaluation) * predicted)
     return train, evaluation.remove_columns(["block_bytes"]), eval_bytes_per_token
-
-
-def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:
-    """Cross-entropy per UTF-8 byte in bits: comparable across tokenizers (nats/token / (ln 2 x bytes/token))."""
-    return loss_nats_per_token / (math.log(2) * bytes_per_token)
 
 
 datasets.logging.set_verbosity_warning()

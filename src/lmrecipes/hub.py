@@ -24,6 +24,7 @@ from .arguments import REPO_ROOT
 from .cache import atomic_directory
 from .errors import RecipeError, first_line
 from .modeling import PACKAGE_PREFIX, looks_like_local_path
+from .objectives import OBJECTIVES
 from .ownership import check_deletable, delete_checked, files_in, sha256_of, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 
@@ -79,16 +80,15 @@ def _is_hub_id(value: str | None) -> bool:
 
 
 def run_kind(model_dir: Path) -> str:
-    """'adapter' (LoRA), 'classifier' (fine-tuned), 'causal_lm' or 'masked_lm' (pretrained)."""
+    """'adapter' (LoRA), 'classifier' (fine-tuned), or the pretraining objective's name (objectives.OBJECTIVES)."""
     if (model_dir / "adapter_config.json").is_file():
         return "adapter"
     architectures = " ".join(_read_json(model_dir / "config.json").get("architectures") or [])
     if "SequenceClassification" in architectures:
         return "classifier"
-    if "MaskedLM" in architectures:
-        return "masked_lm"
-    if "CausalLM" in architectures or "LMHead" in architectures:
-        return "causal_lm"
+    for objective in OBJECTIVES.values():
+        if any(marker in architectures for marker in objective.architecture_markers):
+            return objective.name
     raise RecipeError(f"{model_dir}: not a model folder lmrecipes can publish (config.json architectures: "
                       f"{architectures or 'none'})")
 
@@ -162,15 +162,15 @@ def data_provenance(recipe: dict) -> list[str]:
 # ---------------------------------------------------------------- the model card
 
 
-PIPELINE_TAGS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "classifier": "text-classification",
-                 "adapter": "text-classification"}
+PIPELINE_TAGS = {**{name: objective.pipeline_tag for name, objective in OBJECTIVES.items()},
+                 "classifier": "text-classification", "adapter": "text-classification"}
 
 
 def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
     from huggingface_hub import EvalResult
 
     task = PIPELINE_TAGS[kind]
-    if kind in ("causal_lm", "masked_lm"):
+    if kind in OBJECTIVES:  # a pretrained language model
         dataset = recipe.get("dataset_name") or "lmrecipes-corpus"
         name = f"{dataset} (held-out {recipe.get('validation_fraction', '')} of documents)"
         metrics = [("perplexity", "perplexity", "Perplexity"), ("bits_per_byte", "bits_per_byte", "Bits per byte"),
@@ -188,12 +188,8 @@ def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
 
 def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str]) -> str:
     """The card's how-to-use snippet; a classifier (plain or adapter) prints the run's own label names."""
-    if kind == "causal_lm":
-        return (f'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{repo_id}")\n'
-                f'print(generate("It was a dark and stormy night", max_new_tokens=40)[0]["generated_text"])')
-    if kind == "masked_lm":
-        return (f'from transformers import pipeline\nfill = pipeline("fill-mask", model="{repo_id}")\n'
-                f'print(fill("The ship sailed across the {tokenizer_mask or "[MASK]"}."))')
+    if kind in OBJECTIVES:
+        return OBJECTIVES[kind].usage(repo_id, tokenizer_mask)
     if kind == "classifier":
         return (f'from transformers import pipeline\nclassify = pipeline("text-classification", model="{repo_id}")\n'
                 f'print(classify("A warm, funny and moving film."))')
@@ -230,16 +226,16 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
     model_name = repo_id.split("/")[-1]
     fine_tuned = kind in ("classifier", "adapter")
     datasets = args.datasets or ([recipe["dataset_name"]] if recipe.get("dataset_name") else None)
-    tags = ["lmrecipes", config.get("model_type") or "", {"causal_lm": "causal-lm", "masked_lm": "masked-lm"}.get(
-        kind, "text-classification")] + (["lora", "peft"] if kind == "adapter" else [])
+    tags = ["lmrecipes", config.get("model_type") or "",
+            OBJECTIVES[kind].card_tag if kind in OBJECTIVES else "text-classification"] + (
+        ["lora", "peft"] if kind == "adapter" else [])
     data = ModelCardData(
         model_name=model_name, library_name="peft" if kind == "adapter" else "transformers",
         pipeline_tag=PIPELINE_TAGS[kind], license=args.license, language=args.language, datasets=datasets,
         tags=[t for t in tags if t], base_model=base_model if fine_tuned else None,
         eval_results=_eval_results(kind, results, recipe, model_name) or None)
 
-    what = {"causal_lm": "a causal language model pretrained from scratch",
-            "masked_lm": "a masked language model pretrained from scratch",
+    what = {**{name: objective.description for name, objective in OBJECTIVES.items()},
             "classifier": f"a sequence classifier (labels: {', '.join(labels)})",
             "adapter": f"a LoRA adapter for sequence classification (labels: {', '.join(labels)})"}[kind]
     source = base_model or (f"a local checkpoint (`{public_path(recipe['model_name_or_path'])}`)"

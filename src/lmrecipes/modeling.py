@@ -6,16 +6,15 @@ import logging
 from pathlib import Path
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, CONFIG_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers import AutoConfig, CONFIG_MAPPING
 
 from .arguments import ModelArguments
 from .errors import RecipeError, first_line
+from .objectives import DEFAULT_FOR_MODEL_TYPE, OBJECTIVES, get_objective
 from .recipe import yaml_boolean
 
 logger = logging.getLogger(__name__)
 
-AUTO_MODEL = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM}
 
 
 def looks_like_local_path(value: str) -> bool:
@@ -112,20 +111,21 @@ def build_config(model_args: ModelArguments):
 
 
 def infer_objective(config, requested: str | None) -> str:
-    """masked_lm for types with a masked-LM head (encoders), causal_lm for decoder-only types."""
-    causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    masked = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    objective = requested or ("masked_lm" if masked else "causal_lm" if causal else None)
-    if objective is None or (objective == "causal_lm" and not causal) or (objective == "masked_lm" and not masked):
+    """The recipe's objective, checked against the model type's heads; else masked_lm for types with a masked-LM
+    head (encoders), causal_lm for decoder-only types."""
+    fits = [name for name in DEFAULT_FOR_MODEL_TYPE if config.model_type in OBJECTIVES[name].model_type_names]
+    objective = requested or (fits[0] if fits else None)
+    if objective is None or config.model_type not in OBJECTIVES[objective].model_type_names:
         what = objective or "causal or masked"
         raise RecipeError(f"key 'model_type': {config.model_type!r} has no {what} language-model head")
     return objective
 
 
 def check_tokenizer_for(objective: str, tokenizer) -> None:
-    """A masked LM needs a mask token (checked as soon as the tokenizer is known, before data preparation)."""
-    if objective == "masked_lm" and tokenizer.mask_token_id is None:
-        raise RecipeError("a masked_lm recipe needs a tokenizer with a mask token (special_tokens.mask_token)")
+    """An objective that masks tokens needs a mask token (checked as soon as the tokenizer is known, before data
+    preparation)."""
+    if get_objective(objective).needs_mask_token and tokenizer.mask_token_id is None:
+        raise RecipeError(f"a {objective} recipe needs a tokenizer with a mask token (special_tokens.mask_token)")
 
 
 def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, vocab_size_set: bool) -> None:
@@ -147,7 +147,7 @@ def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, 
 
 def build_language_model(config, objective: str, model_args: ModelArguments):
     """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only)."""
-    auto = AUTO_MODEL[objective]
+    auto = get_objective(objective).auto_model
     kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path:
         try:

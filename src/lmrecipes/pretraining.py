@@ -9,13 +9,14 @@ import math
 from itertools import chain
 from pathlib import Path
 
-from transformers import DataCollatorForLanguageModeling, Trainer, default_data_collator, set_seed
+from transformers import Trainer, set_seed
 
 from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
-from .data import bits_per_byte, load_raw_splits, prepare_pretraining_data, split_held_out
+from .data import load_raw_splits, prepare_pretraining_data, split_held_out
 from .errors import RecipeError
 from .modeling import (build_config, build_language_model, check_tokenizer_for, count_parameters,
                        fit_config_to_tokenizer, infer_objective, warn_remote_code)
+from .objectives import get_objective
 from .recipe import resolved_recipe
 from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
@@ -104,10 +105,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     checkpoint = find_checkpoint(training_args)
 
     training_args.prediction_loss_only = True  # eval needs the loss only: no logits kept in memory
-    if objective == "causal_lm":
-        collator = default_data_collator  # packed blocks carry their labels and need no padding
-    else:
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
+    collator = get_objective(objective).collator(tokenizer, data_args)
     throughput = throughput_callback(model, training_args, data_args.block_size)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                       processing_class=tokenizer, data_collator=collator, callbacks=[throughput, *callbacks])
@@ -115,8 +113,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
 
     eval_metrics = trainer.evaluate()
     eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 700 else math.inf
-    if objective == "causal_lm":
-        eval_metrics["bits_per_byte"] = bits_per_byte(eval_metrics["eval_loss"], eval_bytes_per_token)
+    eval_metrics.update(get_objective(objective).eval_metrics(eval_metrics["eval_loss"], eval_bytes_per_token))
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
     results = {**train_metrics, **eval_metrics}

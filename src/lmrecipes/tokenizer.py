@@ -14,19 +14,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from .arguments import TokenizerArguments
 from .cache import atomic_directory
 from .errors import RecipeError
+from .objectives import get_objective
 
 logger = logging.getLogger(__name__)
 
-CAUSAL_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-MASKED_SPECIAL_TOKENS = {
-    "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
-}
 SPECIAL_TOKEN_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def special_tokens_for(args: TokenizerArguments, objective: str) -> dict[str, str]:
-    defaults = CAUSAL_SPECIAL_TOKENS if objective == "causal_lm" else MASKED_SPECIAL_TOKENS
-    tokens = {**defaults, **args.special_tokens}
+    tokens = {**get_objective(objective).special_tokens, **args.special_tokens}
     for role in tokens:
         if role not in SPECIAL_TOKEN_ROLES:
             raise RecipeError(f"key 'special_tokens': unknown role '{role}' (roles: {', '.join(SPECIAL_TOKEN_ROLES)})")
@@ -46,7 +42,7 @@ def _limited(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
 
 def train_tokenizer(texts: Iterable[str], args: TokenizerArguments, objective: str) -> PreTrainedTokenizerFast:
     """Train a tokenizer on `texts` with the recipe's algorithm, vocabulary size and special tokens."""
-    kind = args.tokenizer_type or ("bpe" if objective == "causal_lm" else "wordpiece")
+    kind = args.tokenizer_type or get_objective(objective).tokenizer_type
     specials = special_tokens_for(args, objective)
     special_list = list(dict.fromkeys(specials.values()))
     lowercase = [normalizers.Lowercase()] if args.lowercase else []
@@ -129,7 +125,7 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_facto
     if not is_main_process:
         raise RuntimeError(f"tokenizer missing from {folder} after the main process trained it")
     logger.info("Training a %s tokenizer (vocab %d) on the training text...",
-                args.tokenizer_type or ("bpe" if objective == "causal_lm" else "wordpiece"), args.vocab_size)
+                args.tokenizer_type or get_objective(objective).tokenizer_type, args.vocab_size)
     tokenizer = train_tokenizer(texts_factory(), args, objective)
     with atomic_directory(folder) as tmp:
         tokenizer.save_pretrained(tmp)
