@@ -25,6 +25,7 @@ from .cache import atomic_directory
 from .errors import RecipeError, first_line
 from .modeling import PACKAGE_PREFIX, looks_like_local_path
 from .objectives import OBJECTIVES
+from .objectives.base import pipeline_snippet
 from .ownership import check_deletable, delete_checked, files_in, sha256_of, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 
@@ -191,8 +192,7 @@ def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str
     if kind in OBJECTIVES:
         return OBJECTIVES[kind].usage(repo_id, tokenizer_mask)
     if kind == "classifier":
-        return (f'from transformers import pipeline\nclassify = pipeline("text-classification", model="{repo_id}")\n'
-                f'print(classify("A warm, funny and moving film."))')
+        return pipeline_snippet("text-classification", "classify", repo_id, 'classify("A warm, funny and moving film.")')
     # the base model's config has no labels: the head is rebuilt with the run's (labels.json), else LABEL_0/LABEL_1
     return (f'from peft import AutoPeftModelForSequenceClassification\n'
             f'from transformers import AutoTokenizer, pipeline\n'

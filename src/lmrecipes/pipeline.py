@@ -73,7 +73,7 @@ class PipelineArguments:
         self.finetune_overrides = parse_mapping(self.finetune_overrides, "finetune_overrides")
         self.pretrained_arm_overrides = parse_mapping(self.pretrained_arm_overrides, "pretrained_arm_overrides")
         self.scratch_arm_overrides = parse_mapping(self.scratch_arm_overrides, "scratch_arm_overrides")
-        self.label_counts = [str(n) for n in parse_label_counts(self.label_counts)]
+        self.label_counts = parse_label_counts(self.label_counts)  # sorted counts (int), then "all"
         for key, least in (("seeds", 1), ("full_label_seeds", 1), ("curve_examples_per_run", 1),
                            ("curve_evaluations", 2)):
             if getattr(self, key) < least:
@@ -152,8 +152,7 @@ def _corpus_with_task_text(args: PipelineArguments, task_data, train_split, path
     return [*pretrain_data.train_file, str(path)]
 
 
-def _mean_over_seeds(folders: list[Path]) -> dict:
-    results = [_read_results(folder) for folder in folders]
+def _mean_over_seeds(results: list[dict]) -> dict:
     return {"test_accuracy": sum(r["test_accuracy"] for r in results) / len(results),
             "test_f1": sum(r["test_f1"] for r in results) / len(results), "seeds": len(results),
             "train_seconds": results[0].get("train_runtime")}
@@ -168,13 +167,12 @@ def run_pipeline(args: PipelineArguments) -> dict:
     out = Path(args.output_dir)
     pre_dir, ft_dir, scratch_dir, model_dir = out / "pretrain", out / "finetune", out / "finetune-scratch", out / "model"
     task_data, first_seed, train_split = _task(args)
-    label_counts = parse_label_counts(args.label_counts)
-    too_many = [n for n in label_counts if n != ALL and n >= len(train_split)]
+    too_many = [n for n in args.label_counts if n != ALL and n >= len(train_split)]
     if too_many:
         raise RecipeError(f"key 'label_counts': {too_many[0]} is not below the train split's {len(train_split)} "
                           "rows; use 'all' for the whole split")
     arms = ["pretrained", "scratch"] if args.scratch_baseline else ["pretrained"]
-    runs = plan_runs(out, label_counts, arms, [first_seed + i for i in range(args.seeds)],
+    runs = plan_runs(out, args.label_counts, arms, [first_seed + i for i in range(args.seeds)],
                      [first_seed + i for i in range(args.full_label_seeds)], args.curve_examples_per_run,
                      args.curve_evaluations)
     total = 2 + len(runs)
@@ -193,19 +191,21 @@ def run_pipeline(args: PipelineArguments) -> dict:
         "pretrained": {**args.finetune_overrides, **args.pretrained_arm_overrides, "model_name_or_path": str(pre_dir)},
         "scratch": {**args.finetune_overrides, **args.scratch_arm_overrides, "model_name_or_path": str(pre_dir),
                     "init_from": "scratch", "use_lora": False}}
+    results = {}
     for number, run in enumerate(runs, start=2):
         what = "the pretrained model" if run.arm == "pretrained" else "the same architecture from scratch"
         labels = "all labels" if run.labels == ALL else f"{run.labels} labels"
         settings = {**arm_settings[run.arm], **run.settings, "output_dir": str(run.folder)}
-        _stage(number, total, f"fine-tune {what}, {labels}, seed {run.seed}", run.folder,
-               lambda settings=settings, **flags: finetune(args.finetune_recipe, **{**settings, **flags}), overwrite,
-               needs=TEST_PREDICTIONS)
+        results[run.folder] = _stage(
+            number, total, f"fine-tune {what}, {labels}, seed {run.seed}", run.folder,
+            lambda settings=settings, **flags: finetune(args.finetune_recipe, **{**settings, **flags}), overwrite,
+            needs=TEST_PREDICTIONS)
     print(f"== [{total}/{total}] export and summary -> {model_dir}", flush=True)
     export_classifier(ft_dir, model_dir)
 
-    ft = _read_results(ft_dir)
+    ft = results[ft_dir]
     curve = summarize_curve(runs, len(train_split), ft["test_majority_accuracy"])
-    full = {arm: [run.folder for run in runs if run.labels == ALL and run.arm == arm] for arm in arms}
+    full = {arm: [results[run.folder] for run in runs if run.labels == ALL and run.arm == arm] for arm in arms}
     summary = {
         "pretraining": {"tokens": pre.get("train_tokens"), "tokens_per_second": pre.get("train_tokens_per_second"),
                         "mfu": pre.get("mfu"), "eval_loss": pre.get("eval_loss"),

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+def pipeline_snippet(task: str, variable: str, repo_id: str, call: str) -> str:
+    """A model card's how-to-use code: a transformers pipeline of `task` on `repo_id`, then `print(call)`."""
+    return f'from transformers import pipeline\n{variable} = pipeline("{task}", model="{repo_id}")\nprint({call})'
+
+
 @dataclass(frozen=True)
 class Objective:
     """One pretraining objective.

@@ -7,7 +7,7 @@ import math
 from transformers import AutoModelForCausalLM, default_data_collator
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .base import Objective
+from .base import Objective, pipeline_snippet
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:
@@ -29,9 +29,9 @@ CAUSAL_LM = Objective(
     eval_metrics=lambda loss, bytes_per_token: {"bits_per_byte": bits_per_byte(loss, bytes_per_token)},
     architecture_markers=("CausalLM", "LMHead"),
     pipeline_tag="text-generation",
-    usage=lambda repo_id, mask_token: (
-        f'from transformers import pipeline\ngenerate = pipeline("text-generation", model="{repo_id}")\n'
-        f'print(generate("It was a dark and stormy night", max_new_tokens=40)[0]["generated_text"])'),
+    usage=lambda repo_id, mask_token: pipeline_snippet(
+        "text-generation", "generate", repo_id,
+        'generate("It was a dark and stormy night", max_new_tokens=40)[0]["generated_text"]'),
     card_tag="causal-lm",
     description="a causal language model pretrained from scratch",
 )

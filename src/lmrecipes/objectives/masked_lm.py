@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from .base import Objective
+from .base import Objective, pipeline_snippet
 
 MASKED_LM = Objective(
     name="masked_lm",
@@ -24,9 +24,8 @@ MASKED_LM = Objective(
     eval_metrics=lambda loss, bytes_per_token: {},
     architecture_markers=("MaskedLM",),
     pipeline_tag="fill-mask",
-    usage=lambda repo_id, mask_token: (
-        f'from transformers import pipeline\nfill = pipeline("fill-mask", model="{repo_id}")\n'
-        f'print(fill("The ship sailed across the {mask_token or "[MASK]"}."))'),
+    usage=lambda repo_id, mask_token: pipeline_snippet(
+        "fill-mask", "fill", repo_id, f'fill("The ship sailed across the {mask_token or "[MASK]"}.")'),
     card_tag="masked-lm",
     description="a masked language model pretrained from scratch",
 )
