@@ -33,6 +33,10 @@ TINY_BERT = {
     "warmup_steps": 0, "disable_tqdm": True, "report_to": "none", "learning_rate": 2e-3,
 }
 
+# ELECTRA: the tiny BERT's sizes; generator 1/4 wide (hidden 12, 1 head), sharing embeddings of 48.
+TINY_ELECTRA = {**TINY_BERT, "config_overrides": {**TINY_BERT["config_overrides"], "embedding_size": 48},
+                "learning_rate": 3e-4}
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
@@ -83,6 +87,43 @@ def masked_run(tmp_path_factory, small_corpus):
     results = lmrecipes.pretrain(BERT_PRETRAIN, **TINY_BERT, train_file=[small_corpus], validation_fraction=0.15,
                                  max_steps=40, output_dir=str(out))
     return out, results
+
+
+ELECTRA_PRETRAIN = str(REPO / "recipes" / "tiny-electra" / "pretrain.yaml")
+ALPHABET = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+            "quebec romeo sierra tango").split()
+
+
+@pytest.fixture(scope="session")
+def electra_run(tmp_path_factory):
+    """A tiny ELECTRA pretrained for 300 steps, evaluated every 100, on documents that recite a 20-word cycle from
+    a random start: a replaced word breaks the cycle, so its context gives it away. (output folder, results)"""
+    import lmrecipes
+
+    rng = random.Random(0)
+    corpus = tmp_path_factory.mktemp("cycle") / "cycle.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(ALPHABET[(start + k) % 20] for k in range(80))}) + "\n"
+                              for start in (rng.randrange(20) for _ in range(300))))
+    out = tmp_path_factory.mktemp("electra") / "run"
+    results = lmrecipes.pretrain(ELECTRA_PRETRAIN, **{**TINY_ELECTRA, "vocab_size": 100, "eval_strategy": "steps"},
+                                 eval_steps=100, train_file=[str(corpus)], validation_fraction=0.1, max_steps=300,
+                                 output_dir=str(out))
+    return out, results
+
+
+def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict) -> list[dict]:
+    """tests/ddp_probe.py under `accelerate launch` with 2 CPU processes (gloo): each rank's record."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0",
+         str(REPO / "tests" / "ddp_probe.py"), recipe, corpus, str(out), json.dumps(overrides)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [read_json(Path(out) / f"probe-rank{rank}.json") for rank in (0, 1)]
 
 
 WORDS = ("the king and his lords went to the town with the queen of france where many men "

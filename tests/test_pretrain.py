@@ -2,14 +2,11 @@
 (Kill and resume: test_reliability.py.)"""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
-from conftest import REPO, TINY_BERT, TINY_LLAMA, read_json
+from conftest import REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
 
 import lmrecipes
 
@@ -87,15 +84,7 @@ def test_masked_pretraining_learns_a_fill_mask_pattern(tmp_path):
 
 def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_path, small_corpus):
     out = tmp_path / "ddp"
-    overrides = {**TINY_LLAMA, "validation_fraction": 0.15, "max_steps": 6}
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0",
-         str(REPO / "tests" / "ddp_probe.py"), LLAMA_RECIPE, small_corpus, str(out), json.dumps(overrides)],
-        capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [read_json(out / f"probe-rank{r}.json") for r in (0, 1)]
+    ranks = run_ddp_probe(LLAMA_RECIPE, small_corpus, out, {**TINY_LLAMA, "validation_fraction": 0.15, "max_steps": 6})
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["steps"] == 6 and len(r["batches"]) == 6 for r in ranks)

@@ -13,7 +13,7 @@ from conftest import REPO
 
 from lmrecipes import RecipeError, load_recipe
 from lmrecipes.data import resolve_data_files
-from lmrecipes.modeling import build_config, infer_objective
+from lmrecipes.modeling import build_config, check_model_arguments, infer_objective
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS
 from lmrecipes.pipeline import PipelineArguments
 from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
@@ -41,8 +41,10 @@ def test_every_pretrain_recipe_parses_and_validates(path):
     on_cpu = {} if torch.cuda.is_available() else {"use_cpu": True}
     model_args, tokenizer_args, data_args, training_args, explicit = load_recipe(path, PRETRAIN_ARGUMENTS, **on_cpu)
     assert set(yaml.safe_load(Path(path).read_text())) <= set(explicit)
-    objective = infer_objective(build_config(model_args), model_args.objective)
+    config = build_config(model_args)
+    objective = infer_objective(config, model_args.objective)
     assert objective == model_args.objective
+    check_model_arguments(config, objective, model_args)  # e.g. the ELECTRA generator's size
     if data_args.train_file:
         assert resolve_data_files(data_args.train_file, "train_file")
     assert training_args.output_dir.startswith("runs/")
@@ -200,14 +202,19 @@ def test_each_objective_lives_in_its_own_module_and_nowhere_else():
     """Pretraining, data, tokenizer, model and hub code ask objectives.get_objective(); none names an objective."""
     from lmrecipes.objectives import OBJECTIVES, Objective
 
-    assert set(OBJECTIVES) == {"causal_lm", "masked_lm"}
+    assert set(OBJECTIVES) == {"causal_lm", "masked_lm", "electra"}
     for name, objective in OBJECTIVES.items():
         assert isinstance(objective, Objective) and objective.name == name
         assert (REPO / "src" / "lmrecipes" / "objectives" / f"{name}.py").is_file()
     assert OBJECTIVES["causal_lm"].scored_per_block(256) == 255 and OBJECTIVES["masked_lm"].scored_per_block(128) == 126
-    assert OBJECTIVES["masked_lm"].eval_metrics(2.0, 4.0) == {}  # no bits per byte for a masked LM
-    assert OBJECTIVES["causal_lm"].eval_metrics(2.0, 4.0)["bits_per_byte"] == pytest.approx(2.0 / (0.6931472 * 4.0))
+    # no bits per byte for a masked LM; perplexity of the masked tokens
+    assert OBJECTIVES["masked_lm"].eval_metrics({"eval_loss": 2.0}, 4.0) == {"perplexity": pytest.approx(7.389056)}
+    causal = OBJECTIVES["causal_lm"].eval_metrics({"eval_loss": 2.0}, 4.0)
+    assert causal["bits_per_byte"] == pytest.approx(2.0 / (0.6931472 * 4.0))
+    # ELECTRA's loss mixes two losses: the perplexity is the generator's, of its masked-token loss
+    assert OBJECTIVES["electra"].eval_metrics({"eval_loss": 30.0, "eval_generator_loss": 2.0}, 4.0) == {
+        "generator_perplexity": pytest.approx(7.389056)}
     elsewhere = [f"{path.relative_to(REPO)}:{number}" for path in (REPO / "src" / "lmrecipes").glob("*.py")
                  for number, line in enumerate(path.read_text().splitlines(), 1)
-                 if re.search(r"[\"'](causal_lm|masked_lm)[\"']", line)]  # a name as a value, not in help texts
+                 if re.search(r"[\"'](causal_lm|masked_lm|electra)[\"']", line)]  # a name as a value, not in help
     assert not elsewhere, f"objective-specific code outside src/lmrecipes/objectives/: {elsewhere}"

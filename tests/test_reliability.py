@@ -16,7 +16,7 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-from conftest import BERT_PRETRAIN, LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, read_json
+from conftest import BERT_PRETRAIN, ELECTRA_PRETRAIN, LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_ELECTRA, TINY_LLAMA, read_json
 
 import lmrecipes
 from lmrecipes.training import is_complete_checkpoint, record_run
@@ -77,13 +77,17 @@ def resume_and_check(script, recipe, out, reference_loss, key):
     return results
 
 
-def test_pretraining_killed_while_saving_resumes_to_the_same_result(tmp_path, small_corpus):
-    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 12,
+@pytest.mark.parametrize("base, tiny", [(LLAMA_PRETRAIN, TINY_LLAMA), (BERT_PRETRAIN, TINY_BERT),
+                                        (ELECTRA_PRETRAIN, TINY_ELECTRA)], ids=["causal", "masked", "electra"])
+def test_pretraining_killed_while_saving_resumes_to_the_same_result(tmp_path, small_corpus, base, tiny):
+    """Masked and ELECTRA runs too: their masks are seeded by the batch (objectives.masked_lm.BatchSeededMasking),
+    dropout and the generator's samples come from the random state the checkpoint restores."""
+    settings = {**tiny, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 12,
                 "save_steps": 3, "save_total_limit": 2, "logging_steps": 1, "seed": 7}
-    reference = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "uninterrupted"))
+    reference = lmrecipes.pretrain(base, **settings, output_dir=str(tmp_path / "uninterrupted"))
 
     out = tmp_path / "killed"
-    recipe = write_recipe(tmp_path / "pretrain.yaml", LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    recipe = write_recipe(tmp_path / "pretrain.yaml", base, **settings, output_dir=str(out))
     kill_while_saving(run_script("pretrain.py", recipe), out, complete_step=6, next_step=9)
     assert not (out / "all_results.json").exists()
     plant_half_written_checkpoint(out, 11)
@@ -328,7 +332,8 @@ def test_the_library_never_unpickles_weights_nor_loads_unsafe_yaml():
             assert call.group(1).endswith("Loader=RecipeLoader"), f"{path.name}: {call.group(0)}"
         for call in re.finditer(r"(\w+)\.from_pretrained\(|torch\.load\(", text):
             name = call.group(1)
-            if name in ("AutoTokenizer", "AutoConfig", "PeftModel", "AutoPeftModelForSequenceClassification"):
+            if name in ("AutoTokenizer", "AutoConfig", "ElectraConfig", "PeftModel",
+                        "AutoPeftModelForSequenceClassification"):
                 continue  # no weights; an adapter (peft reads safetensors); the model card's usage text
             depth, end = 0, call.end() - 1
             for end in range(call.end() - 1, len(text)):

@@ -48,7 +48,7 @@ def build_model(recipe: str | Path | dict | None = None, *, tokenizer=None, **ov
     if tokenizer is not None:
         fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
                                 vocab_size_set="vocab_size" in model_args.config_overrides)
-    return build_language_model(config, objective, model_args)
+    return build_language_model(config, objective, model_args, data_args.mlm_probability)
 
 
 def pretrain(recipe: str | Path | dict | None = None, *, callbacks=(), **overrides) -> dict:

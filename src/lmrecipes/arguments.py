@@ -76,8 +76,25 @@ class ModelArguments:
     )
     objective: ObjectiveName | None = field(
         default=None,
-        metadata={"help": "Pretraining objective. Default: masked_lm for encoder types (bert, roberta, ...), "
-                  "causal_lm otherwise."},
+        metadata={"help": "Pretraining objective: causal_lm (next token), masked_lm (recover 15% masked tokens) or "
+                  "electra (a small generator fills the masked tokens, the model learns which tokens were replaced: "
+                  "a loss on every token). Default: electra for model_type electra, masked_lm for other encoder types "
+                  "(bert, roberta, ...), causal_lm otherwise."},
+    )
+    generator_size: float | None = field(
+        default=None,
+        metadata={"help": "electra: the generator's width (hidden size, attention heads, feed-forward size) as a "
+                  "fraction of the discriminator's; same depth, shared embeddings. Default 0.25 (the paper's)."},
+    )
+    generator_config_overrides: dict | str | None = field(
+        default=None,
+        metadata={"help": "electra: generator config attributes set after generator_size, e.g. "
+                  "{num_hidden_layers: 6}. Its hidden size may not exceed the discriminator's."},
+    )
+    discriminator_weight: float | None = field(
+        default=None,
+        metadata={"help": "electra: loss = generator MLM loss + this x replaced-token detection loss (binary "
+                  "cross-entropy over every non-pad token). Default 50 (the paper's)."},
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -99,6 +116,11 @@ class ModelArguments:
 
     def __post_init__(self):
         self.config_overrides = parse_mapping(self.config_overrides, "config_overrides")
+        if self.generator_config_overrides is not None:
+            self.generator_config_overrides = parse_mapping(self.generator_config_overrides,
+                                                            "generator_config_overrides")
+        if self.discriminator_weight is not None and self.discriminator_weight <= 0:
+            raise RecipeError(f"key 'discriminator_weight': must be above 0, got {self.discriminator_weight}")
 
 
 @dataclass

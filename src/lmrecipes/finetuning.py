@@ -209,8 +209,24 @@ def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArgument
     logger.info("Loaded the body of %s; newly initialised: %s; not used: %s", model_args.model_name_or_path,
                 ", ".join(sorted(info["missing_keys"])) or "none", ", ".join(sorted(info["unexpected_keys"])) or "none")
     # Modules holding new weights (the head; BERT's pooler when the checkpoint had none) are trained in full by LoRA.
-    model.newly_initialised_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+    model.newly_initialised_modules = outermost_new_modules(model, info["missing_keys"])
     return model
+
+
+def outermost_new_modules(model, missing_keys) -> list[str]:
+    """The outermost modules all of whose weights are newly initialised: `classifier` for ELECTRA's two-layer head
+    (classifier.dense, classifier.out_proj), as peft names the head it saves by itself; naming the inner layers too
+    would wrap them twice and break loading the adapter."""
+    missing, outermost = set(missing_keys), set()
+    for key in missing:
+        parts = key.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            names = {f"{prefix}.{name}" for name, _ in model.get_submodule(prefix).named_parameters()}
+            if names and names <= missing:
+                outermost.add(prefix)
+                break
+    return sorted(outermost)
 
 
 def apply_lora(model, finetune_args: FinetuneArguments):

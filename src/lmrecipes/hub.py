@@ -174,8 +174,9 @@ def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
     if kind in OBJECTIVES:  # a pretrained language model
         dataset = recipe.get("dataset_name") or "lmrecipes-corpus"
         name = f"{dataset} (held-out {recipe.get('validation_fraction', '')} of documents)"
-        metrics = [("perplexity", "perplexity", "Perplexity"), ("bits_per_byte", "bits_per_byte", "Bits per byte"),
-                   ("eval_loss", "loss", "Loss (nats/token)")]
+        metrics = [(key, key.removeprefix("eval_"), label[0].upper() + label[1:])
+                   for key, label, _ in OBJECTIVES[kind].reported_metrics] + [
+                       ("eval_loss", "loss", f"Held-out {OBJECTIVES[kind].loss_label}")]
         split = "validation"
     else:
         dataset = recipe.get("dataset_name") or Path((recipe.get("train_file") or ["local"])[0]).name.split(".")[0]
@@ -383,6 +384,9 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
                 adapter["base_model_name_or_path"] = base_model
                 (tmp / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
             _copy_present(model_dir, tmp, [*TOKENIZER_FILES, *RUN_FILES])
+            for folder in OBJECTIVES[kind].saved_folders if kind in OBJECTIVES else ():  # e.g. ELECTRA's generator/
+                if (model_dir / folder).is_dir():
+                    shutil.copytree(model_dir / folder, tmp / folder)
         _make_paths_public(tmp)
         write_model_card(tmp, kind, repo_id, args, base_model)
         _write_manifest(tmp)

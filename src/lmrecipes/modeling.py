@@ -115,17 +115,36 @@ def infer_objective(config, requested: str | None) -> str:
     head (encoders), causal_lm for decoder-only types."""
     fits = [name for name in DEFAULT_FOR_MODEL_TYPE if config.model_type in OBJECTIVES[name].model_type_names]
     objective = requested or (fits[0] if fits else None)
-    if objective is None or config.model_type not in OBJECTIVES[objective].model_type_names:
-        what = objective or "causal or masked"
-        raise RecipeError(f"key 'model_type': {config.model_type!r} has no {what} language-model head")
+    if objective is None:
+        raise RecipeError(f"key 'model_type': {config.model_type!r} has no causal or masked language-model head")
+    if config.model_type not in OBJECTIVES[objective].model_type_names:
+        raise RecipeError(f"key 'model_type': {config.model_type!r} has no {OBJECTIVES[objective].heads} "
+                          f"(objective {objective}: {', '.join(sorted(OBJECTIVES[objective].model_type_names)[:6])}"
+                          f"{', ...' if len(OBJECTIVES[objective].model_type_names) > 6 else ''})")
     return objective
+
+
+def check_objective_keys(model_args: ModelArguments, objective: str) -> None:
+    """Keys that only another objective reads are an error, not silently ignored."""
+    for other in OBJECTIVES.values():
+        for key in other.recipe_keys if other.name != objective else ():
+            if getattr(model_args, key) is not None:
+                raise RecipeError(f"key '{key}': only objective {other.name} uses it (this recipe trains {objective})")
+
+
+def check_model_arguments(config, objective: str, model_args: ModelArguments) -> None:
+    """What can be checked of the model settings before any data is prepared: keys of other objectives, and the
+    objective's own refusals (e.g. an ELECTRA generator wider than its discriminator)."""
+    check_objective_keys(model_args, objective)
+    if get_objective(objective).check_arguments is not None:
+        get_objective(objective).check_arguments(config, model_args)
 
 
 def check_tokenizer_for(objective: str, tokenizer) -> None:
     """An objective that masks tokens needs a mask token (checked as soon as the tokenizer is known, before data
     preparation)."""
     if get_objective(objective).needs_mask_token and tokenizer.mask_token_id is None:
-        raise RecipeError(f"a {objective} recipe needs a tokenizer with a mask token (special_tokens.mask_token)")
+        raise RecipeError(f"objective {objective} needs a tokenizer with a mask token (special_tokens.mask_token)")
 
 
 def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, vocab_size_set: bool) -> None:
@@ -145,8 +164,12 @@ def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, 
         raise RecipeError(f"key 'block_size': {block_size} is above the model's max_position_embeddings ({positions})")
 
 
-def build_language_model(config, objective: str, model_args: ModelArguments):
-    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only)."""
+def build_language_model(config, objective: str, model_args: ModelArguments, masked_fraction: float = 0.15):
+    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only).
+    `masked_fraction`: the data's mlm_probability (an objective's own builder may need it)."""
+    check_objective_keys(model_args, objective)
+    if get_objective(objective).build_model is not None:
+        return _build_with(get_objective(objective).build_model, config, model_args, masked_fraction)
     auto = get_objective(objective).auto_model
     kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path:
@@ -165,6 +188,20 @@ def build_language_model(config, objective: str, model_args: ModelArguments):
     if model.get_input_embeddings().weight.shape[0] < config.vocab_size:
         model.resize_token_embeddings(config.vocab_size)
     return model
+
+
+def _build_with(build, config, model_args: ModelArguments, masked_fraction: float):
+    """An objective's own model builder, with the errors of loading weights named as build_language_model does."""
+    source = resolve_model_path(model_args.model_name_or_path) if model_args.model_name_or_path else None
+    try:
+        return build(config, model_args, masked_fraction, source)
+    except (OSError, ValueError) as err:
+        if isinstance(err, RecipeError):
+            raise
+        what = f"cannot load {model_args.model_name_or_path!r} (safetensors weights only)" if source else \
+            f"cannot build a {config.model_type} model"
+        raise RecipeError(f"key 'model_name_or_path': {what}: {first_line(err)}" if source else
+                          f"{what}: {first_line(err)}") from None
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

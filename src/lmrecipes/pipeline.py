@@ -15,7 +15,8 @@ from .arguments import find_file, parse_mapping
 from .errors import RecipeError
 from .label_curve import (ALL, check_arm_overrides, curve_markdown, parse_label_counts, plan_runs, plot_label_curve,
                           summarize_curve)
-from .recipe import write_recipe
+from .objectives import get_objective
+from .recipe import read_run_recipe, write_recipe
 
 logger = logging.getLogger("lmrecipes")
 
@@ -204,13 +205,14 @@ def run_pipeline(args: PipelineArguments) -> dict:
     export_classifier(ft_dir, model_dir)
 
     ft = results[ft_dir]
+    objective = get_objective(read_run_recipe(pre_dir)["objective"])
     curve = summarize_curve(runs, len(train_split), ft["test_majority_accuracy"])
     full = {arm: [results[run.folder] for run in runs if run.labels == ALL and run.arm == arm] for arm in arms}
     summary = {
-        "pretraining": {"tokens": pre.get("train_tokens"), "tokens_per_second": pre.get("train_tokens_per_second"),
-                        "mfu": pre.get("mfu"), "eval_loss": pre.get("eval_loss"),
-                        "perplexity": pre.get("perplexity"), "bits_per_byte": pre.get("bits_per_byte"),
-                        "train_seconds": pre.get("train_runtime")},
+        "pretraining": {"objective": objective.name, "tokens": pre.get("train_tokens"),
+                        "tokens_per_second": pre.get("train_tokens_per_second"), "mfu": pre.get("mfu"),
+                        "eval_loss": pre.get("eval_loss"), "train_seconds": pre.get("train_runtime"),
+                        **{key: pre.get(key) for key, _, _ in objective.reported_metrics}},
         "finetuned_pretrained": _mean_over_seeds(full["pretrained"]),
         "majority_class": {"test_accuracy": ft["test_majority_accuracy"]},
         "label_curve": curve,
@@ -252,8 +254,8 @@ def summary_markdown(summary: dict) -> str:
         "| pretraining | value |", "| --- | --- |",
         f"| tokens seen | {_fmt(pre['tokens'], ',')} |",
         f"| tokens/s | {_fmt(pre['tokens_per_second'], '.0f')} |",
-        f"| held-out perplexity | {_fmt(pre['perplexity'], '.2f')} |",
-        f"| held-out bits/byte | {_fmt(pre['bits_per_byte'], '.3f')} |", "",
+        *(f"| {label} | {_fmt(pre.get(key), spec)} |" for key, label, spec in
+          get_objective(pre["objective"]).reported_metrics), "",
         "| sentiment test split | accuracy | macro F1 |", "| --- | --- | --- |",
         f"| (a) pretrained, fine-tuned | {_fmt(summary['finetuned_pretrained']['test_accuracy'])} | "
         f"{_fmt(summary['finetuned_pretrained']['test_f1'])} |",
@@ -292,7 +294,8 @@ def plot_loss_curves(pretrain_dir: Path, finetune_dirs: dict, path: Path) -> Non
     train, evaluation = _loss_history(pretrain_dir)
     left.plot(*zip(*train), label="train") if train else None
     left.plot(*zip(*evaluation), "o-", label="held-out") if evaluation else None
-    left.set(title="pretraining", xlabel="step", ylabel="loss (nats/token)")
+    objective = get_objective(read_run_recipe(pretrain_dir)["objective"])
+    left.set(title="pretraining", xlabel="step", ylabel=objective.loss_label)
     left.legend()
     for name, folder in finetune_dirs.items():
         train, evaluation = _loss_history(folder)

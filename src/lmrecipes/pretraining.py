@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from itertools import chain
 from pathlib import Path
 
@@ -14,8 +13,8 @@ from transformers import Trainer, set_seed
 from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
 from .data import load_raw_splits, prepare_pretraining_data, split_held_out
 from .errors import RecipeError
-from .modeling import (build_config, build_language_model, check_tokenizer_for, count_parameters,
-                       fit_config_to_tokenizer, infer_objective, warn_remote_code)
+from .modeling import (build_config, build_language_model, check_model_arguments, check_tokenizer_for,
+                       count_parameters, fit_config_to_tokenizer, infer_objective, warn_remote_code)
 from .objectives import get_objective
 from .recipe import resolved_recipe
 from .rows import RowRules
@@ -77,6 +76,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     hub = hub_target(training_args)
     config = build_config(model_args)
     objective = infer_objective(config, model_args.objective)
+    check_model_arguments(config, objective, model_args)
     if data_args.streaming and training_args.max_steps <= 0:
         raise RecipeError("key 'streaming': streaming needs max_steps (the stream has no known length)")
 
@@ -89,7 +89,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
                             vocab_size_set="vocab_size" in model_args.config_overrides)
     tokenizer.model_max_length = data_args.block_size
-    model = build_language_model(config, objective, model_args)
+    model = build_language_model(config, objective, model_args, data_args.mlm_probability)
     logger.info("Model: %s (%s), %s parameters (shared weights counted once)", config.model_type, objective,
                 f"{count_parameters(model):,}")
     if not data_args.streaming:
@@ -104,24 +104,29 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
         return finished
     checkpoint = find_checkpoint(training_args)
 
-    training_args.prediction_loss_only = True  # eval needs the loss only: no logits kept in memory
-    collator = get_objective(objective).collator(tokenizer, data_args)
+    rules = get_objective(objective)
+    # eval keeps the loss only (no logits in memory) unless the objective computes metrics from the model's outputs
+    training_args.prediction_loss_only = rules.compute_metrics is None
+    collator = rules.collator(tokenizer, data_args, training_args.seed)
     throughput = throughput_callback(model, training_args, data_args.block_size)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, data_collator=collator, callbacks=[throughput, *callbacks])
+                      processing_class=tokenizer, data_collator=collator, compute_metrics=rules.compute_metrics,
+                      callbacks=[throughput, *callbacks])
     train_metrics = train_and_save(trainer, checkpoint, throughput)
+    if rules.finalize_saved is not None and training_args.should_save:
+        rules.finalize_saved(training_args.output_dir)
 
     eval_metrics = trainer.evaluate()
-    eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 700 else math.inf
-    eval_metrics.update(get_objective(objective).eval_metrics(eval_metrics["eval_loss"], eval_bytes_per_token))
+    eval_metrics.update(rules.eval_metrics(eval_metrics, eval_bytes_per_token))
     trainer.log_metrics("eval", eval_metrics)
     trainer.save_metrics("eval", eval_metrics)
     results = {**train_metrics, **eval_metrics}
     if training_args.should_save:
         record_saved_files(Path(training_args.output_dir), finished=True)  # results, merged/: the run is done
     if training_args.should_log:
-        bpb = f", bits/byte {eval_metrics['bits_per_byte']:.3f}" if "bits_per_byte" in eval_metrics else ""
-        print(f"Pretraining done: eval loss {eval_metrics['eval_loss']:.4f}, perplexity "
-              f"{eval_metrics['perplexity']:.2f}{bpb}. Model in {training_args.output_dir}", flush=True)
+        figures = "".join(f", {label} {eval_metrics[key]:{spec}}" for key, label, spec in rules.reported_metrics
+                          if eval_metrics.get(key) is not None)
+        print(f"Pretraining done: held-out {rules.loss_label} {eval_metrics['eval_loss']:.4f}{figures}. Model in "
+              f"{training_args.output_dir}", flush=True)
     publish_if_asked(training_args, hub)
     return results

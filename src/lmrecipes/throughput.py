@@ -45,11 +45,21 @@ def flops_per_token(matmul_weights: int, num_layers: int, hidden_size: int, seq_
     return 6.0 * matmul_weights + 12.0 * num_layers * hidden_size * seq_len
 
 
+def _layers_and_hidden(config) -> tuple[int, int]:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return (getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0),
+            getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0))
+
+
 def model_flops_per_token(model, seq_len: int) -> float:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
-    return flops_per_token(matmul_weight_count(model), layers, hidden, seq_len)
+    """A model made of several transformers (ELECTRA's discriminator and generator: `generator` attribute) counts
+    the attention of each."""
+    configs = [model.config] + [sub.config for sub in (getattr(model, "generator", None),) if sub is not None]
+    attention = sum(12.0 * layers * hidden * seq_len for layers, hidden in map(_layers_and_hidden, configs))
+    # a model whose layers do not all run on every token says how many weights do per token on average
+    weights = model.matmul_weights_per_token() if hasattr(model, "matmul_weights_per_token") else \
+        matmul_weight_count(model)
+    return flops_per_token(weights, 0, 0, seq_len) + attention
 
 
 def table_peak_flops(device_name: str, dtype_name: str) -> float | None:

@@ -19,6 +19,7 @@ from .cache import path_fingerprint
 from .data import tokenizer_fingerprint
 from .errors import RecipeError
 from .modeling import resolve_model_path
+from .objectives import OBJECTIVES
 from .ownership import check_deletable, delete_checked, files_in, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
@@ -123,7 +124,8 @@ SAVED_NAMES = ("*.safetensors", "model.safetensors.index.json", "config.json", "
                "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
                "training_args.bin", "trainer_state.json", "train_results.json", "eval_results.json",
                "test_results.json", "all_results.json", "test_predictions.json", "merged/*",
-               "runs/*tfevents*")  # TensorBoard's files grow after training too (the final evaluations' logs)
+               "runs/*tfevents*",  # TensorBoard's files grow after training too (the final evaluations' logs)
+               *(f"{folder}/*" for objective in OBJECTIVES.values() for folder in objective.saved_folders))
 
 
 def run_record(out: Path) -> dict:

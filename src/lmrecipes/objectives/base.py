@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,31 +12,49 @@ def pipeline_snippet(task: str, variable: str, repo_id: str, call: str) -> str:
     return f'from transformers import pipeline\n{variable} = pipeline("{task}", model="{repo_id}")\nprint({call})'
 
 
+def perplexity(loss_nats_per_token: float) -> float:
+    return math.exp(loss_nats_per_token) if loss_nats_per_token < 700 else math.inf
+
+
 @dataclass(frozen=True)
 class Objective:
     """One pretraining objective.
 
     name: the recipe's `objective` value.
     auto_model: the transformers Auto class whose head it trains (and whose mapping says which model types have it).
-    model_type_names: model types with that head (transformers' auto mapping names).
+    model_type_names: model types it can train (model type -> class name; transformers' auto mapping names).
+    heads: what a model type needs for it, in words (errors name it).
     special_tokens: the tokenizer's special tokens when lmrecipes trains one (the recipe's special_tokens override).
     tokenizer_type: the tokenizer model trained by default (bpe / wordpiece / unigram).
     separator: the special-token role put between packed documents.
     wraps_blocks: blocks are laid out as [CLS] ... [SEP] (encoders) instead of a plain token stream.
     needs_mask_token: the objective masks tokens, so the tokenizer must have a mask token.
     scored_per_block: how many tokens of a block of `block_size` the loss scores (for bits per byte).
-    collator: (tokenizer, data arguments) -> the data collator of the Trainer.
-    eval_metrics: (eval loss in nats per token, UTF-8 bytes per scored token) -> metrics beyond the loss.
+    collator: (tokenizer, data arguments, seed) -> the data collator of the Trainer (random masking: seeded).
+    eval_metrics: (the Trainer's eval metrics, UTF-8 bytes per scored token) -> metrics it adds (perplexity...).
+    reported_metrics: (results key, label, format) of the figures that describe a run: printed at the end, in the
+        pipeline summary and (with eval_loss) in the model card's model-index.
+    loss_label: what its loss is (logs, plots, model card).
     architecture_markers: substrings of a saved config's `architectures` that mark a checkpoint of this objective.
     pipeline_tag: the Hub / transformers pipeline task of the saved model.
     usage: (repo id, the tokenizer's mask token or None) -> the model card's how-to-use snippet.
     card_tag: the model card's tag for the objective.
     description: what the saved model is, for the model card.
+    recipe_keys: ModelArguments keys only this objective reads (set for another objective: an error).
+    check_arguments: (config, model arguments) -> None; raises RecipeError for settings the objective refuses
+        (checked before any data is prepared).
+    build_model: (config, model arguments, masked fraction, weights folder or Hub id or None) -> the model to
+        train, when `auto_model.from_config` / `from_pretrained` is not it.
+    compute_metrics: the Trainer's `compute_metrics` over what the model returns at evaluation; None: the loss only.
+    finalize_saved: (output_dir) -> None, run on the main process after the final save: turns what the Trainer
+        saved into the published layout.
+    saved_folders: subfolders of a finished run that belong to the model (published and recorded with it).
     """
 
     name: str
     auto_model: type
     model_type_names: dict
+    heads: str
     special_tokens: dict
     tokenizer_type: str
     separator: str
@@ -43,9 +62,17 @@ class Objective:
     needs_mask_token: bool
     scored_per_block: Callable[[int], int]
     collator: Callable
-    eval_metrics: Callable[[float, float], dict]
+    eval_metrics: Callable[[dict, float], dict]
+    reported_metrics: tuple[tuple[str, str, str], ...]
+    loss_label: str
     architecture_markers: tuple[str, ...]
     pipeline_tag: str
     usage: Callable[[str, str | None], str]
     card_tag: str
     description: str
+    recipe_keys: tuple[str, ...] = ()
+    check_arguments: Callable | None = None
+    build_model: Callable | None = None
+    compute_metrics: Callable | None = None
+    finalize_saved: Callable | None = None
+    saved_folders: tuple[str, ...] = ()

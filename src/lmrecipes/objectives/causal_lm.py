@@ -7,7 +7,7 @@ import math
 from transformers import AutoModelForCausalLM, default_data_collator
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .base import Objective, pipeline_snippet
+from .base import Objective, perplexity, pipeline_snippet
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:
@@ -19,14 +19,19 @@ CAUSAL_LM = Objective(
     name="causal_lm",
     auto_model=AutoModelForCausalLM,
     model_type_names=MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    heads="causal language-model head",
     special_tokens={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
     tokenizer_type="bpe",
     separator="eos_token",
     wraps_blocks=False,
     needs_mask_token=False,
     scored_per_block=lambda block_size: block_size - 1,  # every token but the first is predicted
-    collator=lambda tokenizer, data_args: default_data_collator,  # packed blocks carry their labels, no padding
-    eval_metrics=lambda loss, bytes_per_token: {"bits_per_byte": bits_per_byte(loss, bytes_per_token)},
+    collator=lambda tokenizer, data_args, seed: default_data_collator,  # packed blocks carry their labels, no padding
+    eval_metrics=lambda metrics, bytes_per_token: {
+        "perplexity": perplexity(metrics["eval_loss"]),
+        "bits_per_byte": bits_per_byte(metrics["eval_loss"], bytes_per_token)},
+    reported_metrics=(("perplexity", "held-out perplexity", ".2f"), ("bits_per_byte", "held-out bits/byte", ".3f")),
+    loss_label="loss (nats/token)",
     architecture_markers=("CausalLM", "LMHead"),
     pipeline_tag="text-generation",
     usage=lambda repo_id, mask_token: pipeline_snippet(
