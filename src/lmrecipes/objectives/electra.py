@@ -106,7 +106,8 @@ class ElectraWithGenerator(ElectraForPreTraining):
         masked fraction of the tokens only."""
         from ..throughput import matmul_weight_count
 
-        head = matmul_weight_count(self.generator.generator_predictions) + self.generator.generator_lm_head.weight.numel()
+        generator = self.generator
+        head = matmul_weight_count(generator.generator_predictions) + generator.generator_lm_head.weight.numel()
         return matmul_weight_count(self) - (1.0 - self.config.masked_fraction) * head
 
 
