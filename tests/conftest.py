@@ -112,17 +112,21 @@ def electra_run(tmp_path_factory):
 
 
 def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict) -> list[dict]:
-    """tests/ddp_probe.py under `accelerate launch` with 2 CPU processes (gloo): each rank's record."""
+    """tests/ddp_probe.py under `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml` with 2 CPU
+    processes, as a user types it (no ACCELERATE_USE_CPU): each rank's record."""
     import subprocess
     import sys
 
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
          str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0",
          str(REPO / "tests" / "ddp_probe.py"), recipe, corpus, str(out), json.dumps(overrides)],
         capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Parallelism: DDP: parameters replicated, gradients averaged; 2 processes on 1 machine, backend gloo" \
+        in result.stdout, result.stdout[-3000:]
     return [read_json(Path(out) / f"probe-rank{rank}.json") for rank in (0, 1)]
 
 

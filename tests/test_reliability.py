@@ -213,6 +213,18 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, sma
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
 
 
+def test_nan_at_the_last_step_without_checkpoints_saves_no_final_model(tmp_path, small_corpus):
+    """save_strategy: no, logging every 5 steps, NaN after step 6 of 8: the last step is checked before the final
+    save (it used to be saved as the run's model)."""
+    out = tmp_path / "nan-last"
+    with pytest.raises(lmrecipes.RecipeError, match=r"training loss became nan by step 8: .*last good checkpoint: "
+                                                   r"none"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "save_strategy": "no", "logging_steps": 5},
+                           train_file=[small_corpus], validation_fraction=0.15, max_steps=8, output_dir=str(out),
+                           callbacks=[PoisonWeightsAt(6)])
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
 # ---------------------------------------------------------------- bad input catalogue
 
 
@@ -294,20 +306,58 @@ def test_bad_finetuning_input_fails_in_one_line_with_nothing_written(tmp_path, c
         assert not out.exists(), f"{name}: something was written"
 
 
-def test_several_processes_training_alone_are_refused(tmp_path, small_corpus):
-    """`--multi_gpu` on a CPU machine without ACCELERATE_USE_CPU: two processes that each see world size 1."""
-    out = tmp_path / "duplicates"
+def test_a_finished_run_is_extended_from_its_last_checkpoint_into_a_new_folder(tmp_path, small_corpus):
+    """Raising max_steps of a finished run is refused (it stays as it is), naming how to train on; doing so
+    continues from its last checkpoint to the new step count."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "save_steps": 2}
+    first = tmp_path / "first"
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, max_steps=4, output_dir=str(first))
+    with pytest.raises(lmrecipes.RecipeError) as refused:
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, max_steps=6, output_dir=str(first))
+    hint = f"to train on from where it stopped: --resume_from_checkpoint {first / 'checkpoint-4'} --output_dir"
+    assert "differs in max_steps" in str(refused.value) and hint in str(refused.value)
+    longer = tmp_path / "longer"
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, max_steps=6, output_dir=str(longer),
+                                 resume_from_checkpoint=str(first / "checkpoint-4"))
+    assert read_json(longer / "trainer_state.json")["global_step"] == 6
+    assert results["train_tokens"] == 6 * 8 * 64, "the 4 steps of the first run are counted, 2 more trained"
+    assert read_json(first / "trainer_state.json")["global_step"] == 4, "the finished run is left as it was"
+
+
+def test_a_launch_asking_for_fsdp_that_would_run_ddp_stops_in_one_line(tmp_path, small_corpus):
+    """accelerate 1.15 drops FSDP on CPU and trains DDP: the run says so and stops (exit 2) before writing."""
+    out = tmp_path / "fsdp"
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
+    recipe = write_recipe(tmp_path / "pretrain.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
+                          validation_fraction=0.15, max_steps=2, output_dir=str(out))
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+         "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
+        capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1], result.stderr[-2000:]  # one line per process
+    assert "the launch config asks for FSDP, but this run would be DDP: parameters replicated" in errors[0]
+    assert "2 processes on 1 machine, backend gloo, device cpu" in errors[0]
+    assert "Traceback" not in result.stderr.split("error: ", 1)[0]
+    assert not out.exists(), "nothing written"
+
+
+def test_several_processes_on_a_cpu_machine_train_one_ddp_run_without_extra_variables(tmp_path, small_corpus):
+    """`--multi_gpu` on a CPU machine without ACCELERATE_USE_CPU (accelerate does not pass use_cpu on): the
+    processes used to train alone, each a duplicate; now they are one DDP run over gloo, and say so."""
+    out = tmp_path / "multi"
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                           validation_fraction=0.15, max_steps=2, output_dir=str(out))
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
-    assert errors and "2 processes were launched but training would run with world size 1" in errors[0], \
-        done.stderr[-3000:]
-    assert not out.exists()
+                          capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Parallelism: DDP: parameters replicated, gradients averaged; 2 processes on 1 machine, backend gloo" \
+        in done.stdout
+    assert read_json(out / "all_results.json")["train_tokens"] == 2 * 2 * 8 * 64, "tokens of both processes"
 
 
 # ---------------------------------------------------------------- safety

@@ -254,3 +254,12 @@ class RunArguments(TrainingArguments):
         metadata={"help": "Delete what output_dir holds (a finished run, or a run of another recipe) and start over. "
                   "Without it such a folder is refused, and a finished run of the same recipe is reported, not "
                   "retrained."})
+
+    def __post_init__(self):
+        # accelerate launch does not pass a config's `use_cpu` to the processes it starts: several processes on a
+        # machine without an accelerator would each train alone. They are one DDP run over gloo instead.
+        import torch
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.accelerator.is_available():
+            self.use_cpu = True
+        super().__post_init__()

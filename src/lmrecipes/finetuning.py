@@ -20,8 +20,8 @@ from .modeling import build_config, count_parameters, resolve_model_path, warn_r
 from .recipe import resolved_recipe
 from .rows import RowRules, label_key
 from .tokenizer import load_tokenizer
-from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
-                       publish_if_asked, record_run, record_saved_files, run_inputs, setup_logging,
+from .training import (build_trainer, check_resume_request, check_world_size, claim_output_dir, find_checkpoint,
+                       hub_target, publish_if_asked, record_run, record_saved_files, run_inputs, setup_logging,
                        throughput_callback, train_and_save)
 
 logger = logging.getLogger("lmrecipes")
@@ -342,6 +342,12 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
+    throughput = throughput_callback(model, training_args, data_args.max_length)
+    trainer = build_trainer(training_args, lambda: Trainer(
+        model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=classification_metrics(len(labels)), callbacks=[throughput, *callbacks]))
+
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)",
                                 run_inputs(model_args, tokenizer, source_fingerprint(data_args)))
     if finished is not None:
@@ -352,12 +358,6 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
              "use_lora": finetune_args.use_lora, "base_config": architecture_summary(model)}, indent=2))
         record_run(Path(training_args.output_dir), files=[LABELS_FILE])
     checkpoint = find_checkpoint(training_args)
-
-    throughput = throughput_callback(model, training_args, data_args.max_length)
-    trainer = Trainer(model=model, args=training_args, train_dataset=encoded["train"],
-                      eval_dataset=encoded["validation"], processing_class=tokenizer,
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=classification_metrics(len(labels)),
-                      callbacks=[throughput, *callbacks])
     train_metrics = train_and_save(trainer, checkpoint, throughput)
 
     eval_metrics = trainer.evaluate(metric_key_prefix="eval")

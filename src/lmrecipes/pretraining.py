@@ -19,8 +19,8 @@ from .objectives import get_objective
 from .recipe import resolved_recipe
 from .rows import RowRules
 from .tokenizer import get_or_train_tokenizer
-from .training import (check_resume_request, check_world_size, claim_output_dir, find_checkpoint, hub_target,
-                       publish_if_asked, record_saved_files, run_inputs, setup_logging, throughput_callback,
+from .training import (build_trainer, check_resume_request, check_world_size, claim_output_dir, find_checkpoint,
+                       hub_target, publish_if_asked, record_saved_files, run_inputs, setup_logging, throughput_callback,
                        train_and_save)
 
 logger = logging.getLogger("lmrecipes")
@@ -98,20 +98,23 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
 
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args)
     recipe["objective"] = objective
+    rules = get_objective(objective)
+    # eval keeps the loss only (no logits in memory) unless the objective computes metrics from the model's outputs
+    training_args.prediction_loss_only = rules.compute_metrics is None
+    if training_args.ddp_find_unused_parameters is None:  # every pretraining model uses all its weights
+        training_args.ddp_find_unused_parameters = False
+    collator = rules.collator(tokenizer, data_args, training_args.seed)
+    throughput = throughput_callback(model, training_args, data_args.block_size)
+    trainer = build_trainer(training_args, lambda: Trainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        processing_class=tokenizer, data_collator=collator, compute_metrics=rules.compute_metrics,
+        callbacks=[throughput, *callbacks]))
+
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)",
                                 run_inputs(model_args, tokenizer, fingerprint))
     if finished is not None:
         return finished
     checkpoint = find_checkpoint(training_args)
-
-    rules = get_objective(objective)
-    # eval keeps the loss only (no logits in memory) unless the objective computes metrics from the model's outputs
-    training_args.prediction_loss_only = rules.compute_metrics is None
-    collator = rules.collator(tokenizer, data_args, training_args.seed)
-    throughput = throughput_callback(model, training_args, data_args.block_size)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, data_collator=collator, compute_metrics=rules.compute_metrics,
-                      callbacks=[throughput, *callbacks])
     train_metrics = train_and_save(trainer, checkpoint, throughput)
     if rules.finalize_saved is not None and training_args.should_save:
         rules.finalize_saved(training_args.output_dir)

@@ -47,6 +47,68 @@ def check_world_size(training_args) -> None:
             "pass --use_cpu true)")
 
 
+def _asked_for() -> str | None:
+    """The sharded parallelism the launch asked for: accelerate launch passes a config's FSDP / DeepSpeed choice to
+    its processes as these variables."""
+    flags = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+    return next((name for name, flag in flags.items() if os.environ.get(flag, "").lower() in ("1", "true")), None)
+
+
+def describe_parallelism(trainer) -> str:
+    """What a run really does, read from the Trainer's accelerator (not from the launcher's word)."""
+    state = trainer.accelerator.state
+    processes, device = state.num_processes, str(state.device)
+    machines = max(1, processes // int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes))
+    if trainer.is_deepspeed_enabled:
+        stage = state.deepspeed_plugin.zero_stage
+        what = f"DeepSpeed ZeRO-{stage}: {'parameters, ' if stage == 3 else ''}{'gradients, ' if stage >= 2 else ''}" \
+               "optimizer states sharded"
+    elif trainer.is_fsdp_enabled:
+        what = f"FSDP{getattr(state.fsdp_plugin, 'fsdp_version', 1)}: parameters, gradients, optimizer states sharded"
+    elif processes > 1:
+        what = "DDP: parameters replicated, gradients averaged"
+    else:
+        what = "single process"
+    backend = f", backend {state.backend}" if processes > 1 else ""
+    return f"{what}; {processes} process{'es' if processes > 1 else ''} on {machines} machine" \
+           f"{'s' if machines > 1 else ''}{backend}, device {device}"
+
+
+def check_parallelism(trainer) -> str:
+    """Log the run's effective parallelism; a launch that asked for FSDP or DeepSpeed and would run something else
+    (accelerate 1.15 drops FSDP on CPU and trains plain DDP) is an error."""
+    described = describe_parallelism(trainer)
+    asked = _asked_for()
+    got = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed" if trainer.is_deepspeed_enabled else None
+    if asked is not None and asked != got:
+        raise RecipeError(f"the launch config asks for {asked}, but this run would be {described} (accelerate "
+                          f"{accelerate_version()} does not apply {asked} on this device); use a config that runs "
+                          "here (accelerate_configs/cpu_ddp.yaml on CPU)")
+    logger.info("Parallelism: %s", described)
+    return described
+
+
+def build_trainer(training_args, build):
+    """`build()`'s Trainer, made before output_dir is claimed so that a run whose parallelism is not the one
+    asked for stops before anything is written (Trainer() creates output_dir: a folder it created is removed)."""
+    out = Path(training_args.output_dir)
+    existed = out.exists()
+    trainer = build()
+    try:
+        check_parallelism(trainer)
+    except RecipeError:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return trainer
+
+
+def accelerate_version() -> str:
+    import accelerate
+
+    return accelerate.__version__
+
+
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 # Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
 COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
@@ -251,6 +313,17 @@ def _comparable(recipe: dict) -> dict:
     return {k: v for k, v in recipe.items() if k not in COSMETIC_KEYS}
 
 
+LENGTH_KEYS = {"max_steps", "num_train_epochs"}
+
+
+def _train_on_hint(out: Path, changed: list[str]) -> str:
+    """A finished run asked to train longer: how to go on from its last checkpoint into a new folder (the finished
+    run stays as it is)."""
+    checkpoint = find_last_complete_checkpoint(out) if set(changed) <= LENGTH_KEYS else None
+    return (f"; to train on from where it stopped: --resume_from_checkpoint {checkpoint} --output_dir NEW_FOLDER"
+            if checkpoint else "")
+
+
 def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None) -> dict | None:
     """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
 
@@ -285,7 +358,8 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
                     state = "finished" if finished else "started"
                     raise RecipeError(f"key 'output_dir': {out} holds a {state} run of another recipe (differs in "
                                       f"{', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}); pick another "
-                                      "output_dir, or pass --overwrite_output_dir true to delete it and start over")
+                                      "output_dir, or pass --overwrite_output_dir true to delete it and start over"
+                                      f"{_train_on_hint(out, changed) if finished else ''}")
                 if finished:
                     print(f"{out} holds a finished run of this recipe: nothing to do (results in {results_file}; "
                           "--overwrite_output_dir true trains it again)", flush=True)
@@ -349,13 +423,15 @@ def publish_if_asked(training_args, target: dict | None) -> str | None:
 class NonFiniteLossGuard(TrainerCallback):
     """Stops a run whose training loss became NaN or inf, naming the step, before it saves anything.
 
-    The loss is logged (and so checked) at every checkpoint step too, so no checkpoint is written from a diverged
-    model: the last good one stays the last one. Needs `logging_nan_inf_filter=False`, else the Trainer hides
+    The loss is logged (and so checked) at every checkpoint step and at the last step too, so neither a checkpoint
+    nor the final model is written from a diverged model (also with save_strategy: no): the last good checkpoint
+    stays the last one. Needs `logging_nan_inf_filter=False`, else the Trainer hides
     non-finite losses from the logs.
     """
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:
+        # the last step is logged too: the final model is saved after it even when no checkpoint is
+        if control.should_save or state.global_step >= state.max_steps:
             control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
