@@ -97,6 +97,50 @@ def test_pretraining_killed_while_saving_resumes_to_the_same_result(tmp_path, sm
     assert results["train_tokens"] == reference["train_tokens"]
 
 
+def test_two_process_ddp_pretraining_killed_resumes_to_the_same_result(tmp_path, small_corpus):
+    """The whole `accelerate launch` process group killed with SIGKILL mid-run (2 CPU processes, DDP over gloo);
+    the same command again resumes and ends at the eval loss of an uninterrupted 2-process run."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 12,
+                "save_steps": 3, "save_total_limit": 2, "seed": 7}
+    env = {**{k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}, "OMP_NUM_THREADS": "1"}
+
+    def launch(recipe, log):  # the log goes to a file: a full pipe would block the run
+        return subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+             str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0",
+             str(REPO / "scripts" / "pretrain.py"), str(recipe)],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+
+    reference = launch(write_recipe(tmp_path / "a.yaml", LLAMA_PRETRAIN, **settings,
+                                    output_dir=str(tmp_path / "uninterrupted")), tmp_path / "a.log")
+    assert reference.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()[-3000:]
+    out = tmp_path / "killed"
+    recipe = write_recipe(tmp_path / "b.yaml", LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    process = launch(recipe, tmp_path / "b.log")
+    deadline = time.monotonic() + 240
+    while not (is_complete_checkpoint(out / "checkpoint-6") and (out / "checkpoint-9").exists()):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    import psutil
+
+    processes = [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]
+    for each in processes:
+        each.kill()  # SIGKILL to both training processes and the launcher (torch elastic: not one group)
+    process.wait()
+    psutil.wait_procs(processes, timeout=30)
+    assert not (out / "all_results.json").exists()
+    again = launch(recipe, tmp_path / "c.log")
+    again.wait(timeout=300)
+    log = (tmp_path / "c.log").read_text()
+    assert again.returncode == 0, log[-3000:]
+    assert "Resuming from" in log and "2 processes on 1 machine, backend gloo" in log
+    assert read_json(out / "trainer_state.json")["global_step"] == 12
+    expected = read_json(tmp_path / "uninterrupted" / "all_results.json")
+    results = read_json(out / "all_results.json")
+    assert abs(results["eval_loss"] - expected["eval_loss"]) < 1e-4, (results["eval_loss"], expected["eval_loss"])
+    assert results["train_tokens"] == expected["train_tokens"] == 12 * 2 * 8 * 64
+
+
 def test_lora_finetuning_killed_resumes_to_the_same_result(tmp_path, causal_run, learnable_csv):
     settings = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
                 "label_column": "verdict", "max_length": 32, "per_device_train_batch_size": 16, "max_steps": 12,

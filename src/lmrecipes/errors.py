@@ -17,7 +17,9 @@ def first_line(err: BaseException) -> str:
 
 
 def exit_on_recipe_error(main):
-    """Decorate a script's `main` so that a `RecipeError` prints `error: ...` on stderr and exits with 2."""
+    """Decorate a script's `main` so that a `RecipeError` prints `error: ...` on stderr and exits with 2; a
+    distributed process group the run opened is closed at the end (left open, a gloo process could abort at exit,
+    "terminate called without an active exception", and fail a finished run)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -27,5 +29,16 @@ def exit_on_recipe_error(main):
             message = " ".join(str(err).split())  # always one line
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        finally:
+            close_process_group()
 
     return wrapper
+
+
+def close_process_group() -> None:
+    if "torch" not in sys.modules:  # nothing was started (e.g. --help)
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
