@@ -36,4 +36,6 @@ if __name__ == "__main__":
     recipe, corpus, output_dir = sys.argv[1:4]
     overrides = json.loads(sys.argv[4])
     lmrecipes.pretrain(recipe, callbacks=[Probe()], train_file=[corpus], output_dir=output_dir, **overrides)
-    torch.distributed.barrier() if torch.distributed.is_initialized() else None
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

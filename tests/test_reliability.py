@@ -117,17 +117,22 @@ def test_two_process_ddp_pretraining_killed_resumes_to_the_same_result(tmp_path,
     out = tmp_path / "killed"
     recipe = write_recipe(tmp_path / "b.yaml", LLAMA_PRETRAIN, **settings, output_dir=str(out))
     process = launch(recipe, tmp_path / "b.log")
-    deadline = time.monotonic() + 240
-    while not (is_complete_checkpoint(out / "checkpoint-6") and (out / "checkpoint-9").exists()):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.005)
     import psutil
 
-    processes = [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]
-    for each in processes:
-        each.kill()  # SIGKILL to both training processes and the launcher (torch elastic: not one group)
-    process.wait()
-    psutil.wait_procs(processes, timeout=30)
+    def kill_all():  # SIGKILL to both training processes and the launcher (torch elastic: not one group)
+        processes = [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]
+        for each in processes:
+            each.kill()
+        process.wait()
+        psutil.wait_procs(processes, timeout=30)
+
+    try:
+        deadline = time.monotonic() + 240
+        while not (is_complete_checkpoint(out / "checkpoint-6") and (out / "checkpoint-9").exists()):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            time.sleep(0.005)
+    finally:
+        kill_all()
     assert not (out / "all_results.json").exists()
     again = launch(recipe, tmp_path / "c.log")
     again.wait(timeout=300)
@@ -366,6 +371,15 @@ def test_a_finished_run_is_extended_from_its_last_checkpoint_into_a_new_folder(t
     assert read_json(longer / "trainer_state.json")["global_step"] == 6
     assert results["train_tokens"] == 6 * 8 * 64, "the 4 steps of the first run are counted, 2 more trained"
     assert read_json(first / "trainer_state.json")["global_step"] == 4, "the finished run is left as it was"
+
+
+def test_an_output_dir_that_is_a_file_fails_in_one_line(tmp_path, small_corpus):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'output_dir': .*taken is a file, not a folder"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], validation_fraction=0.15,
+                           max_steps=2, output_dir=str(taken))
+    assert taken.read_text() == "mine"
 
 
 def test_a_launch_asking_for_fsdp_that_would_run_ddp_stops_in_one_line(tmp_path, small_corpus):

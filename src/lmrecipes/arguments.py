@@ -6,6 +6,7 @@ Each field's `help` is the documentation of that recipe key (`scripts/pretrain.p
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +260,11 @@ class RunArguments(TrainingArguments):
         # accelerate launch does not pass a config's `use_cpu` to the processes it starts: several processes on a
         # machine without an accelerator would each train alone. They are one DDP run over gloo instead.
         import torch
+        from transformers.utils import is_torch_xla_available
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.accelerator.is_available():
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and not self.use_cpu and not torch.accelerator.is_available() and not is_torch_xla_available():
+            logging.getLogger("lmrecipes").warning("No accelerator found: the %d processes train on CPU, one DDP run "
+                                                   "over gloo", launched)
             self.use_cpu = True
         super().__post_init__()

@@ -24,21 +24,26 @@ def exit_on_recipe_error(main):
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
         except RecipeError as err:
+            close_process_group()
             message = " ".join(str(err).split())  # always one line
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        finally:
-            close_process_group()
+        close_process_group()
+        return result
 
     return wrapper
 
 
 def close_process_group() -> None:
+    """Only after a normal end or a RecipeError (every rank stops there); never in the way of the error itself."""
     if "torch" not in sys.modules:  # nothing was started (e.g. --help)
         return
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as err:  # noqa: BLE001 - closing is best effort
+        print(f"warning: could not close the process group: {err}", file=sys.stderr, flush=True)

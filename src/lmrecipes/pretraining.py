@@ -101,8 +101,6 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     rules = get_objective(objective)
     # eval keeps the loss only (no logits in memory) unless the objective computes metrics from the model's outputs
     training_args.prediction_loss_only = rules.compute_metrics is None
-    if training_args.ddp_find_unused_parameters is None:  # every pretraining model uses all its weights
-        training_args.ddp_find_unused_parameters = False
     collator = rules.collator(tokenizer, data_args, training_args.seed)
     throughput = throughput_callback(model, training_args, data_args.block_size)
     trainer = build_trainer(training_args, lambda: Trainer(

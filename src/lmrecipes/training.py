@@ -58,20 +58,23 @@ def describe_parallelism(trainer) -> str:
     """What a run really does, read from the Trainer's accelerator (not from the launcher's word)."""
     state = trainer.accelerator.state
     processes, device = state.num_processes, str(state.device)
-    machines = max(1, processes // int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes))
     if trainer.is_deepspeed_enabled:
         stage = state.deepspeed_plugin.zero_stage
-        what = f"DeepSpeed ZeRO-{stage}: {'parameters, ' if stage == 3 else ''}{'gradients, ' if stage >= 2 else ''}" \
-               "optimizer states sharded"
+        sharded = ["optimizer states", "gradients", "parameters"][:stage]
+        what = f"DeepSpeed ZeRO-{stage}: {', '.join(sharded) + ' sharded' if sharded else 'nothing sharded'}"
     elif trainer.is_fsdp_enabled:
         what = f"FSDP{getattr(state.fsdp_plugin, 'fsdp_version', 1)}: parameters, gradients, optimizer states sharded"
     elif processes > 1:
         what = "DDP: parameters replicated, gradients averaged"
+    elif trainer.args.n_gpu > 1:
+        what = f"one process, nn.DataParallel over {trainer.args.n_gpu} GPUs"
     else:
         what = "single process"
+    local = os.environ.get("LOCAL_WORLD_SIZE")  # set by torchrun / accelerate launch; else the machines are unknown
+    machines = f" on {processes // int(local)} machine{'s' if processes // int(local) > 1 else ''}" \
+        if local and local.isdigit() and int(local) > 0 else ""
     backend = f", backend {state.backend}" if processes > 1 else ""
-    return f"{what}; {processes} process{'es' if processes > 1 else ''} on {machines} machine" \
-           f"{'s' if machines > 1 else ''}{backend}, device {device}"
+    return f"{what}; {processes} process{'es' if processes > 1 else ''}{machines}{backend}, device {device}"
 
 
 def check_parallelism(trainer) -> str:
@@ -92,15 +95,24 @@ def build_trainer(training_args, build):
     """`build()`'s Trainer, made before output_dir is claimed so that a run whose parallelism is not the one
     asked for stops before anything is written (Trainer() creates output_dir: a folder it created is removed)."""
     out = Path(training_args.output_dir)
+    check_output_dir_is_a_folder(out)
     existed = out.exists()
     trainer = build()
     try:
         check_parallelism(trainer)
     except RecipeError:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        if training_args.should_save and not existed:
+            try:
+                out.rmdir()  # only when empty
+            except OSError:
+                pass
         raise
     return trainer
+
+
+def check_output_dir_is_a_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
 
 
 def accelerate_version() -> str:
@@ -340,8 +352,7 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
     out = Path(training_args.output_dir)
     previous_file, results_file = out / RUN_RECIPE, out / "all_results.json"
     with training_args.main_process_first(desc="output_dir check"):
-        if out.exists() and not out.is_dir():
-            raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
+        check_output_dir_is_a_folder(out)
         if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
             raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
                               "or empty folder (runs of lmrecipes before the marker existed: move them away)")
