@@ -14,12 +14,13 @@ import lmrecipes
 
 class Probe(TrainerCallback):
     def __init__(self):
-        self.batches = []
+        self.batches, self.blocks = [], []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         def record(module, inputs, kw):
             if module.training:
                 self.batches.append(hashlib.sha256(kw["input_ids"].numpy().tobytes()).hexdigest())
+                self.blocks += [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in kw["input_ids"]]
         model.register_forward_pre_hook(record, with_kwargs=True)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -27,6 +28,7 @@ class Probe(TrainerCallback):
         for tensor in model.state_dict().values():
             params.update(tensor.detach().float().numpy().tobytes())
         record = {"rank": args.process_index, "world_size": args.world_size, "batches": self.batches,
+                  "blocks": self.blocks,
                   "params": params.hexdigest(), "steps": state.global_step,
                   "device": str(args.device), "tokens": state.num_input_tokens_seen}
         Path(args.output_dir, f"probe-rank{args.process_index}.json").write_text(json.dumps(record))

@@ -94,6 +94,19 @@ def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_p
     assert read_json(out / "all_results.json")["train_tokens"] == 6 * 2 * 8 * 64
 
 
+def test_streaming_under_ddp_gives_each_rank_other_blocks(tmp_path, small_corpus):
+    """A stream read by 2 DDP processes: no block is trained on by both ranks (accelerate dispatches the stream's
+    batches from rank 0), and each rank's blocks are all different."""
+    out = tmp_path / "ddp-stream"
+    ranks = run_ddp_probe(LLAMA_RECIPE, small_corpus, out, {**TINY_LLAMA, "validation_fraction": 0.15,
+                                                            "max_steps": 5, "streaming": True, "max_eval_samples": 8})
+    assert [r["world_size"] for r in ranks] == [2, 2] and all(r["steps"] == 5 for r in ranks)
+    blocks = [set(r["blocks"]) for r in ranks]
+    assert all(len(b) == 5 * 8 for b in blocks), "8 different blocks per step on each rank"
+    assert not blocks[0] & blocks[1], "no block seen by both ranks"
+    assert ranks[0]["params"] == ranks[1]["params"]
+
+
 def test_streaming_mode_trains_from_a_stream(tmp_path, small_corpus):
     out = tmp_path / "stream"
     results = lmrecipes.pretrain(LLAMA_RECIPE, **{**TINY_LLAMA, "max_eval_samples": 8}, train_file=[small_corpus],
