@@ -39,12 +39,14 @@ def train_tokenizer(recipe: str | Path | dict | None = None, *, save_dir: str | 
 
 def build_model(recipe: str | Path | dict | None = None, *, tokenizer=None, **overrides):
     """The recipe's language model from its config class (random weights), sized to `tokenizer` when given."""
-    from .modeling import build_config, build_language_model, fit_config_to_tokenizer, infer_objective
+    from .modeling import (build_config, build_language_model, check_model_arguments, fit_config_to_tokenizer,
+                           infer_objective)
     from .pretraining import PRETRAIN_ARGUMENTS
 
     model_args, _, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
     config = build_config(model_args)
     objective = infer_objective(config, model_args.objective)
+    check_model_arguments(config, objective, model_args)
     if tokenizer is not None:
         fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
                                 vocab_size_set="vocab_size" in model_args.config_overrides)

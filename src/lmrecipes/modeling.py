@@ -165,43 +165,29 @@ def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, 
 
 
 def build_language_model(config, objective: str, model_args: ModelArguments, masked_fraction: float = 0.15):
-    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only).
-    `masked_fraction`: the data's mlm_probability (an objective's own builder may need it)."""
-    check_objective_keys(model_args, objective)
-    if get_objective(objective).build_model is not None:
-        return _build_with(get_objective(objective).build_model, config, model_args, masked_fraction)
-    auto = get_objective(objective).auto_model
+    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only): the
+    objective's Auto class, or its own builder (`masked_fraction`, the data's mlm_probability, is for that)."""
+    rules = get_objective(objective)
+    source = resolve_model_path(model_args.model_name_or_path) if model_args.model_name_or_path else None
     kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
-    if model_args.model_name_or_path:
-        try:
-            model = auto.from_pretrained(resolve_model_path(model_args.model_name_or_path), config=config,
-                                         use_safetensors=True,
-                                         revision=model_args.model_revision, **kwargs)
-        except (OSError, ValueError) as err:
+    try:
+        if rules.build_model is not None:
+            model = rules.build_model(config, model_args, masked_fraction, source)
+        elif source:
+            model = rules.auto_model.from_pretrained(source, config=config, use_safetensors=True,
+                                                     revision=model_args.model_revision, **kwargs)
+        else:
+            model = rules.auto_model.from_config(config, **kwargs)
+    except RecipeError:
+        raise
+    except (OSError, ValueError, ImportError) as err:
+        if source:
             raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r} "
                               f"(safetensors weights only): {first_line(err)}") from None
-    else:
-        try:
-            model = auto.from_config(config, **kwargs)
-        except (ValueError, ImportError) as err:
-            raise RecipeError(f"cannot build a {config.model_type} model: {first_line(err)}") from None
+        raise RecipeError(f"cannot build a {config.model_type} model: {first_line(err)}") from None
     if model.get_input_embeddings().weight.shape[0] < config.vocab_size:
         model.resize_token_embeddings(config.vocab_size)
     return model
-
-
-def _build_with(build, config, model_args: ModelArguments, masked_fraction: float):
-    """An objective's own model builder, with the errors of loading weights named as build_language_model does."""
-    source = resolve_model_path(model_args.model_name_or_path) if model_args.model_name_or_path else None
-    try:
-        return build(config, model_args, masked_fraction, source)
-    except (OSError, ValueError) as err:
-        if isinstance(err, RecipeError):
-            raise
-        what = f"cannot load {model_args.model_name_or_path!r} (safetensors weights only)" if source else \
-            f"cannot build a {config.model_type} model"
-        raise RecipeError(f"key 'model_name_or_path': {what}: {first_line(err)}" if source else
-                          f"{what}: {first_line(err)}") from None
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

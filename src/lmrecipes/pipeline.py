@@ -237,7 +237,7 @@ def run_pipeline(args: PipelineArguments) -> dict:
     table = summary_markdown(summary)
     (out / "summary.md").write_text(table)
     plot_loss_curves(pre_dir, {"pretrained": ft_dir, **({"scratch": scratch_dir} if args.scratch_baseline else {})},
-                     out / "loss_curves.png")
+                     out / "loss_curves.png", objective.loss_label)
     plot_label_curve(curve, out / "label_curve.png")
     print("\n" + table, flush=True)
     return summary
@@ -284,7 +284,7 @@ def _loss_history(folder: Path):
     return train, evaluation
 
 
-def plot_loss_curves(pretrain_dir: Path, finetune_dirs: dict, path: Path) -> None:
+def plot_loss_curves(pretrain_dir: Path, finetune_dirs: dict, path: Path, loss_label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,8 +294,7 @@ def plot_loss_curves(pretrain_dir: Path, finetune_dirs: dict, path: Path) -> Non
     train, evaluation = _loss_history(pretrain_dir)
     left.plot(*zip(*train), label="train") if train else None
     left.plot(*zip(*evaluation), "o-", label="held-out") if evaluation else None
-    objective = get_objective(read_run_recipe(pretrain_dir)["objective"])
-    left.set(title="pretraining", xlabel="step", ylabel=objective.loss_label)
+    left.set(title="pretraining", xlabel="step", ylabel=loss_label)
     left.legend()
     for name, folder in finetune_dirs.items():
         train, evaluation = _loss_history(folder)

@@ -70,9 +70,9 @@ def describe_parallelism(trainer) -> str:
         what = f"one process, nn.DataParallel over {trainer.args.n_gpu} GPUs"
     else:
         what = "single process"
-    local = os.environ.get("LOCAL_WORLD_SIZE")  # set by torchrun / accelerate launch; else the machines are unknown
-    machines = f" on {processes // int(local)} machine{'s' if processes // int(local) > 1 else ''}" \
-        if local and local.isdigit() and int(local) > 0 else ""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")  # set by torchrun / accelerate launch; else machines unknown
+    count = processes // int(local) if local.isdigit() and int(local) > 0 else None
+    machines = f" on {count} machine{'s' if count > 1 else ''}" if count else ""
     backend = f", backend {state.backend}" if processes > 1 else ""
     return f"{what}; {processes} process{'es' if processes > 1 else ''}{machines}{backend}, device {device}"
 
