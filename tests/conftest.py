@@ -111,22 +111,45 @@ def electra_run(tmp_path_factory):
     return out, results
 
 
-def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict) -> list[dict]:
-    """tests/ddp_probe.py under `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml` with 2 CPU
-    processes, as a user types it (no ACCELERATE_USE_CPU): each rank's record."""
-    import subprocess
-    import sys
+PARALLELISM = "Parallelism: {}; 2 processes on 1 machine, backend gloo"
+# Two CPU processes launched as a user would (the config, then flags for this machine): the parallelism logged
+LAUNCHES = {
+    "ddp": (["cpu_ddp.yaml"], PARALLELISM.format("DDP: parameters replicated, gradients averaged")),
+    "fsdp2": (["cpu_fsdp.yaml"], PARALLELISM.format("FSDP2: parameters, gradients, optimizer states sharded")),
+    "zero2": (["deepspeed_zero2.yaml", "--num_processes", "2", "--mixed_precision", "no"],
+              PARALLELISM.format("DeepSpeed ZeRO-2: optimizer states, gradients sharded")),
+    "zero3": (["deepspeed_zero3.yaml", "--num_processes", "2", "--mixed_precision", "no"],
+              PARALLELISM.format("DeepSpeed ZeRO-3: optimizer states, gradients, parameters sharded")),
+}
 
+
+def launch_env() -> dict:
+    """The environment of a user's shell: no ACCELERATE_USE_CPU; one thread per process (2 processes, 2 cores)."""
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0",
-         str(REPO / "tests" / "ddp_probe.py"), recipe, corpus, str(out), json.dumps(overrides)],
-        capture_output=True, text=True, timeout=600, env=env)
+    return env
+
+
+def accelerate_launch(launch: str, script, *arguments) -> list[str]:
+    """The command line of `accelerate launch --config_file accelerate_configs/CONFIG [flags] script ...` for one
+    of LAUNCHES."""
+    import sys
+
+    config, *flags = LAUNCHES[launch][0]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
+            *flags, "--main_process_port", "0", str(script), *map(str, arguments)]
+
+
+def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict, launch: str = "ddp") -> list[dict]:
+    """tests/ddp_probe.py under `accelerate launch` with 2 CPU processes (LAUNCHES; as a user types it, no
+    ACCELERATE_USE_CPU): each rank's record, after checking the parallelism the run logged."""
+    import subprocess
+
+    result = subprocess.run(accelerate_launch(launch, REPO / "tests" / "ddp_probe.py", recipe, corpus, out,
+                                              json.dumps(overrides)),
+                            capture_output=True, text=True, timeout=600, env=launch_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Parallelism: DDP: parameters replicated, gradients averaged; 2 processes on 1 machine, backend gloo" \
-        in result.stdout, result.stdout[-3000:]
+    assert LAUNCHES[launch][1] in result.stdout, result.stdout[-3000:]
     return [read_json(Path(out) / f"probe-rank{rank}.json") for rank in (0, 1)]
 
 

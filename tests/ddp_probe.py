@@ -1,6 +1,8 @@
 """Run by test_pretrain.py under `accelerate launch`: a user's script that pretrains through the API and records,
-per rank, the world size, a fingerprint of every training batch it saw, and of the final parameters."""
+per rank, the world size, a fingerprint of every training batch it saw, and of the final parameters, and how
+many parameter values the rank itself holds (FSDP, ZeRO-3: its shard)."""
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -24,11 +26,27 @@ class Probe(TrainerCallback):
         model.register_forward_pre_hook(record, with_kwargs=True)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.tensor import DTensor
+
+        local = total = 0
+        for p in model.parameters():  # FSDP2: DTensors; DeepSpeed ZeRO-3: a partition in ds_tensor
+            if hasattr(p, "ds_tensor"):
+                local, total = local + p.ds_tensor.numel(), total + p.ds_numel
+            else:
+                local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+                total += p.numel()
+        gathered = contextlib.nullcontext()
+        if any(hasattr(p, "ds_tensor") for p in model.parameters()):
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(model.parameters()))
         params = hashlib.sha256()
-        for tensor in model.state_dict().values():
-            params.update(tensor.detach().float().numpy().tobytes())
+        with gathered:  # every rank, same order: whole tensors
+            for tensor in model.state_dict().values():
+                whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+                params.update(whole.detach().float().numpy().tobytes())
         record = {"rank": args.process_index, "world_size": args.world_size, "batches": self.batches,
-                  "blocks": self.blocks,
+                  "blocks": self.blocks, "local_parameters": local, "parameters": total,
                   "params": params.hexdigest(), "steps": state.global_step,
                   "device": str(args.device), "tokens": state.num_input_tokens_seen}
         Path(args.output_dir, f"probe-rank{args.process_index}.json").write_text(json.dumps(record))

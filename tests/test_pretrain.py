@@ -83,15 +83,25 @@ def test_masked_pretraining_learns_a_fill_mask_pattern(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_path, small_corpus):
+    """...and reports the eval loss one process reports for the same weights: 37 held-out blocks at eval batch 16
+    leave the last batch uneven across 2 processes (the Trainer pads it with blocks from the start)."""
     out = tmp_path / "ddp"
-    ranks = run_ddp_probe(LLAMA_RECIPE, small_corpus, out, {**TINY_LLAMA, "validation_fraction": 0.15, "max_steps": 6})
+    settings = {**TINY_LLAMA, "validation_fraction": 0.15, "max_eval_samples": 37, "per_device_eval_batch_size": 16}
+    ranks = run_ddp_probe(LLAMA_RECIPE, small_corpus, out, {**settings, "max_steps": 6})
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["steps"] == 6 and len(r["batches"]) == 6 for r in ranks)
     assert not set(ranks[0]["batches"]) & set(ranks[1]["batches"]), "each rank saw different data"
     assert ranks[0]["params"] == ranks[1]["params"], "parameters identical on both ranks"
     assert ranks[0]["tokens"] == 6 * 2 * 8 * 64, "tokens counted over both processes"
-    assert read_json(out / "all_results.json")["train_tokens"] == 6 * 2 * 8 * 64
+    results = read_json(out / "all_results.json")
+    assert results["train_tokens"] == 6 * 2 * 8 * 64
+    assert results["eval_scored_tokens"] == 37 * 63, "every held-out block scored once"
+    # the same weights evaluated by one process (continued at learning rate 0 for one step: unchanged)
+    alone = lmrecipes.pretrain(LLAMA_RECIPE, **{**settings, "max_steps": 1, "learning_rate": 0.0},
+                               model_name_or_path=str(out), train_file=[small_corpus], output_dir=str(tmp_path / "one"))
+    assert alone["eval_scored_tokens"] == 37 * 63
+    assert abs(alone["eval_loss"] - results["eval_loss"]) < 1e-6, (alone["eval_loss"], results["eval_loss"])
 
 
 def test_streaming_under_ddp_gives_each_rank_other_blocks(tmp_path, small_corpus):

@@ -106,7 +106,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     trainer = build_trainer(training_args, lambda: Trainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=collator, compute_metrics=rules.compute_metrics,
-        callbacks=[throughput, *callbacks]))
+        preprocess_logits_for_metrics=rules.preprocess_logits, callbacks=[throughput, *callbacks]))
 
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)",
                                 run_inputs(model_args, tokenizer, fingerprint))

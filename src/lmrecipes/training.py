@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -79,14 +80,15 @@ def describe_parallelism(trainer) -> str:
 
 def check_parallelism(trainer) -> str:
     """Log the run's effective parallelism; a launch that asked for FSDP or DeepSpeed and would run something else
-    (accelerate 1.15 drops FSDP on CPU and trains plain DDP) is an error."""
+    (accelerate 1.15 trains plain DDP on CPU instead of FSDP version 1 or DeepSpeed) is an error."""
     described = describe_parallelism(trainer)
     asked = _asked_for()
     got = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed" if trainer.is_deepspeed_enabled else None
     if asked is not None and asked != got:
+        on_cpu = " (accelerate_configs/cpu_ddp.yaml or cpu_fsdp.yaml on CPU)" if trainer.args.device.type == "cpu" \
+            else ""
         raise RecipeError(f"the launch config asks for {asked}, but this run would be {described} (accelerate "
-                          f"{accelerate_version()} does not apply {asked} on this device); use a config that runs "
-                          "here (accelerate_configs/cpu_ddp.yaml on CPU)")
+                          f"{accelerate_version()} does not apply {asked} here); use a config that runs here{on_cpu}")
     logger.info("Parallelism: %s", described)
     return described
 
@@ -97,7 +99,8 @@ def build_trainer(training_args, build):
     out = Path(training_args.output_dir)
     check_output_dir_is_a_folder(out)
     existed = out.exists()
-    trainer = build()
+    with fsdp_on_cpu():
+        trainer = build()
     try:
         check_parallelism(trainer)
     except RecipeError:
@@ -108,6 +111,35 @@ def build_trainer(training_args, build):
                 pass
         raise
     return trainer
+
+
+@contextlib.contextmanager
+def fsdp_on_cpu():
+    """Let a multi-process CPU launch that asked for FSDP2 run FSDP2.
+
+    Hand-written: accelerate 1.15's AcceleratorState turns a launch's FSDP request into FSDP only for accelerator
+    device types (MULTI_GPU, MULTI_XPU, ...); on CPU (MULTI_CPU) it silently trains DDP. Yet torch's FSDP2
+    (`fully_shard`) shards parameters as DTensors and trains over gloo on CPU, and accelerate's FSDP2 code paths
+    (preparing the model, sharded checkpoints, full state dict) are device-neutral. So while the Trainer creates its
+    Accelerator, such a run is shown as a multi-device one; AcceleratorState then records FSDP as the run's type.
+    FSDP version 1 needs an accelerator: refused on CPU.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState._shared_state
+    shown = _asked_for() == "FSDP" and state.get("distributed_type") == DistributedType.MULTI_CPU
+    version = os.environ.get("FSDP_VERSION", "1")
+    if shown and version != "2":  # accelerate's FSDP1 plugin raises a RuntimeError without an accelerator
+        raise RecipeError(f"the launch config asks for FSDP version {version}, which needs an accelerator; on CPU "
+                          "lmrecipes runs FSDP2 (fsdp_version: 2, e.g. accelerate_configs/cpu_fsdp.yaml)")
+    if shown:
+        state["distributed_type"] = DistributedType.MULTI_GPU
+    try:
+        yield
+    finally:
+        if shown and state.get("distributed_type") == DistributedType.MULTI_GPU:
+            state["distributed_type"] = DistributedType.MULTI_CPU  # the Accelerator did not take FSDP: as it was
 
 
 def check_output_dir_is_a_folder(out: Path) -> None:
@@ -121,7 +153,8 @@ def accelerate_version() -> str:
     return accelerate.__version__
 
 
-CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                      "pytorch_model_fsdp_0/.metadata")  # FSDP's sharded weights: the metadata is written last
 # Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
 COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
                  "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
@@ -455,13 +488,30 @@ class NonFiniteLossGuard(TrainerCallback):
                               "or max_grad_norm)")
 
 
+def save_final_model(trainer) -> None:
+    """The Trainer's final save, whole under every parallelism. Under FSDP with sharded checkpoints the Trainer's
+    save_model writes no weights at all (only a full state dict is saved there); the final model is gathered into a
+    full state dict instead (accelerate's documented "train sharded, save full"), so output_dir holds one
+    safetensors model that from_pretrained loads. Checkpoints stay sharded (fast to write, resumable)."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
+    sharded = plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type)
+    if sharded:
+        kept = plugin.state_dict_type
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    try:
+        trainer.save_model()
+    finally:
+        if sharded:
+            plugin.set_state_dict_type(kept)
+
+
 def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallback) -> dict:
     """Train (resuming if asked), save the final model, tokenizer and trainer_state.json, return train metrics."""
     trainer.args.logging_nan_inf_filter = False  # a NaN loss must show, for NonFiniteLossGuard
     trainer.add_callback(NonFiniteLossGuard())
     trainer.add_callback(RunFilesRecorder())
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
+    save_final_model(trainer)
     trainer.save_state()
     metrics = dict(result.metrics)
     metrics.update(throughput.metrics)

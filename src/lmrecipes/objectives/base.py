@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 
 def pipeline_snippet(task: str, variable: str, repo_id: str, call: str) -> str:
     """A model card's how-to-use code: a transformers pipeline of `task` on `repo_id`, then `print(call)`."""
@@ -14,6 +16,30 @@ def pipeline_snippet(task: str, variable: str, repo_id: str, call: str) -> str:
 
 def perplexity(loss_nats_per_token: float) -> float:
     return math.exp(loss_nats_per_token) if loss_nats_per_token < 700 else math.inf
+
+
+def loss_sums_per_block(logits, labels, shift: bool):
+    """The Trainer's `preprocess_logits_for_metrics` for a language-model loss: per block, [summed cross-entropy of
+    its scored tokens (label != -100), their count], so that only two numbers a block are kept and gathered.
+    `shift`: labels are the inputs (causal: token t predicts t+1)."""
+    import torch
+
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    scored = labels != -100
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels.masked_fill(~scored, 0),
+                                               reduction="none")
+    return torch.stack([(losses * scored).sum(1), scored.sum(1).to(losses.dtype)], dim=1)
+
+
+def token_weighted_loss(prediction) -> dict:
+    """The Trainer's `compute_metrics` over loss_sums_per_block's rows of the whole evaluation set: the mean loss
+    per scored token. Returned as `loss`, it replaces the Trainer's eval_loss, which averages each batch's mean per
+    block: that weighs masked-LM batches wrongly (their blocks score different numbers of tokens) and, under DDP,
+    counts the blocks that pad the last uneven batch (an eval loss that changed with the number of processes)."""
+    sums = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1, 2).sum(0)
+    return {"loss": float(sums[0] / max(sums[1], 1.0)), "scored_tokens": int(sums[1])}
 
 
 @dataclass(frozen=True)
@@ -45,7 +71,10 @@ class Objective:
         (checked before any data is prepared).
     build_model: (config, model arguments, masked fraction, weights folder or Hub id or None) -> the model to
         train, when `auto_model.from_config` / `from_pretrained` is not it.
-    compute_metrics: the Trainer's `compute_metrics` over what the model returns at evaluation; None: the loss only.
+    compute_metrics: the Trainer's `compute_metrics` over what the model returns at evaluation (after
+        preprocess_logits); None: the Trainer's loss only.
+    preprocess_logits: the Trainer's `preprocess_logits_for_metrics`: what of each evaluation batch's logits is kept
+        for compute_metrics.
     finalize_saved: (output_dir) -> None, run on the main process after the final save: turns what the Trainer
         saved into the published layout.
     saved_folders: subfolders of a finished run that belong to the model (published and recorded with it).
@@ -74,5 +103,6 @@ class Objective:
     check_arguments: Callable | None = None
     build_model: Callable | None = None
     compute_metrics: Callable | None = None
+    preprocess_logits: Callable | None = None
     finalize_saved: Callable | None = None
     saved_folders: tuple[str, ...] = ()

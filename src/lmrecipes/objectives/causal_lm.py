@@ -7,7 +7,7 @@ import math
 from transformers import AutoModelForCausalLM, default_data_collator
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from .base import Objective, perplexity, pipeline_snippet
+from .base import Objective, loss_sums_per_block, perplexity, pipeline_snippet, token_weighted_loss
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:
@@ -39,4 +39,6 @@ CAUSAL_LM = Objective(
         'generate("It was a dark and stormy night", max_new_tokens=40)[0]["generated_text"]'),
     card_tag="causal-lm",
     description="a causal language model pretrained from scratch",
+    compute_metrics=token_weighted_loss,
+    preprocess_logits=lambda logits, labels: loss_sums_per_block(logits, labels, shift=True),
 )

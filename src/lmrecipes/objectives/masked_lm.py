@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from .base import Objective, perplexity, pipeline_snippet
+from .base import Objective, loss_sums_per_block, perplexity, pipeline_snippet, token_weighted_loss
 
 
 class BatchSeededMasking(DataCollatorForLanguageModeling):
@@ -60,4 +60,6 @@ MASKED_LM = Objective(
         "fill-mask", "fill", repo_id, f'fill("The ship sailed across the {mask_token or "[MASK]"}.")'),
     card_tag="masked-lm",
     description="a masked language model pretrained from scratch",
+    compute_metrics=token_weighted_loss,
+    preprocess_logits=lambda logits, labels: loss_sums_per_block(logits, labels, shift=False),
 )
