@@ -201,3 +201,40 @@ def test_packing_carries_remainders_and_marks_every_special_token(tmp_path, mask
     for block, mask in zip(blocks["input_ids"][:50], blocks["special_tokens_mask"][:50]):
         assert mask == [int(t in tokenizer.all_special_ids) for t in block]  # as the collator's own default
         assert sum(mask) > 2  # inner [SEP]s between the short documents
+
+
+def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
+    """One forward/backward pass decides `find_unused_parameters` for DDP (a per-step cost and a warning when on)."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedDataParallelKwargs
+    from transformers import LlamaConfig, LlamaForCausalLM, default_data_collator
+
+    from lmrecipes.training import choose_unused_parameter_search
+
+    def decided(model, **args):
+        handler = DistributedDataParallelKwargs(find_unused_parameters=True)  # the Trainer's default
+        rows = [{"input_ids": list(range(1, 17)), "labels": list(range(1, 17)), "text": "dropped"}]
+        trainer = SimpleNamespace(
+            args=SimpleNamespace(**{"world_size": 2, "ddp_find_unused_parameters": None, "device": torch.device("cpu"),
+                                    **args}),
+            accelerator=SimpleNamespace(ddp_handler=handler), model=model, train_dataset=rows,
+            data_collator=default_data_collator, is_fsdp_enabled=False, is_deepspeed_enabled=False,
+            compute_loss=lambda model, inputs: model(**inputs).loss)
+        state = torch.random.get_rng_state()
+        choose_unused_parameter_search(trainer)
+        assert torch.equal(state, torch.random.get_rng_state()), "random state kept"
+        assert all(p.grad is None for p in model.parameters()), "gradients cleared"
+        return handler.find_unused_parameters
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    assert decided(LlamaForCausalLM(config)) is False
+    assert decided(LlamaForCausalLM(config), ddp_find_unused_parameters=True) is True  # the recipe's word
+    assert decided(LlamaForCausalLM(config), world_size=1) is True  # one process: no DDP, nothing to decide
+    unused = LlamaForCausalLM(config)
+    unused.model.spare = torch.nn.Linear(4, 4)  # never called in forward
+    assert decided(unused) is True
+    config.num_local_experts = 4
+    assert decided(LlamaForCausalLM(config)) is True

@@ -195,6 +195,62 @@ def test_two_process_pretraining_killed_resumes_to_the_same_result(tmp_path, sma
     assert results["train_tokens"] == expected["train_tokens"] == 12 * 2 * 8 * 64
 
 
+FAKE_SRUN = """#!/bin/bash
+# srun for a test: runs the job step's `bash -c COMMAND` once per node, at the same time, each node with its own
+# SLURM_PROCID and its own caches (machines that share no filesystem but output_dir); logs each node's command
+while [ "$1" != bash ]; do shift; done
+for node in $(seq 0 $((SLURM_NNODES - 1))); do
+    SLURM_PROCID=$node LMRECIPES_CACHE=$NODES_DIR/node$node/cache HF_HOME=$NODES_DIR/node$node/hf \\
+        bash -xc "$3" > "$NODES_DIR/node$node.log" 2>&1 &
+done
+failed=0
+for job in $(jobs -p); do wait $job || failed=1; done
+exit $failed
+"""
+
+
+def test_slurm_script_on_two_nodes_over_loopback_trains_one_model(tmp_path, small_corpus, uninterrupted):
+    """accelerate_configs/slurm_multi_node.sbatch run as SLURM would on 2 nodes of 1 CPU process each (srun and
+    scontrol faked, the nodes on 127.0.0.1, no shared cache): the rendered launches name each node's rank and the
+    first node's address; the two `accelerate launch` processes train one model with world size 2 (the loss of a
+    2-process run on one machine), and the recipe's tokenizer is trained once, by process 0, and sent to the other
+    node (which used to find none and crash)."""
+    import socket
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf '127.0.0.1\\nnode-b\\n'\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    config = yaml.safe_load((REPO / "accelerate_configs" / "multi_node.yaml").read_text())
+    (tmp_path / "cpu.yaml").write_text(yaml.safe_dump({**config, "mixed_precision": "no"}))  # bf16: GPU nodes
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **SCALE_OUT, train_file=[small_corpus],
+                          output_dir=str(out))
+    env = {**launch_env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "GPUS_PER_NODE": "1", "MASTER_PORT": str(port),
+           "ACCELERATE_CONFIG": str(tmp_path / "cpu.yaml"), "NODES_DIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(REPO / "accelerate_configs" / "slurm_multi_node.sbatch"), str(recipe)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    logs = [(tmp_path / f"node{node}.log").read_text() for node in (0, 1)]
+    assert done.returncode == 0, logs[0][-2000:] + logs[1][-2000:]
+    for node, log in enumerate(logs):
+        launch = next(line for line in log.splitlines() if line.startswith("+ accelerate launch"))
+        assert f"--num_machines 2 --num_processes 2 --machine_rank {node} --main_process_ip 127.0.0.1 " \
+               f"--main_process_port {port} scripts/pretrain.py {recipe}" in launch, launch
+    assert "Parallelism: DDP: parameters replicated, gradients averaged; 2 processes on 2 machines, backend gloo" \
+        in logs[0]
+    assert (tmp_path / "node0" / "cache" / "tokenizers").is_dir()
+    assert not (tmp_path / "node1" / "cache" / "tokenizers").exists(), "the second node trained no tokenizer"
+    results, single_machine = read_json(out / "all_results.json"), read_json(uninterrupted("ddp")[0] / "all_results.json")
+    assert results["train_tokens"] == single_machine["train_tokens"] == 12 * 2 * 8 * 64
+    assert abs(results["eval_loss"] - single_machine["eval_loss"]) < 1e-6
+
+
 def test_deepspeed_zero2_on_two_cpu_processes_trains_like_ddp(uninterrupted):
     ranks = uninterrupted("zero2")[1]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["params"] == ranks[1]["params"]
@@ -458,6 +514,34 @@ def test_a_launch_asking_for_fsdp_that_cannot_run_stops_in_one_line(tmp_path, sm
         in errors[0]
     assert "Traceback" not in result.stderr.split("error: ", 1)[0]
     assert not out.exists(), "nothing written"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_one_process_started_by_accelerate_launch_trains_on_every_cpu(tmp_path, small_corpus):
+    """accelerate launch sets OMP_NUM_THREADS=1 for the one process it starts (half the speed of a 2-core machine):
+    lmrecipes trains on all CPUs unless the user chose a thread count."""
+    cpus = len(os.sched_getaffinity(0))
+    for name, chosen in (("default", {}), ("chosen", {"OMP_NUM_THREADS": "1"})):
+        recipe = write_recipe(tmp_path / f"{name}.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
+                              validation_fraction=0.15, max_steps=1, output_dir=str(tmp_path / name))
+        env = {key: value for key, value in launch_env().items() if key != "OMP_NUM_THREADS"}
+        done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", str(REPO / "scripts" / "pretrain.py"),
+                               str(recipe)], capture_output=True, text=True, timeout=300, env={**env, **chosen})
+        assert done.returncode == 0, done.stderr[-3000:]
+        threads = cpus if name == "default" else 1
+        assert f"CPU threads per process: {threads} of {cpus} CPUs" in done.stdout, done.stdout[-3000:]
+
+
+def test_processes_that_would_each_train_alone_are_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from lmrecipes.training import check_world_size
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # launched as 2 processes, but each one's arguments see world size 1
+    with pytest.raises(lmrecipes.RecipeError, match="2 processes were launched but training would run with world "
+                                                    r"size 1: each process would train a duplicate model"):
+        check_world_size(SimpleNamespace(world_size=1))
+    check_world_size(SimpleNamespace(world_size=2))
 
 
 def test_several_processes_on_a_cpu_machine_train_one_ddp_run_without_extra_variables(tmp_path, small_corpus):

@@ -22,7 +22,7 @@ from .rows import RowRules, label_key
 from .tokenizer import load_tokenizer
 from .training import (build_trainer, check_resume_request, check_world_size, claim_output_dir, find_checkpoint,
                        hub_target, publish_if_asked, record_run, record_saved_files, run_inputs, setup_logging,
-                       throughput_callback, train_and_save)
+                       throughput_callback, train_and_save, use_the_cpus)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -319,6 +319,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                    training_args: RunArguments, explicit: dict | None = None, callbacks=()) -> dict:
     """Fine-tune a classifier end to end; returns the results also written to `output_dir/all_results.json`."""
     setup_logging(training_args)
+    use_the_cpus(training_args)
     check_world_size(training_args)
     check_resume_request(training_args)
     warn_remote_code(model_args)

@@ -18,10 +18,10 @@ from .modeling import (build_config, build_language_model, check_model_arguments
 from .objectives import get_objective
 from .recipe import resolved_recipe
 from .rows import RowRules
-from .tokenizer import get_or_train_tokenizer
+from .tokenizer import get_or_train_tokenizer, tokenizer_made_once
 from .training import (build_trainer, check_resume_request, check_world_size, claim_output_dir, find_checkpoint,
                        hub_target, publish_if_asked, record_saved_files, run_inputs, setup_logging, throughput_callback,
-                       train_and_save)
+                       train_and_save, use_the_cpus)
 
 logger = logging.getLogger("lmrecipes")
 
@@ -34,9 +34,8 @@ def _iter_texts(dataset, column: str):
     return (row[column] for row in dataset)
 
 
-def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
-                              data_args: PretrainDataArguments, objective: str, is_main_process: bool = True):
-    """The raw train/validation splits, their fingerprint, and the recipe's tokenizer (trained on train if needed)."""
+def load_corpus(data_args: PretrainDataArguments):
+    """The raw train/validation splits and their fingerprint (what the tokenizer and the packed data depend on)."""
     raw, fingerprint = load_raw_splits(data_args, streaming=data_args.streaming,
                                        rules=RowRules(texts={"text_column": data_args.text_column}))
     if "validation" not in raw:
@@ -45,12 +44,24 @@ def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: Tokeni
     # the training split, and so the tokenizer and the packed data, also depend on these keys and rows checks
     fingerprint = hashlib.sha256(json.dumps([fingerprint, data_args.text_column, data_args.validation_fraction,
                                              data_args.skip_bad_rows]).encode()).hexdigest()
+    return raw, fingerprint
+
+
+def corpus_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                     data_args: PretrainDataArguments, objective: str, raw: dict, fingerprint: str):
+    """The recipe's tokenizer: loaded, or trained on the training split (cached per corpus and settings)."""
     tokenizer = get_or_train_tokenizer(
         tokenizer_args, objective, lambda: _iter_texts(raw["train"], data_args.text_column), fingerprint,
-        data_args.cache_root, trust_remote_code=model_args.trust_remote_code, is_main_process=is_main_process,
-    )
+        data_args.cache_root, trust_remote_code=model_args.trust_remote_code)
     check_tokenizer_for(objective, tokenizer)
-    return raw, fingerprint, tokenizer
+    return tokenizer
+
+
+def load_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                              data_args: PretrainDataArguments, objective: str):
+    """The raw train/validation splits, their fingerprint, and the recipe's tokenizer (trained on train if needed)."""
+    raw, fingerprint = load_corpus(data_args)
+    return raw, fingerprint, corpus_tokenizer(model_args, tokenizer_args, data_args, objective, raw, fingerprint)
 
 
 def recipe_tokenizer(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
@@ -69,6 +80,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     `explicit` holds the keys the user set (recorded in recipe.yaml); `callbacks` are extra `TrainerCallback`s.
     """
     setup_logging(training_args)
+    use_the_cpus(training_args)
     check_world_size(training_args)
     check_resume_request(training_args)
     warn_remote_code(model_args)
@@ -80,9 +92,13 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     if data_args.streaming and training_args.max_steps <= 0:
         raise RecipeError("key 'streaming': streaming needs max_steps (the stream has no known length)")
 
-    with training_args.main_process_first(desc="tokenizer and data preparation"):
-        raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective,
-                                                                training_args.process_index == 0)
+    # caches are filled by the first process of each machine (machines need not share a filesystem); the tokenizer
+    # is made once for the whole run and sent to every process
+    with training_args.main_process_first(desc="reading the corpus"):
+        raw, fingerprint = load_corpus(data_args)
+    tokenizer = tokenizer_made_once(
+        lambda: corpus_tokenizer(model_args, tokenizer_args, data_args, objective, raw, fingerprint), training_args)
+    with training_args.main_process_first(desc="data preparation"):
         train_dataset, eval_dataset, eval_bytes_per_token = prepare_pretraining_data(
             raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revisi
 
 
 def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_factory, data_fingerprint: str,
-                           cache_root: Path, *, trust_remote_code: bool = False, is_main_process: bool = True):
+                           cache_root: Path, *, trust_remote_code: bool = False):
     """Load the recipe's tokenizer, or train one once per (corpus, settings) and reuse it from the cache.
 
     `texts_factory()` returns an iterable of training texts; it is only called when training is needed.
@@ -122,8 +123,6 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_facto
     if (folder / "tokenizer.json").is_file():
         logger.info("Reusing the tokenizer trained earlier on this corpus: %s", folder)
         return AutoTokenizer.from_pretrained(folder)
-    if not is_main_process:
-        raise RuntimeError(f"tokenizer missing from {folder} after the main process trained it")
     logger.info("Training a %s tokenizer (vocab %d) on the training text...",
                 args.tokenizer_type or get_objective(objective).tokenizer_type, args.vocab_size)
     tokenizer = train_tokenizer(texts_factory(), args, objective)
@@ -131,3 +130,38 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_facto
         tokenizer.save_pretrained(tmp)
     logger.info("Tokenizer saved to %s (%d tokens)", folder, len(tokenizer))
     return AutoTokenizer.from_pretrained(folder)
+
+
+def tokenizer_made_once(make, training_args):
+    """The tokenizer of a run: `make()` on process 0 alone when several processes run; the others receive its
+    files through the process group and load them.
+
+    Hand-written: `main_process_first` orders the processes of one machine only, so on several machines the first
+    process of each trained its own tokenizer at the same time, or found none (without a shared cache). Sent over
+    the process group, the tokenizer is trained once and needs no shared filesystem. An error on process 0 (a
+    RecipeError) is sent instead and raised by every process.
+    """
+    if training_args.world_size <= 1:
+        return make()
+    from accelerate.utils import broadcast_object_list
+
+    message = [None]
+    if training_args.process_index == 0:
+        try:
+            tokenizer = make()
+            with tempfile.TemporaryDirectory() as tmp:
+                tokenizer.save_pretrained(tmp)
+                message = [{path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}]
+        except RecipeError as err:
+            message = [err]
+            broadcast_object_list(message, from_process=0)
+            raise
+    broadcast_object_list(message, from_process=0)
+    if isinstance(message[0], RecipeError):
+        raise message[0]
+    if training_args.process_index == 0:
+        return tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in message[0].items():
+            (Path(tmp) / name).write_bytes(content)
+        return AutoTokenizer.from_pretrained(tmp)

@@ -38,14 +38,44 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
+def _launcher_chose_threads() -> bool:
+    """Whether OMP_NUM_THREADS comes from `accelerate launch`'s default rather than from the user: the launcher
+    (this process's parent) was started with no OMP_NUM_THREADS and no --num_cpu_threads_per_process. Read from
+    /proc (Linux); elsewhere the setting is kept."""
+    try:
+        parent = Path("/proc") / str(os.getppid())
+        command = parent.joinpath("cmdline").read_bytes().split(b"\0")
+        environment = parent.joinpath("environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    launched_by_accelerate = any(part.endswith(b"accelerate") for part in command[:2]) and b"launch" in command or \
+        b"accelerate.commands.launch" in command
+    return (launched_by_accelerate and not any(part.startswith(b"OMP_NUM_THREADS=") for part in environment)
+            and not any(part.startswith(b"--num_cpu_threads_per_process") for part in command))
+
+
+def use_the_cpus(training_args) -> None:
+    """A single CPU process started by `accelerate launch` trains on every core of the machine: accelerate sets
+    OMP_NUM_THREADS=1 for the process it starts unless told otherwise, which halved the speed of a 2-core machine.
+    A thread count the user set (OMP_NUM_THREADS, --num_cpu_threads_per_process) is kept; several processes keep
+    accelerate's share of the cores."""
+    if training_args.device.type != "cpu" or training_args.world_size > 1 or "OMP_NUM_THREADS" not in os.environ:
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if torch.get_num_threads() < cpus and _launcher_chose_threads():
+        logger.info("accelerate launch set OMP_NUM_THREADS=%s by default: training on all %d CPUs instead (set "
+                    "OMP_NUM_THREADS or --num_cpu_threads_per_process to choose)", os.environ["OMP_NUM_THREADS"], cpus)
+        torch.set_num_threads(cpus)
+
+
 def check_world_size(training_args) -> None:
     """Several processes launched but each training alone (e.g. `--multi_gpu` on CPU without use_cpu) is an error."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and training_args.world_size != launched:
         raise RecipeError(
             f"{launched} processes were launched but training would run with world size {training_args.world_size}:"
-            " each process would train a duplicate model. On CPU set ACCELERATE_USE_CPU=true for accelerate launch (or "
-            "pass --use_cpu true)")
+            " each process would train a duplicate model (launch with accelerate launch or torchrun, which set up the "
+            "process group; on CPU e.g. --config_file accelerate_configs/cpu_ddp.yaml)")
 
 
 def _asked_for() -> str | None:
@@ -103,6 +133,7 @@ def build_trainer(training_args, build):
         trainer = build()
     try:
         check_parallelism(trainer)
+        choose_unused_parameter_search(trainer)
     except RecipeError:
         if training_args.should_save and not existed:
             try:
@@ -140,6 +171,40 @@ def fsdp_on_cpu():
     finally:
         if shown and state.get("distributed_type") == DistributedType.MULTI_GPU:
             state["distributed_type"] = DistributedType.MULTI_CPU  # the Accelerator did not take FSDP: as it was
+
+
+MIXTURE_OF_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def choose_unused_parameter_search(trainer) -> None:
+    """DDP's search for parameters without a gradient after every backward pass (`ddp_find_unused_parameters`,
+    on by default in the Trainer) costs a graph traversal per step and a warning in every run of a model that uses
+    all its weights. Unless the recipe sets it (or activation checkpointing turns it off), one forward and backward
+    pass on the first training example (random state kept, gradients cleared) decides: the search stays on only
+    when a trainable parameter gets no gradient, and always for mixtures of experts (the experts a batch reaches
+    change from batch to batch). Hand-written: neither the Trainer nor accelerate looks."""
+    args, handler, model = trainer.args, trainer.accelerator.ddp_handler, trainer.model
+    if (args.world_size <= 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or handler is None
+            or args.ddp_find_unused_parameters is not None or not handler.find_unused_parameters):
+        return
+    config = getattr(model, "config", None)
+    if any(getattr(config, key, None) for key in MIXTURE_OF_EXPERTS_KEYS):
+        logger.info("DDP searches for unused parameters at every step (a mixture of experts)")
+        return
+    import inspect
+
+    accepted = set(inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters)
+    example = next(iter(trainer.train_dataset))
+    example = {key: value for key, value in example.items() if key in accepted | {"label", "label_ids"}}
+    batch = {key: value for key, value in trainer.data_collator([example]).items() if key in accepted}
+    with torch.random.fork_rng(devices=[]):
+        trainer.compute_loss(model, {key: value.to(args.device) for key, value in batch.items()}).backward()
+    unused = [name for name, parameter in model.named_parameters()
+              if parameter.requires_grad and parameter.grad is None]
+    model.zero_grad(set_to_none=True)
+    handler.find_unused_parameters = bool(unused)
+    logger.info("DDP unused-parameter search: %s", f"on ({len(unused)} parameters get no gradient, e.g. {unused[0]})"
+                if unused else "off (every trainable parameter gets a gradient)")
 
 
 def check_output_dir_is_a_folder(out: Path) -> None:
@@ -384,7 +449,7 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
     """
     out = Path(training_args.output_dir)
     previous_file, results_file = out / RUN_RECIPE, out / "all_results.json"
-    with training_args.main_process_first(desc="output_dir check"):
+    with training_args.main_process_first(local=False, desc="output_dir check"):  # all machines: after process 0
         check_output_dir_is_a_folder(out)
         if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
             raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
