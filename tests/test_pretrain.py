@@ -126,6 +126,31 @@ def test_streaming_mode_trains_from_a_stream(tmp_path, small_corpus):
     assert read_json(out / "trainer_state.json")["global_step"] == 5
 
 
+def test_a_resumed_stream_skips_the_trained_blocks_and_ends_as_an_uninterrupted_run(tmp_path, small_corpus, capsys):
+    """A streaming run resumed at step 6 of 12 (shuffled stream, dropout on so the random state matters): the 48
+    blocks trained on are skipped in the stream, with progress logged, and the run ends where an uninterrupted one
+    does."""
+    from transformers import TrainerCallback
+
+    class StopAt6(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 6
+
+    settings = {**TINY_LLAMA, "max_eval_samples": 8, "train_file": [small_corpus], "validation_fraction": 0.15,
+                "streaming": True, "max_steps": 12, "save_steps": 6, "seed": 3,
+                "config_overrides": {**TINY_LLAMA["config_overrides"], "attention_dropout": 0.1}}
+    whole = lmrecipes.pretrain(LLAMA_RECIPE, **settings, output_dir=str(tmp_path / "whole"))
+    lmrecipes.pretrain(LLAMA_RECIPE, **settings, output_dir=str(tmp_path / "first"), callbacks=[StopAt6()])
+    capsys.readouterr()
+    resumed = lmrecipes.pretrain(LLAMA_RECIPE, **settings, output_dir=str(tmp_path / "second"),
+                                 resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-6"))
+    log = capsys.readouterr().out
+    assert "Resuming a stream at step 6: skipping the 48 blocks trained on" in log
+    assert "Resuming the stream: 48 of 48 blocks skipped (100%)" in log
+    assert resumed["train_tokens"] == whole["train_tokens"] == 12 * 8 * 64
+    assert abs(resumed["eval_loss"] - whole["eval_loss"]) < 1e-6, (resumed["eval_loss"], whole["eval_loss"])
+
+
 def test_streaming_without_max_steps_is_refused(tmp_path, small_corpus):
     with pytest.raises(lmrecipes.RecipeError, match="key 'streaming': streaming needs max_steps"):
         lmrecipes.pretrain(LLAMA_RECIPE, **TINY_LLAMA, train_file=[small_corpus], streaming=True, max_steps=-1,

@@ -570,11 +570,73 @@ def save_final_model(trainer) -> None:
             plugin.set_state_dict_type(kept)
 
 
+class _SkipTrainedBlocks:
+    """Batched `IterableDataset.filter` function (with indices) dropping the first `count` blocks of the stream's
+    first pass, with progress in the log; later passes (the stream restarted: new epochs) keep every block."""
+
+    def __init__(self, count: int):
+        self.count, self.every, self.logged, self.done = count, max(count // 10, 1), 0, False
+
+    def __call__(self, blocks, indices: list[int]) -> list[bool]:
+        if self.done:
+            return [True] * len(indices)
+        keep = [index >= self.count for index in indices]
+        skipped = min(indices[-1] + 1, self.count)
+        if skipped // self.every > self.logged // self.every or skipped == self.count:
+            logger.info("Resuming the stream: %d of %d blocks skipped (%.0f%%)", skipped, self.count,
+                        100 * skipped / self.count)
+            self.logged = skipped
+        self.done = skipped == self.count
+        return keep
+
+
+class _RandomStateFromCheckpoint(TrainerCallback):
+    """Restores the checkpoint's random state where the Trainer does when it skips the data itself (which it no
+    longer does): once the first step's batches are fetched (making the data iterator draws a seed)."""
+
+    def __init__(self, trainer, checkpoint: str):
+        self.trainer, self.checkpoint = trainer, checkpoint
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.checkpoint is not None:
+            self.trainer._load_rng_state(self.checkpoint)
+            self.checkpoint = None
+
+
+def skip_trained_stream(trainer, checkpoint: str | None) -> None:
+    """Resuming a streaming run: the blocks already trained on are dropped from the stream itself, before batches
+    are collated, with progress in the log.
+
+    Hand-written: the Trainer (transformers 5.24) skips a resumed stream batch by batch through accelerate's
+    dispatcher (process 0 reads, tokenizes, collates and sends every skipped batch to every process) and says
+    nothing at the default log level. No resumable position is offered for it: accelerate's stateful data loader is
+    not used by the Trainer, and datasets' `IterableDataset.state_dict` does not keep the shuffle buffer, so
+    resuming exactly still reads (and tokenizes) the stream from its start; only the collation and the sending of
+    the skipped batches are saved. Same blocks in the same order as the Trainer's own skip, same random state.
+    """
+    import datasets
+
+    if checkpoint is None or not isinstance(trainer.train_dataset, datasets.IterableDataset):
+        return
+    args = trainer.args
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    count = step * args.gradient_accumulation_steps * args.per_device_train_batch_size * args.world_size
+    if count == 0 or args.ignore_data_skip:
+        return
+    logger.info("Resuming a stream at step %d: skipping the %d blocks trained on (the stream is read again from its "
+                "start: a shuffled stream keeps no position)", step, count)
+    trainer.train_dataset = trainer.train_dataset.filter(_SkipTrainedBlocks(count), with_indices=True, batched=True,
+                                                         batch_size=256)
+    args.ignore_data_skip = True  # the Trainer skips nothing more
+    trainer.add_callback(_RandomStateFromCheckpoint(trainer, checkpoint))
+
+
 def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallback) -> dict:
     """Train (resuming if asked), save the final model, tokenizer and trainer_state.json, return train metrics."""
     trainer.args.logging_nan_inf_filter = False  # a NaN loss must show, for NonFiniteLossGuard
     trainer.add_callback(NonFiniteLossGuard())
     trainer.add_callback(RunFilesRecorder())
+    skip_trained_stream(trainer, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer)
     trainer.save_state()
