@@ -180,7 +180,8 @@ def choose_unused_parameter_search(trainer) -> None:
     """DDP's search for parameters without a gradient after every backward pass (`ddp_find_unused_parameters`,
     on by default in the Trainer) costs a graph traversal per step and a warning in every run of a model that uses
     all its weights. Unless the recipe sets it (or activation checkpointing turns it off), one forward and backward
-    pass on the first training example (random state kept, gradients cleared) decides: the search stays on only
+    pass on the first training example (a stream's: the first held-out one; random state kept, gradients cleared)
+    decides: the search stays on only
     when a trainable parameter gets no gradient, and always for mixtures of experts (the experts a batch reaches
     change from batch to batch). Hand-written: neither the Trainer nor accelerate looks."""
     args, handler, model = trainer.args, trainer.accelerator.ddp_handler, trainer.model
@@ -193,8 +194,15 @@ def choose_unused_parameter_search(trainer) -> None:
         return
     import inspect
 
+    import datasets
+
     accepted = set(inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters)
-    example = next(iter(trainer.train_dataset))
+    # a stream's first block would cost filling its shuffle buffer: a held-out block has the same columns
+    source = trainer.eval_dataset if isinstance(trainer.train_dataset, datasets.IterableDataset) else \
+        trainer.train_dataset
+    if source is None:
+        return
+    example = next(iter(source))
     example = {key: value for key, value in example.items() if key in accepted | {"label", "label_ids"}}
     batch = {key: value for key, value in trainer.data_collator([example]).items() if key in accepted}
     with torch.random.fork_rng(devices=[]):
