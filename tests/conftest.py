@@ -130,14 +130,14 @@ def launch_env() -> dict:
     return env
 
 
-def accelerate_launch(launch: str, script, *arguments) -> list[str]:
+def accelerate_launch(launch: str, script, *arguments, flags=()) -> list[str]:
     """The command line of `accelerate launch --config_file accelerate_configs/CONFIG [flags] script ...` for one
-    of LAUNCHES."""
+    of LAUNCHES, with more launcher `flags` if given."""
     import sys
 
-    config, *flags = LAUNCHES[launch][0]
+    config, *own_flags = LAUNCHES[launch][0]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
-            *flags, "--main_process_port", "0", str(script), *map(str, arguments)]
+            *own_flags, *flags, "--main_process_port", "0", str(script), *map(str, arguments)]
 
 
 def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict, launch: str = "ddp") -> list[dict]:
@@ -150,6 +150,8 @@ def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict, launch: str = 
                             capture_output=True, text=True, timeout=600, env=launch_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert LAUNCHES[launch][1] in result.stdout, result.stdout[-3000:]
+    if launch == "ddp":  # the models of the tests use every weight: DDP's per-step search is off
+        assert "DDP unused-parameter search: off" in result.stdout, result.stdout[-3000:]
     return [read_json(Path(out) / f"probe-rank{rank}.json") for rank in (0, 1)]
 
 

@@ -126,9 +126,9 @@ def test_streaming_mode_trains_from_a_stream(tmp_path, small_corpus):
     assert read_json(out / "trainer_state.json")["global_step"] == 5
 
 
-def test_a_resumed_stream_skips_the_trained_blocks_and_ends_as_an_uninterrupted_run(tmp_path, small_corpus, capsys):
-    """A streaming run resumed at step 6 of 12 (shuffled stream, dropout on so the random state matters): the 48
-    blocks trained on are skipped in the stream, with progress logged, and the run ends where an uninterrupted one
+def test_a_resumed_stream_says_what_it_skips_and_ends_as_an_uninterrupted_run(tmp_path, small_corpus, capsys):
+    """A streaming run resumed at step 6 of 12 (shuffled stream, dropout on so the random state matters): the log
+    says how many batches and blocks are skipped, with progress, and the run ends where an uninterrupted one
     does."""
     from transformers import TrainerCallback
 
@@ -145,8 +145,8 @@ def test_a_resumed_stream_skips_the_trained_blocks_and_ends_as_an_uninterrupted_
     resumed = lmrecipes.pretrain(LLAMA_RECIPE, **settings, output_dir=str(tmp_path / "second"),
                                  resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-6"))
     log = capsys.readouterr().out
-    assert "Resuming a stream at step 6: skipping the 48 blocks trained on" in log
-    assert "Resuming the stream: 48 of 48 blocks skipped (100%)" in log
+    assert "Resuming a stream at step 6: skipping the 6 batches (48 blocks) trained on" in log
+    assert "Resuming the stream: 48 of 48 blocks read again (100%)" in log and "Resuming the stream: skipped in" in log
     assert resumed["train_tokens"] == whole["train_tokens"] == 12 * 8 * 64
     assert abs(resumed["eval_loss"] - whole["eval_loss"]) < 1e-6, (resumed["eval_loss"], whole["eval_loss"])
 
@@ -238,7 +238,7 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
 
     from lmrecipes.training import choose_unused_parameter_search
 
-    def decided(model, **args):
+    def decided(model, loss=lambda model, inputs: model(**inputs).loss, **args):
         handler = DistributedDataParallelKwargs(find_unused_parameters=True)  # the Trainer's default
         rows = [{"input_ids": list(range(1, 17)), "labels": list(range(1, 17)), "text": "dropped"}]
         trainer = SimpleNamespace(
@@ -246,11 +246,13 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
                                     **args}),
             accelerator=SimpleNamespace(ddp_handler=handler), model=model, train_dataset=rows,
             data_collator=default_data_collator, is_fsdp_enabled=False, is_deepspeed_enabled=False,
-            compute_loss=lambda model, inputs: model(**inputs).loss)
+            compute_loss=loss)
         state = torch.random.get_rng_state()
+        model.eval()
         choose_unused_parameter_search(trainer)
         assert torch.equal(state, torch.random.get_rng_state()), "random state kept"
         assert all(p.grad is None for p in model.parameters()), "gradients cleared"
+        assert not model.training, "mode kept"
         return handler.find_unused_parameters
 
     config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -263,3 +265,11 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
     assert decided(unused) is True
     config.num_local_experts = 4
     assert decided(LlamaForCausalLM(config)) is True
+    del config.num_local_experts
+    config.ffn_config = {"moe_num_experts": 4}  # nested, as DBRX's
+    assert decided(LlamaForCausalLM(config)) is True
+    del config.ffn_config
+    # a model without a loss: the probe cannot tell, the search stays on (and the run goes on)
+    assert decided(LlamaForCausalLM(config), loss=lambda model, inputs: model(input_ids=inputs["input_ids"]).loss) \
+        is True
+

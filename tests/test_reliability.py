@@ -195,18 +195,20 @@ def test_two_process_pretraining_killed_resumes_to_the_same_result(tmp_path, sma
     assert results["train_tokens"] == expected["train_tokens"] == 12 * 2 * 8 * 64
 
 
-FAKE_SRUN = """#!/bin/bash
 # srun for a test: runs the job step's `bash -c COMMAND` once per node, at the same time, each node with its own
-# SLURM_PROCID and its own caches (machines that share no filesystem but output_dir); logs each node's command
-while [ "$1" != bash ]; do shift; done
-for node in $(seq 0 $((SLURM_NNODES - 1))); do
-    SLURM_PROCID=$node LMRECIPES_CACHE=$NODES_DIR/node$node/cache HF_HOME=$NODES_DIR/node$node/hf \\
-        bash -xc "$3" > "$NODES_DIR/node$node.log" 2>&1 &
-done
-failed=0
-for job in $(jobs -p); do wait $job || failed=1; done
-exit $failed
-"""
+# SLURM_PROCID and its own caches (machines that share no filesystem but output_dir); logs each node's command.
+# Given as exported bash functions, not files on PATH: a freshly written executable can fail with "Text file busy"
+# while another process forked with it open.
+FAKE_SRUN = """() { while [ "$1" != bash ]; do shift; done
+    for node in $(seq 0 $((SLURM_NNODES - 1))); do
+        SLURM_PROCID=$node LMRECIPES_CACHE=$NODES_DIR/node$node/cache HF_HOME=$NODES_DIR/node$node/hf \\
+            bash -xc "$3" > "$NODES_DIR/node$node.log" 2>&1 &
+    done
+    local failed=0 job
+    for job in $(jobs -p); do wait $job || failed=1; done
+    return $failed
+}"""
+FAKE_SCONTROL = "() { printf '127.0.0.1\\nnode-b\\n'; }"
 
 
 def test_slurm_script_on_two_nodes_over_loopback_trains_one_model(tmp_path, small_corpus, uninterrupted):
@@ -217,12 +219,6 @@ def test_slurm_script_on_two_nodes_over_loopback_trains_one_model(tmp_path, smal
     node (which used to find none and crash)."""
     import socket
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text(FAKE_SRUN)
-    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf '127.0.0.1\\nnode-b\\n'\n")
-    for tool in ("srun", "scontrol"):
-        (bin_dir / tool).chmod(0o755)
     config = yaml.safe_load((REPO / "accelerate_configs" / "multi_node.yaml").read_text())
     (tmp_path / "cpu.yaml").write_text(yaml.safe_dump({**config, "mixed_precision": "no"}))  # bf16: GPU nodes
     with socket.socket() as probe:
@@ -231,7 +227,8 @@ def test_slurm_script_on_two_nodes_over_loopback_trains_one_model(tmp_path, smal
     out = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **SCALE_OUT, train_file=[small_corpus],
                           output_dir=str(out))
-    env = {**launch_env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+    env = {**launch_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "BASH_FUNC_srun%%": FAKE_SRUN, "BASH_FUNC_scontrol%%": FAKE_SCONTROL,
            "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "GPUS_PER_NODE": "1", "MASTER_PORT": str(port),
            "ACCELERATE_CONFIG": str(tmp_path / "cpu.yaml"), "NODES_DIR": str(tmp_path)}
     done = subprocess.run(["bash", str(REPO / "accelerate_configs" / "slurm_multi_node.sbatch"), str(recipe)],
@@ -518,10 +515,13 @@ def test_a_launch_asking_for_fsdp_that_cannot_run_stops_in_one_line(tmp_path, sm
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
-def test_one_process_started_by_accelerate_launch_trains_on_every_cpu(tmp_path, small_corpus):
+def test_one_process_started_by_accelerate_launch_trains_on_every_core(tmp_path, small_corpus):
     """accelerate launch sets OMP_NUM_THREADS=1 for the one process it starts (half the speed of a 2-core machine):
-    lmrecipes trains on all CPUs unless the user chose a thread count."""
+    lmrecipes trains on every physical core unless the user chose a thread count."""
+    import psutil
+
     cpus = len(os.sched_getaffinity(0))
+    cores = min(psutil.cpu_count(logical=False) or cpus, cpus)
     for name, chosen in (("default", {}), ("chosen", {"OMP_NUM_THREADS": "1"})):
         recipe = write_recipe(tmp_path / f"{name}.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                               validation_fraction=0.15, max_steps=1, output_dir=str(tmp_path / name))
@@ -529,8 +529,24 @@ def test_one_process_started_by_accelerate_launch_trains_on_every_cpu(tmp_path, 
         done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", str(REPO / "scripts" / "pretrain.py"),
                                str(recipe)], capture_output=True, text=True, timeout=300, env={**env, **chosen})
         assert done.returncode == 0, done.stderr[-3000:]
-        threads = cpus if name == "default" else 1
+        threads = cores if name == "default" else 1
         assert f"CPU threads per process: {threads} of {cpus} CPUs" in done.stdout, done.stdout[-3000:]
+
+
+def test_zero3_that_would_save_no_weights_is_refused_before_training(tmp_path, small_corpus):
+    """DeepSpeed ZeRO-3 without gathering the weights on save writes a final model folder without weights (only
+    DeepSpeed's shards and zero_to_fp32.py): refused in one line before anything is written."""
+    out = tmp_path / "zero3"
+    recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
+                          validation_fraction=0.15, max_steps=2, output_dir=str(out))
+    done = subprocess.run(accelerate_launch("zero3", REPO / "scripts" / "pretrain.py", recipe,
+                                            flags=["--zero3_save_16bit_model", "false"]),
+                          capture_output=True, text=True, timeout=300, env=launch_env())
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "DeepSpeed ZeRO-3 without gathering the weights on save would leave the final " \
+        "model without weights" in errors[0], done.stderr[-3000:]
+    assert not out.exists()
 
 
 def test_processes_that_would_each_train_alone_are_refused(monkeypatch):

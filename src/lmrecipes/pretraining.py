@@ -92,12 +92,13 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     if data_args.streaming and training_args.max_steps <= 0:
         raise RecipeError("key 'streaming': streaming needs max_steps (the stream has no known length)")
 
-    # caches are filled by the first process of each machine (machines need not share a filesystem); the tokenizer
-    # is made once for the whole run and sent to every process
+    # caches are filled by the first process of each machine (machines need not share a filesystem); a tokenizer
+    # trained on the corpus is made once for the whole run and sent to every process (a named one: each loads it)
     with training_args.main_process_first(desc="reading the corpus"):
         raw, fingerprint = load_corpus(data_args)
-    tokenizer = tokenizer_made_once(
-        lambda: corpus_tokenizer(model_args, tokenizer_args, data_args, objective, raw, fingerprint), training_args)
+    make_tokenizer = lambda: corpus_tokenizer(model_args, tokenizer_args, data_args, objective, raw, fingerprint)  # noqa: E731
+    tokenizer = make_tokenizer() if tokenizer_args.tokenizer_name_or_path else \
+        tokenizer_made_once(make_tokenizer, training_args)
     with training_args.main_process_first(desc="data preparation"):
         train_dataset, eval_dataset, eval_bytes_per_token = prepare_pretraining_data(
             raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed)

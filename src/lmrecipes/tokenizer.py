@@ -138,25 +138,28 @@ def tokenizer_made_once(make, training_args):
 
     Hand-written: `main_process_first` orders the processes of one machine only, so on several machines the first
     process of each trained its own tokenizer at the same time, or found none (without a shared cache). Sent over
-    the process group, the tokenizer is trained once and needs no shared filesystem. An error on process 0 (a
-    RecipeError) is sent instead and raised by every process.
+    the process group, the tokenizer is trained once and needs no shared filesystem. When process 0 fails, the
+    others are told (instead of waiting in the broadcast): a RecipeError is raised by every process as it is, any
+    other error on process 0 as its own traceback there and a one-line error elsewhere.
     """
     if training_args.world_size <= 1:
         return make()
     from accelerate.utils import broadcast_object_list
 
-    message = [None]
+    message, failure = [None], None
     if training_args.process_index == 0:
         try:
             tokenizer = make()
             with tempfile.TemporaryDirectory() as tmp:
                 tokenizer.save_pretrained(tmp)
                 message = [{path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}]
-        except RecipeError as err:
-            message = [err]
-            broadcast_object_list(message, from_process=0)
-            raise
+        except Exception as err:  # sent to the others, then raised here
+            failure = err
+            message = [err if isinstance(err, RecipeError) else
+                       RecipeError(f"process 0 failed to make the tokenizer ({type(err).__name__}: {err})")]
     broadcast_object_list(message, from_process=0)
+    if failure is not None:
+        raise failure
     if isinstance(message[0], RecipeError):
         raise message[0]
     if training_args.process_index == 0:

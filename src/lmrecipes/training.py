@@ -55,16 +55,21 @@ def _launcher_chose_threads() -> bool:
 
 
 def use_the_cpus(training_args) -> None:
-    """A single CPU process started by `accelerate launch` trains on every core of the machine: accelerate sets
+    """A single CPU process started by `accelerate launch` trains on every physical core: accelerate sets
     OMP_NUM_THREADS=1 for the process it starts unless told otherwise, which halved the speed of a 2-core machine.
     A thread count the user set (OMP_NUM_THREADS, --num_cpu_threads_per_process) is kept; several processes keep
     accelerate's share of the cores."""
     if training_args.device.type != "cpu" or training_args.world_size > 1 or "OMP_NUM_THREADS" not in os.environ:
         return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    import psutil  # an accelerate dependency
+
+    # accelerate's own rule for CPU launches it is told about: the physical cores (this process may use)
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = min(psutil.cpu_count(logical=False) or available, available)
     if torch.get_num_threads() < cpus and _launcher_chose_threads():
-        logger.info("accelerate launch set OMP_NUM_THREADS=%s by default: training on all %d CPUs instead (set "
-                    "OMP_NUM_THREADS or --num_cpu_threads_per_process to choose)", os.environ["OMP_NUM_THREADS"], cpus)
+        logger.info("accelerate launch set OMP_NUM_THREADS=%s by default: training on the machine's %d cores instead "
+                    "(set OMP_NUM_THREADS or --num_cpu_threads_per_process to choose)", os.environ["OMP_NUM_THREADS"],
+                    cpus)
         torch.set_num_threads(cpus)
 
 
@@ -111,7 +116,7 @@ def describe_parallelism(trainer) -> str:
 def check_parallelism(trainer) -> str:
     """Log the run's effective parallelism; a launch that asked for FSDP or DeepSpeed and would run something else
     (accelerate 1.15 trains plain DDP on CPU instead of FSDP version 1 or DeepSpeed) is an error."""
-    described = describe_parallelism(trainer)
+    described, state = describe_parallelism(trainer), trainer.accelerator.state
     asked = _asked_for()
     got = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed" if trainer.is_deepspeed_enabled else None
     if asked is not None and asked != got:
@@ -119,6 +124,12 @@ def check_parallelism(trainer) -> str:
             else ""
         raise RecipeError(f"the launch config asks for {asked}, but this run would be {described} (accelerate "
                           f"{accelerate_version()} does not apply {asked} here); use a config that runs here{on_cpu}")
+    if trainer.is_deepspeed_enabled and state.deepspeed_plugin.zero_stage == 3:
+        zero = state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+            raise RecipeError("DeepSpeed ZeRO-3 without gathering the weights on save would leave the final model "
+                              "without weights (only DeepSpeed's shards): set zero3_save_16bit_model: true in the "
+                              "accelerate config (stage3_gather_16bit_weights_on_model_save in a DeepSpeed json)")
     logger.info("Parallelism: %s", described)
     return described
 
@@ -173,46 +184,83 @@ def fsdp_on_cpu():
             state["distributed_type"] = DistributedType.MULTI_CPU  # the Accelerator did not take FSDP: as it was
 
 
-MIXTURE_OF_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+# config keys (at any depth: nested text / ffn configs too) under which a model can leave parameters without a
+# gradient in some steps: a mixture of experts (the experts a batch reaches change), dropped layers (layerdrop)
+VARYING_GRAPH_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "layerdrop",
+                      "encoder_layerdrop", "decoder_layerdrop")
+
+
+def _varying_graph(config) -> str | None:
+    """The first VARYING_GRAPH_KEYS key set (non-zero) anywhere in a config, or None."""
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in VARYING_GRAPH_KEYS and isinstance(item, (int, float)) and item:
+                    return key
+                found = walk(item)
+                if found:
+                    return found
+        return None
+
+    return walk(config.to_dict()) if hasattr(config, "to_dict") else None
+
+
+def _unused_parameters(trainer) -> list[str] | None:
+    """Trainable parameters that get no gradient in one forward and backward pass, in training mode, on the first
+    training example (a stream's first held-out one: its first training block would fill the shuffle buffer);
+    random state kept, gradients cleared. None when it cannot tell (no example, a model without a loss...)."""
+    import inspect
+
+    import datasets
+
+    args, model = trainer.args, trainer.model
+    source = trainer.eval_dataset if isinstance(trainer.train_dataset, datasets.IterableDataset) else \
+        trainer.train_dataset
+    was_training = model.training
+    try:
+        accepted = set(inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters)
+        example = {key: value for key, value in next(iter(source)).items()
+                   if key in accepted | {"label", "label_ids"}}
+        batch = {key: value.to(args.device) for key, value in trainer.data_collator([example]).items()
+                 if key in accepted}
+        devices = [] if args.device.type == "cpu" else [args.device.index or 0]
+        with torch.random.fork_rng(devices=devices, device_type=args.device.type):
+            model.train()
+            trainer.compute_loss(model, batch).backward()
+        return [name for name, parameter in model.named_parameters()
+                if parameter.requires_grad and parameter.grad is None]
+    except Exception as err:  # a probe must never stop a run: the search stays on
+        logger.info("DDP unused-parameter probe failed (%s: %s)", type(err).__name__, err)
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def choose_unused_parameter_search(trainer) -> None:
     """DDP's search for parameters without a gradient after every backward pass (`ddp_find_unused_parameters`,
     on by default in the Trainer) costs a graph traversal per step and a warning in every run of a model that uses
-    all its weights. Unless the recipe sets it (or activation checkpointing turns it off), one forward and backward
-    pass on the first training example (a stream's: the first held-out one; random state kept, gradients cleared)
-    decides: the search stays on only
-    when a trainable parameter gets no gradient, and always for mixtures of experts (the experts a batch reaches
-    change from batch to batch). Hand-written: neither the Trainer nor accelerate looks."""
-    args, handler, model = trainer.args, trainer.accelerator.ddp_handler, trainer.model
+    all its weights. Unless the recipe sets it (or activation checkpointing turns it off), it is turned off when
+    one forward and backward pass (_unused_parameters) gives every trainable parameter a gradient on every process,
+    and kept for models whose graph can change from step to step (mixtures of experts, layerdrop). Hand-written:
+    neither the Trainer nor accelerate looks."""
+    args, handler = trainer.args, trainer.accelerator.ddp_handler
     if (args.world_size <= 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or handler is None
             or args.ddp_find_unused_parameters is not None or not handler.find_unused_parameters):
         return
-    config = getattr(model, "config", None)
-    if any(getattr(config, key, None) for key in MIXTURE_OF_EXPERTS_KEYS):
-        logger.info("DDP searches for unused parameters at every step (a mixture of experts)")
-        return
-    import inspect
-
-    import datasets
-
-    accepted = set(inspect.signature(getattr(model, "get_base_model", lambda: model)().forward).parameters)
-    # a stream's first block would cost filling its shuffle buffer: a held-out block has the same columns
-    source = trainer.eval_dataset if isinstance(trainer.train_dataset, datasets.IterableDataset) else \
-        trainer.train_dataset
-    if source is None:
-        return
-    example = next(iter(source))
-    example = {key: value for key, value in example.items() if key in accepted | {"label", "label_ids"}}
-    batch = {key: value for key, value in trainer.data_collator([example]).items() if key in accepted}
-    with torch.random.fork_rng(devices=[]):
-        trainer.compute_loss(model, {key: value.to(args.device) for key, value in batch.items()}).backward()
-    unused = [name for name, parameter in model.named_parameters()
-              if parameter.requires_grad and parameter.grad is None]
-    model.zero_grad(set_to_none=True)
-    handler.find_unused_parameters = bool(unused)
-    logger.info("DDP unused-parameter search: %s", f"on ({len(unused)} parameters get no gradient, e.g. {unused[0]})"
-                if unused else "off (every trainable parameter gets a gradient)")
+    varying = _varying_graph(getattr(trainer.model, "config", None))
+    unused = None if varying else _unused_parameters(trainer)
+    keep = torch.tensor([0.0 if unused == [] else 1.0], device=args.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(keep, op=torch.distributed.ReduceOp.MAX)  # every process decides alike
+    handler.find_unused_parameters = bool(keep.item())
+    if varying:
+        why = f"on (the config sets {varying}: the graph can change from step to step)"
+    elif unused:
+        why = f"on ({len(unused)} parameters get no gradient, e.g. {unused[0]})"
+    else:
+        why = "on" if handler.find_unused_parameters else "off (every trainable parameter gets a gradient)"
+    logger.info("DDP unused-parameter search: %s", why)
 
 
 def check_output_dir_is_a_folder(out: Path) -> None:
@@ -227,7 +275,8 @@ def accelerate_version() -> str:
 
 
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                      "pytorch_model_fsdp_0/.metadata")  # FSDP's sharded weights: the metadata is written last
+                      "pytorch_model_fsdp_0/.metadata",  # FSDP's sharded weights: the metadata is written last
+                      "latest")  # DeepSpeed's: names its global_stepN folder once that is written
 # Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
 COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
                  "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
@@ -578,65 +627,61 @@ def save_final_model(trainer) -> None:
             plugin.set_state_dict_type(kept)
 
 
-class _SkipTrainedBlocks:
-    """Batched `IterableDataset.filter` function (with indices) dropping the first `count` blocks of the stream's
-    first pass, with progress in the log; later passes (the stream restarted: new epochs) keep every block."""
+class _StreamSkipProgress:
+    """Batched `IterableDataset.filter` function that keeps every block and logs how far the Trainer's skip of the
+    first `count` blocks has read (one process reading the stream: no data-loader workers)."""
 
     def __init__(self, count: int):
-        self.count, self.every, self.logged, self.done = count, max(count // 10, 1), 0, False
+        self.count, self.every, self.seen = count, max(count // 10, 1), 0
 
-    def __call__(self, blocks, indices: list[int]) -> list[bool]:
-        if self.done:
-            return [True] * len(indices)
-        keep = [index >= self.count for index in indices]
-        skipped = min(indices[-1] + 1, self.count)
-        if skipped // self.every > self.logged // self.every or skipped == self.count:
-            logger.info("Resuming the stream: %d of %d blocks skipped (%.0f%%)", skipped, self.count,
-                        100 * skipped / self.count)
-            self.logged = skipped
-        self.done = skipped == self.count
-        return keep
+    def __call__(self, blocks) -> list[bool]:
+        size = len(next(iter(blocks.values())))
+        if self.seen < self.count:
+            before, self.seen = self.seen, self.seen + size
+            if self.seen // self.every > before // self.every or self.seen >= self.count:
+                logger.info("Resuming the stream: %d of %d blocks read again (%.0f%%)", min(self.seen, self.count),
+                            self.count, 100 * min(self.seen, self.count) / self.count)
+        return [True] * size
 
 
-class _RandomStateFromCheckpoint(TrainerCallback):
-    """Restores the checkpoint's random state where the Trainer does when it skips the data itself (which it no
-    longer does): once the first step's batches are fetched (making the data iterator draws a seed)."""
-
-    def __init__(self, trainer, checkpoint: str):
-        self.trainer, self.checkpoint = trainer, checkpoint
+class _StreamSkipTimer(TrainerCallback):
+    def __init__(self):
+        self.start = time.monotonic()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.checkpoint is not None:
-            self.trainer._load_rng_state(self.checkpoint)
-            self.checkpoint = None
+        if self.start is not None:
+            logger.info("Resuming the stream: skipped in %.1f s", time.monotonic() - self.start)
+            self.start = None
 
 
-def skip_trained_stream(trainer, checkpoint: str | None) -> None:
-    """Resuming a streaming run: the blocks already trained on are dropped from the stream itself, before batches
-    are collated, with progress in the log.
+def announce_stream_skip(trainer, checkpoint: str | None) -> None:
+    """Resuming a streaming run, the Trainer skips the batches already trained on by reading the stream again from
+    its start (process 0 reads, tokenizes and collates them; under DDP it also sends them to the others), and says
+    so below the default log level. This says how many, with progress and the time it took.
 
-    Hand-written: the Trainer (transformers 5.24) skips a resumed stream batch by batch through accelerate's
-    dispatcher (process 0 reads, tokenizes, collates and sends every skipped batch to every process) and says
-    nothing at the default log level. No resumable position is offered for it: accelerate's stateful data loader is
-    not used by the Trainer, and datasets' `IterableDataset.state_dict` does not keep the shuffle buffer, so
-    resuming exactly still reads (and tokenizes) the stream from its start; only the collation and the sending of
-    the skipped batches are saved. Same blocks in the same order as the Trainer's own skip, same random state.
+    No resumable position is used: the Trainer (transformers 5.24) does not use accelerate's stateful data loader,
+    and datasets' `IterableDataset.state_dict` does not keep a shuffle buffer (lmrecipes shuffles streams), so an
+    exact resume has to read the stream again. Dropping the trained blocks inside the stream instead (before
+    collation and sending) was measured: no faster on one process, 17% faster on two, and wrong with data-loader
+    workers (each worker skips its own share) or a checkpoint past the stream's first pass; not kept.
     """
     import datasets
 
-    if checkpoint is None or not isinstance(trainer.train_dataset, datasets.IterableDataset):
+    if checkpoint is None or not isinstance(trainer.train_dataset, datasets.IterableDataset) or \
+            trainer.args.ignore_data_skip:
         return
     args = trainer.args
     step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
-    count = step * args.gradient_accumulation_steps * args.per_device_train_batch_size * args.world_size
-    if count == 0 or args.ignore_data_skip:
+    batches = step * args.gradient_accumulation_steps
+    count = batches * args.train_batch_size * args.world_size  # process 0 reads every process's batch
+    if count == 0:
         return
-    logger.info("Resuming a stream at step %d: skipping the %d blocks trained on (the stream is read again from its "
-                "start: a shuffled stream keeps no position)", step, count)
-    trainer.train_dataset = trainer.train_dataset.filter(_SkipTrainedBlocks(count), with_indices=True, batched=True,
-                                                         batch_size=256)
-    args.ignore_data_skip = True  # the Trainer skips nothing more
-    trainer.add_callback(_RandomStateFromCheckpoint(trainer, checkpoint))
+    logger.info("Resuming a stream at step %d: skipping the %d batches (%d blocks) trained on, by reading the stream "
+                "again from its start (a shuffled stream keeps no position)", step, batches, count)
+    if args.dataloader_num_workers == 0:
+        trainer.train_dataset = trainer.train_dataset.filter(_StreamSkipProgress(count), batched=True,
+                                                             batch_size=256)
+    trainer.add_callback(_StreamSkipTimer())
 
 
 def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallback) -> dict:
@@ -644,7 +689,7 @@ def train_and_save(trainer, checkpoint: str | None, throughput: ThroughputCallba
     trainer.args.logging_nan_inf_filter = False  # a NaN loss must show, for NonFiniteLossGuard
     trainer.add_callback(NonFiniteLossGuard())
     trainer.add_callback(RunFilesRecorder())
-    skip_trained_stream(trainer, checkpoint)
+    announce_stream_skip(trainer, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     save_final_model(trainer)
     trainer.save_state()

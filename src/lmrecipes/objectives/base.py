@@ -39,7 +39,7 @@ def token_weighted_loss(prediction) -> dict:
     block: that weighs masked-LM batches wrongly (their blocks score different numbers of tokens) and, under DDP,
     counts the blocks that pad the last uneven batch (an eval loss that changed with the number of processes)."""
     sums = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1, 2).sum(0)
-    return {"loss": float(sums[0] / max(sums[1], 1.0)), "scored_tokens": int(sums[1])}
+    return {"loss": float(sums[0] / sums[1]) if sums[1] else math.nan, "scored_tokens": int(sums[1])}
 
 
 @dataclass(frozen=True)
