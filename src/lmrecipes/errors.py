@@ -28,7 +28,10 @@ def exit_on_recipe_error(main):
         except RecipeError as err:
             close_process_group()
             message = " ".join(str(err).split())  # always one line
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            # one write, newline included: with PYTHONUNBUFFERED, print's text and newline are two writes, and the
+            # lines of processes failing together interleaved
+            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.flush()
             raise SystemExit(2) from None
         close_process_group()
         return result
