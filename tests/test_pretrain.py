@@ -256,7 +256,7 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
         return handler.find_unused_parameters
 
     config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+                         num_attention_heads=2, num_key_value_heads=2, attention_dropout=0.1)  # draws random numbers
     assert decided(LlamaForCausalLM(config)) is False
     assert decided(LlamaForCausalLM(config), ddp_find_unused_parameters=True) is True  # the recipe's word
     assert decided(LlamaForCausalLM(config), world_size=1) is True  # one process: no DDP, nothing to decide
@@ -269,6 +269,10 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
     config.ffn_config = {"moe_num_experts": 4}  # nested, as DBRX's
     assert decided(LlamaForCausalLM(config)) is True
     del config.ffn_config
+    config.layerdrop = 0.1  # a layer dropped in some steps
+    assert decided(LlamaForCausalLM(config)) is True
+    config.layerdrop = 0.0  # not dropped: the probe decides
+    assert decided(LlamaForCausalLM(config)) is False
     # a model without a loss: the probe cannot tell, the search stays on (and the run goes on)
     assert decided(LlamaForCausalLM(config), loss=lambda model, inputs: model(input_ids=inputs["input_ids"]).loss) \
         is True

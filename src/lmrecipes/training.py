@@ -63,7 +63,8 @@ def use_the_cpus(training_args) -> None:
         return
     import psutil  # an accelerate dependency
 
-    # accelerate's own rule for CPU launches it is told about: the physical cores (this process may use)
+    # accelerate's own rule for CPU launches it is told about: the machine's physical cores, at most the CPUs this
+    # process may use
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cpus = min(psutil.cpu_count(logical=False) or available, available)
     if torch.get_num_threads() < cpus and _launcher_chose_threads():
@@ -124,9 +125,13 @@ def check_parallelism(trainer) -> str:
             else ""
         raise RecipeError(f"the launch config asks for {asked}, but this run would be {described} (accelerate "
                           f"{accelerate_version()} does not apply {asked} here); use a config that runs here{on_cpu}")
-    if trainer.is_deepspeed_enabled and state.deepspeed_plugin.zero_stage == 3:
+    if trainer.is_deepspeed_enabled and state.deepspeed_plugin.zero_stage == 3 and \
+            not hasattr(trainer.model, "peft_config"):  # adapters are gathered on save whatever the setting
         zero = state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-        if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        gathers = any(str(zero.get(key)).lower() in ("true", "1") for key in (  # DeepSpeed's spellings
+            "stage3_gather_16bit_weights_on_model_save", "gather_16bit_weights_on_model_save",
+            "stage3_gather_fp16_weights_on_model_save"))
+        if not gathers:
             raise RecipeError("DeepSpeed ZeRO-3 without gathering the weights on save would leave the final model "
                               "without weights (only DeepSpeed's shards): set zero3_save_16bit_model: true in the "
                               "accelerate config (stage3_gather_16bit_weights_on_model_save in a DeepSpeed json)")
@@ -645,7 +650,9 @@ class _StreamSkipProgress:
 
 
 class _StreamSkipTimer(TrainerCallback):
-    def __init__(self):
+    start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -673,7 +680,8 @@ def announce_stream_skip(trainer, checkpoint: str | None) -> None:
     args = trainer.args
     step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
     batches = step * args.gradient_accumulation_steps
-    count = batches * args.train_batch_size * args.world_size  # process 0 reads every process's batch
+    # process 0 reads every process's batch (or, split_batches, one batch split between them)
+    count = batches * args.train_batch_size * (1 if args.accelerator_config.split_batches else args.world_size)
     if count == 0:
         return
     logger.info("Resuming a stream at step %d: skipping the %d batches (%d blocks) trained on, by reading the stream "
