@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -327,6 +328,18 @@ def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run
     quote.write_text('text,label\n"an unterminated quote,pos\nfine,neg\n')
     cases.append((["--train_file", quote], f"key 'train_file': cannot read {quote} line 2: not valid CSV "
                                            "(unexpected end of data)"))
+    byo = ["--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict"]
+    cases.append(([*byo, "--class_weights", "heavy"], "key 'class_weights': none, balanced or one number per class"))
+    cases.append(([*byo, "--class_weights", "1", "-2"], "key 'class_weights': weights must be positive numbers"))
+    cases.append(([*byo, "--class_weights", "1", "2", "3"], "key 'class_weights': 3 weights for 2 classes"))
+    cases.append(([*byo, "--early_stopping_patience", "2", "--eval_strategy", "no", "--save_strategy", "no",
+                   "--load_best_model_at_end", "false"],
+                  "key 'early_stopping_patience': needs evaluations to compare (eval_strategy: steps or epoch)"))
+    cases.append(([*byo, "--early_stopping_patience", "2", "--load_best_model_at_end", "false"],
+                  "key 'early_stopping_patience': needs load_best_model_at_end: true"))
+    cases.append(([*byo, "--early_stopping_patience", "0"], "key 'early_stopping_patience': must be at least 1"))
+    cases.append(([*byo, "--metric_for_best_model", "f1_macro"],
+                  "key 'metric_for_best_model': 'f1_macro' is not a metric of fine-tuning (one of loss, accuracy, f1"))
     for extra, expected in cases:
         code, err = run_finetune_script(capsys, recipe, *common, *extra)
         assert code == 2 and expected in err and len(err.splitlines()) == 1, (extra, err)
@@ -414,3 +427,52 @@ def test_rows_without_a_label_are_refused(tmp_path):
     with pytest.raises(lmrecipes.RecipeError, match=r"key 'label_column': 3 of 10 rows of the test split have no "
                                                     r"label \(-1\)"):
         load_classification_data(data_args)
+
+
+def test_early_stopping_ends_a_run_whose_metric_stops_improving(tmp_path, causal_run, learnable_csv):
+    """Learning rate 0: the validation accuracy never improves after the first evaluation, so patience 2 stops the
+    run at the third of 20 steps, with the best (first) checkpoint loaded."""
+    results = lmrecipes.finetune(RECIPES[("causal", False)], model_name_or_path=str(causal_run[0]),
+                                 train_file=[learnable_csv], text_column="review", label_column="verdict",
+                                 **{**FAST, "max_length": 32, "max_steps": 20, "learning_rate": 0.0,
+                                    "eval_strategy": "steps", "eval_steps": 1, "save_strategy": "steps",
+                                    "save_steps": 1, "load_best_model_at_end": True, "early_stopping_patience": 2},
+                                 output_dir=str(tmp_path / "stopped"))
+    state = read_json(tmp_path / "stopped" / "trainer_state.json")
+    assert state["global_step"] == 3 and state["best_global_step"] == 1, state["global_step"]
+    assert 0 <= results["test_accuracy"] <= 1
+
+
+def test_balanced_class_weights_keep_an_imbalanced_run_from_predicting_one_class(tmp_path, causal_run, capsys):
+    """About 15% negative reviews (learnable_review): plain training predicts the majority class for every test row;
+    with class_weights: balanced the run predicts both classes and its macro F1 is higher. Per-class, macro and
+    weighted scores are reported, and model selection switches to macro F1 (the log says so)."""
+    import collections
+    import csv
+
+    rng, rows = random.Random(1), []
+    while len(rows) < 600:
+        text, label = learnable_review(rng)
+        if label == "pos" or rng.random() < 0.18:
+            rows.append((text, label))
+    path = tmp_path / "imbalanced.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("review", "verdict"), *rows])
+    runs = {}
+    for weights in ("none", "balanced"):
+        out = tmp_path / weights
+        runs[weights] = lmrecipes.finetune(
+            RECIPES[("causal", False)], model_name_or_path=str(causal_run[0]), train_file=[str(path)],
+            text_column="review", label_column="verdict", max_length=32, per_device_train_batch_size=16,
+            max_steps=80, eval_strategy="no", save_strategy="no", load_best_model_at_end=False, logging_steps=20,
+            disable_tqdm=True, report_to="none", learning_rate=1e-3, seed=7, class_weights=[weights],
+            output_dir=str(out))
+        runs[weights]["predicted"] = collections.Counter(read_json(out / "test_predictions.json")["predictions"])
+    log = capsys.readouterr().out
+    assert re.search(r"Imbalanced labels \(majority class pos holds 8\d% of the training rows\): best checkpoints "
+                     "and early stopping are judged by macro F1", log), log[-2000:]
+    plain, balanced = runs["none"], runs["balanced"]
+    assert len(plain["predicted"]) == 1, plain["predicted"]  # collapsed onto the majority class
+    assert len(balanced["predicted"]) == 2 and balanced["test_f1"] > plain["test_f1"] + 0.1, balanced["predicted"]
+    assert plain["test_f1_per_class"][0] == 0 < balanced["test_f1_per_class"][0]  # labels sorted: neg, pos
+    assert balanced["test_f1_weighted"] > balanced["test_f1"]  # the frequent class scores higher

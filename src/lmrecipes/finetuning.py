@@ -11,7 +11,8 @@ from typing import Literal
 
 import evaluate
 import numpy as np
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, set_seed
+from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, EarlyStoppingCallback,
+                          Trainer, set_seed)
 
 from .arguments import EMBEDDED_SENTIMENT, DataSourceArguments, ModelArguments, RunArguments, TokenizerArguments
 from .data import load_raw_splits, sample_indices, source_fingerprint, split_held_out
@@ -78,6 +79,26 @@ class FinetuneArguments:
         default=False,
         metadata={"help": "After LoRA training, also write the merged plain checkpoint to output_dir/merged."},
     )
+    class_weights: list[str] | None = field(
+        default=None,
+        metadata={"help": "Loss weight of each class, for imbalanced labels: none (default), balanced (rows / (classes "
+                  "x rows of the class), as scikit-learn; the weights average 1 over the training rows), or one "
+                  "positive number per class in the order of the labels (sorted), e.g. [1, 3]. The loss is the mean "
+                  "over rows of weight(label) x cross-entropy, through the Trainer's compute_loss_func (training and "
+                  "evaluation loss)."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop when metric_for_best_model has not improved for this many evaluations "
+                  "(transformers.EarlyStoppingCallback); the best checkpoint is loaded at the end. Needs eval_strategy "
+                  "steps or epoch and load_best_model_at_end: true (checked before anything runs). Unless the recipe "
+                  "sets metric_for_best_model, fine-tuning judges by accuracy, or by macro F1 (f1) when one class "
+                  "holds more than 60% of the training rows."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={"help": "How much metric_for_best_model must improve to count as better (early_stopping_patience)."},
+    )
 
     def __post_init__(self):
         if self.use_lora and self.init_from == "scratch":
@@ -85,6 +106,18 @@ class FinetuneArguments:
                               "pretrained or full fine-tuning")
         if self.lora_r < 1:
             raise RecipeError(f"key 'lora_r': must be at least 1, got {self.lora_r}")
+        if self.class_weights is not None and [w.lower() for w in self.class_weights] not in (["none"], ["balanced"]):
+            try:
+                numbers = [float(w) for w in self.class_weights]
+            except ValueError:
+                raise RecipeError(f"key 'class_weights': none, balanced or one number per class, got "
+                                  f"{' '.join(self.class_weights)}") from None
+            if not all(np.isfinite(w) and w > 0 for w in numbers):
+                raise RecipeError(f"key 'class_weights': weights must be positive numbers, got {numbers}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise RecipeError(f"key 'early_stopping_patience': must be at least 1, got {self.early_stopping_patience}")
+        if self.early_stopping_threshold < 0:
+            raise RecipeError(f"key 'early_stopping_threshold': must be 0 or more, got {self.early_stopping_threshold}")
 
 
 FINETUNE_ARGUMENTS = (ModelArguments, TokenizerArguments, ClassificationDataArguments, FinetuneArguments,
@@ -256,22 +289,85 @@ def load_metric(name: str):
     return evaluate.load(str(METRICS_DIR / name))
 
 
+AVERAGED = ("f1", "precision", "recall")
+# what classification_metrics reports (without the split prefix): metric_for_best_model must be one of them
+CLASSIFICATION_METRICS = ("loss", "accuracy", *AVERAGED, *(f"{name}_weighted" for name in AVERAGED))
+
+
 def classification_metrics(num_labels: int):
-    metrics = {name: load_metric(name) for name in ("accuracy", "f1", "precision", "recall", "confusion_matrix")}
+    """accuracy; F1, precision and recall macro-averaged (`f1`...), weighted by class frequency (`f1_weighted`...)
+    and per class (`f1_per_class`...: lists in the order of the labels); the confusion matrix."""
+    metrics = {name: load_metric(name) for name in ("accuracy", *AVERAGED, "confusion_matrix")}
+    every_class = list(range(num_labels))
 
     def compute(eval_prediction):
         logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) \
             else eval_prediction.predictions
         predictions, references = np.argmax(logits, axis=-1), eval_prediction.label_ids
-        result = {}
-        for name, metric in metrics.items():
-            kwargs = {"average": "macro"} if name in ("f1", "precision", "recall") else {}
-            if name == "confusion_matrix":
-                kwargs = {"num_labels": num_labels}
-            result.update(metric.compute(predictions=predictions, references=references, **kwargs))
+        result = metrics["accuracy"].compute(predictions=predictions, references=references)
+        for name in AVERAGED:
+            for average, suffix in (("macro", ""), ("weighted", "_weighted"), (None, "_per_class")):
+                value = metrics[name].compute(  # averages over the classes present, as scikit-learn
+                    predictions=predictions, references=references, average=average,
+                    labels=every_class if average is None else None)[name]
+                result[f"{name}{suffix}"] = np.asarray(value).tolist() if average is None else float(value)
+        result.update(metrics["confusion_matrix"].compute(predictions=predictions, references=references,
+                                                          num_labels=num_labels))
         return result
 
     return compute
+
+
+def class_weight_values(spec: list[str] | None, train_labels, labels: list[str]) -> list[float] | None:
+    """The loss weight of each class from `class_weights` (None: unweighted)."""
+    if spec is None or [w.lower() for w in spec] == ["none"]:
+        return None
+    if [w.lower() for w in spec] == ["balanced"]:
+        counts = np.bincount(np.asarray(train_labels), minlength=len(labels))
+        return [float(len(train_labels) / (len(labels) * count)) if count else 0.0 for count in counts]
+    if len(spec) != len(labels):
+        raise RecipeError(f"key 'class_weights': {len(spec)} weights for {len(labels)} classes {labels}")
+    return [float(w) for w in spec]
+
+
+def weighted_cross_entropy(weights: list[float]):
+    """The Trainer's `compute_loss_func`: mean over rows of weight(label) x cross-entropy; with gradient
+    accumulation the Trainer passes the rows of the whole step (num_items_in_batch) to divide by."""
+    import torch
+
+    table = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        total = (losses * table.to(logits.device)[labels]).sum()
+        rows = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+        return total / (rows.to(total.device) if torch.is_tensor(rows) else rows)
+
+    return loss
+
+
+def check_model_selection(finetune_args: FinetuneArguments, training_args) -> None:
+    """Early stopping and best-model selection settings that would fail (or do nothing) at run time: one line now."""
+    if finetune_args.early_stopping_patience is not None:
+        if str(training_args.eval_strategy) in ("no", "IntervalStrategy.NO"):
+            raise RecipeError("key 'early_stopping_patience': needs evaluations to compare (eval_strategy: steps or "
+                              "epoch)")
+        if not training_args.load_best_model_at_end:
+            raise RecipeError("key 'early_stopping_patience': needs load_best_model_at_end: true (the best "
+                              "checkpoint is what early stopping keeps)")
+    metric = training_args.metric_for_best_model
+    if metric is not None and metric.removeprefix("eval_") not in CLASSIFICATION_METRICS:
+        raise RecipeError(f"key 'metric_for_best_model': {metric!r} is not a metric of fine-tuning (one of "
+                          f"{', '.join(CLASSIFICATION_METRICS)})")
+
+
+def imbalance_note(train_labels, labels: list[str]) -> str | None:
+    """When the majority class holds more than 60% of the training rows: a description of it, else None."""
+    counts = np.bincount(np.asarray(train_labels), minlength=len(labels))
+    share = counts.max() / counts.sum()
+    return f"majority class {labels[int(counts.argmax())]} holds {share:.0%} of the training rows" \
+        if share > 0.6 else None
 
 
 def architecture_summary(model) -> dict:
@@ -327,6 +423,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     hub = hub_target(training_args)
     if not model_args.model_name_or_path:
         raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
+    check_model_selection(finetune_args, training_args)
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args, finetune_args)
     tokenizer = load_tokenizer(
         resolve_model_path(tokenizer_args.tokenizer_name_or_path or model_args.model_name_or_path),
@@ -343,11 +440,25 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
+    imbalanced = imbalance_note(encoded["train"]["labels"], labels)
+    if "metric_for_best_model" not in (explicit or {}):  # the default: accuracy, macro F1 on imbalanced labels
+        training_args.metric_for_best_model = "f1" if imbalanced else "accuracy"
+        training_args.greater_is_better = True
+        if imbalanced:
+            logger.info("Imbalanced labels (%s): best checkpoints and early stopping are judged by macro F1 "
+                        "(metric_for_best_model: f1; set it to choose)", imbalanced)
+    weights = class_weight_values(finetune_args.class_weights, encoded["train"]["labels"], labels)
+    if weights is not None:
+        logger.info("Class weights in the loss: %s", dict(zip(labels, [round(w, 4) for w in weights])))
+    stopping = [EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)] \
+        if finetune_args.early_stopping_patience is not None else []
     throughput = throughput_callback(model, training_args, data_args.max_length)
     trainer = build_trainer(training_args, lambda: Trainer(
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=classification_metrics(len(labels)), callbacks=[throughput, *callbacks]))
+        compute_metrics=classification_metrics(len(labels)),
+        compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None,
+        callbacks=[throughput, *stopping, *callbacks]))
 
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)",
                                 run_inputs(model_args, tokenizer, source_fingerprint(data_args)))
