@@ -476,3 +476,30 @@ def test_balanced_class_weights_keep_an_imbalanced_run_from_predicting_one_class
     assert len(balanced["predicted"]) == 2 and balanced["test_f1"] > plain["test_f1"] + 0.1, balanced["predicted"]
     assert plain["test_f1_per_class"][0] == 0 < balanced["test_f1_per_class"][0]  # labels sorted: neg, pos
     assert balanced["test_f1_weighted"] > balanced["test_f1"]  # the frequent class scores higher
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_a_decoder_classifier_reads_the_last_real_token_whatever_the_padding(tmp_path, causal_run, padding_side):
+    """A decoder's classification head reads one position: it must be the last real token of each row, with pad ==
+    eos (a tokenizer without a pad token, as GPT-2's) and right or left padding: a row's logits in a padded batch
+    equal its logits alone (transformers 35909/35352)."""
+    checkpoint = tmp_path / "no-pad"
+    shutil.copytree(causal_run[0], checkpoint, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(checkpoint)
+    model_args, _, _, finetune_args, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
+                                                        model_name_or_path=str(checkpoint), output_dir=str(tmp_path / "o"))
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prepare_pad_token(tokenizer)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    tokenizer.padding_side = padding_side
+    torch.manual_seed(0)
+    model = build_classifier(model_args, finetune_args, tokenizer, ["neg", "pos"]).eval()
+    texts = ["the king spoke", "the queen of france spoke of war and peace in the night by the fire"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any(), "the short row is padded"
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = torch.cat([model(**tokenizer([text], return_tensors="pt")).logits for text in texts])
+    assert torch.allclose(together, alone, atol=1e-5), (together, alone)
