@@ -464,7 +464,8 @@ def test_balanced_class_weights_keep_an_imbalanced_run_from_predicting_one_class
         runs[weights] = lmrecipes.finetune(
             RECIPES[("causal", False)], model_name_or_path=str(causal_run[0]), train_file=[str(path)],
             text_column="review", label_column="verdict", max_length=32, per_device_train_batch_size=16,
-            max_steps=80, eval_strategy="no", save_strategy="no", load_best_model_at_end=False, logging_steps=20,
+            max_steps=80, eval_strategy="steps", eval_steps=40, save_strategy="steps", save_steps=40,
+            load_best_model_at_end=True, logging_steps=20,
             disable_tqdm=True, report_to="none", learning_rate=1e-3, seed=7, class_weights=[weights],
             output_dir=str(out))
         runs[weights]["predicted"] = collections.Counter(read_json(out / "test_predictions.json")["predictions"])
@@ -472,9 +473,10 @@ def test_balanced_class_weights_keep_an_imbalanced_run_from_predicting_one_class
     assert re.search(r"Imbalanced labels \(majority class pos holds 8\d% of the training rows\): best checkpoints "
                      "and early stopping are judged by macro F1", log), log[-2000:]
     plain, balanced = runs["none"], runs["balanced"]
-    assert len(plain["predicted"]) == 1, plain["predicted"]  # collapsed onto the majority class
-    assert len(balanced["predicted"]) == 2 and balanced["test_f1"] > plain["test_f1"] + 0.1, balanced["predicted"]
-    assert plain["test_f1_per_class"][0] == 0 < balanced["test_f1_per_class"][0]  # labels sorted: neg, pos
+    assert plain["predicted"][0] <= 1, plain["predicted"]  # (almost) collapsed onto the majority class (1: pos)
+    assert balanced["predicted"][0] >= 3 and balanced["test_f1"] > plain["test_f1"] + 0.1, balanced["predicted"]
+    # labels sorted: neg, pos
+    assert balanced["test_f1_per_class"][0] >= plain["test_f1_per_class"][0] + 0.25, balanced["test_f1_per_class"]
     assert balanced["test_f1_weighted"] > balanced["test_f1"]  # the frequent class scores higher
 
 

@@ -330,16 +330,18 @@ def class_weight_values(spec: list[str] | None, train_labels, labels: list[str])
     return [float(w) for w in spec]
 
 
-def weighted_cross_entropy(weights: list[float]):
-    """The Trainer's `compute_loss_func`: mean over rows of weight(label) x cross-entropy; with gradient
-    accumulation the Trainer passes the rows of the whole step (num_items_in_batch) to divide by."""
+def weighted_cross_entropy(weights: list[float], label_smoothing: float = 0.0):
+    """The Trainer's `compute_loss_func`: mean over rows of weight(label) x cross-entropy (label_smoothing_factor
+    kept: a compute_loss_func replaces the Trainer's label smoother); with gradient accumulation the Trainer passes
+    the rows of the whole step (num_items_in_batch) to divide by."""
     import torch
 
     table = torch.tensor(weights, dtype=torch.float32)
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none",
+                                                   label_smoothing=label_smoothing)
         total = (losses * table.to(logits.device)[labels]).sum()
         rows = num_items_in_batch if num_items_in_batch is not None else labels.numel()
         return total / (rows.to(total.device) if torch.is_tensor(rows) else rows)
@@ -441,13 +443,22 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                 len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
 
     imbalanced = imbalance_note(encoded["train"]["labels"], labels)
-    if "metric_for_best_model" not in (explicit or {}):  # the default: accuracy, macro F1 on imbalanced labels
+    selects = training_args.load_best_model_at_end or finetune_args.early_stopping_patience is not None or \
+        str(training_args.save_strategy).lower().endswith("best")
+    if selects and "metric_for_best_model" not in (explicit or {}):  # default: accuracy, macro F1 if imbalanced
         training_args.metric_for_best_model = "f1" if imbalanced else "accuracy"
-        training_args.greater_is_better = True
+        if "greater_is_better" not in (explicit or {}):
+            training_args.greater_is_better = True
         if imbalanced:
             logger.info("Imbalanced labels (%s): best checkpoints and early stopping are judged by macro F1 "
                         "(metric_for_best_model: f1; set it to choose)", imbalanced)
+    elif imbalanced:
+        logger.info("Imbalanced labels (%s): macro F1 and the per-class scores say more than accuracy "
+                    "(class_weights: balanced weighs the loss)", imbalanced)
     weights = class_weight_values(finetune_args.class_weights, encoded["train"]["labels"], labels)
+    if weights is not None and training_args.n_gpu > 1:
+        raise RecipeError("key 'class_weights': not supported with one process driving several GPUs (nn.DataParallel);"
+                          " launch one process per GPU (accelerate launch)")
     if weights is not None:
         logger.info("Class weights in the loss: %s", dict(zip(labels, [round(w, 4) for w in weights])))
     stopping = [EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)] \
@@ -457,7 +468,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=classification_metrics(len(labels)),
-        compute_loss_func=weighted_cross_entropy(weights) if weights is not None else None,
+        compute_loss_func=weighted_cross_entropy(weights, training_args.label_smoothing_factor)
+        if weights is not None else None,
         callbacks=[throughput, *stopping, *callbacks]))
 
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)",
