@@ -496,7 +496,6 @@ def test_a_launch_asking_for_fsdp_that_cannot_run_stops_in_one_line(tmp_path, sm
     """accelerate 1.15 drops FSDP on CPU and trains DDP; lmrecipes runs FSDP2 there, but FSDP version 1 needs an
     accelerator: the run says so and stops (exit 2) before writing."""
     out = tmp_path / "fsdp"
-    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     recipe = write_recipe(tmp_path / "pretrain.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                           validation_fraction=0.15, max_steps=2, output_dir=str(out))
     result = subprocess.run(
@@ -504,7 +503,7 @@ def test_a_launch_asking_for_fsdp_that_cannot_run_stops_in_one_line(tmp_path, sm
          str(REPO / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
          "--fsdp_version", "1",
          "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
-        capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+        capture_output=True, text=True, timeout=300, env=launch_env())
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and errors[0] == errors[1], result.stderr[-2000:]  # one line per process
@@ -565,12 +564,11 @@ def test_several_processes_on_a_cpu_machine_train_one_ddp_run_without_extra_vari
     """`--multi_gpu` on a CPU machine without ACCELERATE_USE_CPU (accelerate does not pass use_cpu on): the
     processes used to train alone, each a duplicate; now they are one DDP run over gloo, and say so."""
     out = tmp_path / "multi"
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                           validation_fraction=0.15, max_steps=2, output_dir=str(out))
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                            "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
-                          capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300, env=launch_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Parallelism: DDP: parameters replicated, gradients averaged; 2 processes on 1 machine, backend gloo" \
         in done.stdout

@@ -352,7 +352,7 @@ def weighted_cross_entropy(weights: list[float], label_smoothing: float = 0.0):
 def check_model_selection(finetune_args: FinetuneArguments, training_args) -> None:
     """Early stopping and best-model selection settings that would fail (or do nothing) at run time: one line now."""
     if finetune_args.early_stopping_patience is not None:
-        if str(training_args.eval_strategy) in ("no", "IntervalStrategy.NO"):
+        if training_args.eval_strategy == "no":
             raise RecipeError("key 'early_stopping_patience': needs evaluations to compare (eval_strategy: steps or "
                               "epoch)")
         if not training_args.load_best_model_at_end:
@@ -444,7 +444,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
 
     imbalanced = imbalance_note(encoded["train"]["labels"], labels)
     selects = training_args.load_best_model_at_end or finetune_args.early_stopping_patience is not None or \
-        str(training_args.save_strategy).lower().endswith("best")
+        training_args.save_strategy == "best"
     if selects and "metric_for_best_model" not in (explicit or {}):  # default: accuracy, macro F1 if imbalanced
         training_args.metric_for_best_model = "f1" if imbalanced else "accuracy"
         if "greater_is_better" not in (explicit or {}):
