@@ -66,7 +66,8 @@ def main() -> None:
     from lmrecipes.rows import label_key
 
     _, _, data, *_ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS)
-    splits, labels = load_classification_data(data)
+    splits, task = load_classification_data(data)
+    labels = task.labels
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     ids = {name: np.array([labels.index(label_key(v)) for v in splits[name][data.label_column]])

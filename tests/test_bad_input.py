@@ -104,7 +104,8 @@ def test_classification_loader_succeeds_or_fails_in_one_line(tmp_path_factory, t
     try:
         _, _, data_args, _, _, _ = load_recipe(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
                                                FINETUNE_ARGUMENTS, **settings_)
-        splits, labels = load_classification_data(data_args)
+        splits, task = load_classification_data(data_args)
+        labels = task.labels
     except Exception as err:  # noqa: BLE001 - what is checked is the kind of exception
         one_line(err)
         return

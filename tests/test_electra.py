@@ -14,6 +14,7 @@ from test_recipes import run_script_main
 import lmrecipes
 from lmrecipes import load_recipe
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS, build_classifier
+from lmrecipes.tasks import SingleLabelClassification
 from lmrecipes.objectives.electra import build_electra, electra_metrics
 from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
 
@@ -90,7 +91,7 @@ def test_the_classifier_takes_the_discriminator_body_and_a_new_head(electra_run)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model_args, _, _, finetune_args, _, _ = load_recipe(str(REPO / "recipes/tiny-electra/finetune-sentiment.yaml"),
                                                         FINETUNE_ARGUMENTS, model_name_or_path=str(out))
-    model = build_classifier(model_args, finetune_args, tokenizer, ["neg", "pos"])
+    model = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label"))
     assert type(model).__name__ == "ElectraForSequenceClassification"
     assert model.newly_initialised_modules == ["classifier"]  # LoRA trains it whole, as peft names it
     body = model.state_dict()

@@ -22,6 +22,7 @@ import lmrecipes
 from lmrecipes import load_recipe
 from lmrecipes.finetuning import FINETUNE_ARGUMENTS, build_classifier, load_classification_data, prepare_pad_token
 from lmrecipes.lora import load_classifier
+from lmrecipes.tasks import SingleLabelClassification
 
 RECIPES = {("causal", False): "recipes/tiny-llama/finetune-sentiment.yaml",
            ("causal", True): "recipes/tiny-llama/finetune-sentiment-lora.yaml",
@@ -115,7 +116,7 @@ def test_the_body_comes_from_the_checkpoint_and_scratch_is_random(request, kind)
     for init_from in ("pretrained", "scratch"):
         model_args, _, _, finetune_args, _, _ = load_recipe(str(REPO / RECIPES[(kind, False)]), FINETUNE_ARGUMENTS,
                                                             model_name_or_path=str(checkpoint), init_from=init_from)
-        body = build_classifier(model_args, finetune_args, tokenizer, ["neg", "pos"]).state_dict()
+        body = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label")).state_dict()
         shared = [name for name in saved if name in body]
         matrices = [name for name in shared if saved[name].dim() == 2]
         assert len(shared) >= 10 and len(matrices) >= 8, shared
@@ -339,7 +340,27 @@ def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run
                   "key 'early_stopping_patience': needs load_best_model_at_end: true"))
     cases.append(([*byo, "--early_stopping_patience", "0"], "key 'early_stopping_patience': must be at least 1"))
     cases.append(([*byo, "--metric_for_best_model", "f1_macro"],
-                  "key 'metric_for_best_model': 'f1_macro' is not a metric of fine-tuning (one of loss, accuracy, f1"))
+                  "key 'metric_for_best_model': 'f1_macro' is not a metric of single_label_classification (one of "
+                  "loss, accuracy, f1"))
+    cases.append(([*byo, "--metric_for_best_model", "accuracy", "--problem_type", "regression"],
+                  "key 'metric_for_best_model': 'accuracy' is not a metric of regression (one of loss, mse, mae"))
+    cases.append(([*byo, "--problem_type", "ordinal"], "key 'problem_type': invalid choice: 'ordinal'"))
+    cases.append(([*byo, "--problem_type", "regression"], "key 'label_column': row 1 of the train split holds "))
+    cases.append(([*byo, "--problem_type", "regression", "--class_weights", "balanced"],
+                  "key 'class_weights': weighs classes of single_label_classification, not regression"))
+    cases.append(([*byo, "--problem_type", "multi_label_classification"],
+                  "key 'label_column': row 1 of the train split holds "))
+    cases.append(([*byo, "--label_columns", "verdict", "review"], "key 'label_columns': one 0/1 column per label "
+                                                                  "is for problem_type: multi_label_classification"))
+    cases.append(([*byo, "--problem_type", "multi_label_classification", "--label_columns", "verdict", "nope"],
+                  "key 'label_columns': the train split has no column 'nope'"))
+    cases.append(([*byo, "--problem_type", "multi_label_classification", "--label_columns", "verdict", "review"],
+                  "key 'label_columns': row 1 of the train split holds "))
+    cases.append(([*byo, "--long_text", "chunk", "--max_length", "32", "--stride", "16"],
+                  "key 'stride': must be at least 0 and below max_length / 2 (16), got 16"))
+    cases.append(([*byo, "--long_text", "chunk", "--text_pair_column", "verdict"],
+                  "key 'long_text': chunk cuts single texts into windows"))
+    cases.append(([*byo, "--head_learning_rate", "0"], "key 'head_learning_rate': must be a positive number"))
     for extra, expected in cases:
         code, err = run_finetune_script(capsys, recipe, *common, *extra)
         assert code == 2 and expected in err and len(err.splitlines()) == 1, (extra, err)
@@ -362,8 +383,8 @@ def test_skip_bad_rows_drops_and_counts_defective_rows(tmp_path, caplog):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     *_, data_args, _, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
                                          train_file=[str(path)], skip_bad_rows=True)
-    splits, labels = load_classification_data(data_args)
-    assert labels == ["neg", "pos"] and sum(len(split) for split in splits.values()) == 57
+    splits, task = load_classification_data(data_args)
+    assert task.labels == ["neg", "pos"] and sum(len(split) for split in splits.values()) == 57
     assert all(isinstance(text, str) for split in splits.values() for text in split["text"])
     assert f"skip_bad_rows: dropped 3 of 60 rows of the train split ({path} row 4: column 'text' is empty (null); " \
            f"{path} row 11: column 'text' holds the list" in caplog.text
@@ -382,16 +403,16 @@ def test_max_train_samples_is_a_stratified_random_sample(causal_run):
 
     *_, data_args, _, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
                                          max_train_samples=1000, max_eval_samples=200)
-    splits, labels = load_classification_data(data_args)
+    splits, task = load_classification_data(data_args)
     share = sum(v == "positive" for v in splits["train"]["label"]) / len(splits["train"])
     tokenizer = AutoTokenizer.from_pretrained(causal_run[0])
     prepare_pad_token(tokenizer)
-    encoded = tokenize_for_classification(splits, tokenizer, labels, data_args, seed=42)
+    encoded, _ = tokenize_for_classification(splits, tokenizer, task, data_args, seed=42)
     assert len(encoded["train"]) == 1000 and len(encoded["validation"]) == 200
     for name in ("train", "validation"):
         positive = sum(encoded[name]["labels"]) / len(encoded[name])  # labels: negative 0, positive 1
         assert abs(positive - share) < 0.01, (name, positive, share)
-    again = tokenize_for_classification(splits, tokenizer, labels, data_args, seed=42)
+    again, _ = tokenize_for_classification(splits, tokenizer, task, data_args, seed=42)
     assert again["train"]["input_ids"] == encoded["train"]["input_ids"]  # seeded: the same sample
 
     from lmrecipes.data import sample_indices
@@ -470,8 +491,9 @@ def test_balanced_class_weights_keep_an_imbalanced_run_from_predicting_one_class
             output_dir=str(out))
         runs[weights]["predicted"] = collections.Counter(read_json(out / "test_predictions.json")["predictions"])
     log = capsys.readouterr().out
-    assert re.search(r"Imbalanced labels \(majority class pos holds 8\d% of the training rows\): best checkpoints "
-                     "and early stopping are judged by macro F1", log), log[-2000:]
+    assert re.search(r"Best checkpoints are judged by f1 \(metric_for_best_model: the single_label_classification "
+                     r"default for imbalanced labels, majority class pos holds 8\d% of the training rows", log), \
+        log[-2000:]
     plain, balanced = runs["none"], runs["balanced"]
     assert plain["predicted"][0] <= 1, plain["predicted"]  # (almost) collapsed onto the majority class (1: pos)
     assert balanced["predicted"][0] >= 3 and balanced["test_f1"] > plain["test_f1"] + 0.1, balanced["predicted"]
@@ -497,7 +519,7 @@ def test_a_decoder_classifier_reads_the_last_real_token_whatever_the_padding(tmp
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     tokenizer.padding_side = padding_side
     torch.manual_seed(0)
-    model = build_classifier(model_args, finetune_args, tokenizer, ["neg", "pos"]).eval()
+    model = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label")).eval()
     texts = ["the king spoke", "the queen of france spoke of war and peace in the night by the fire"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     assert (batch["attention_mask"] == 0).any(), "the short row is padded"

@@ -1,4 +1,7 @@
-"""Fine-tuning for text classification: a sequence-classification head on a pretrained body, full or LoRA."""
+"""Fine-tuning for text classification: a sequence-classification head on a pretrained body, full or LoRA.
+
+What depends on the problem type (single-label, multi-label, regression: targets, head, loss, metrics, saved files)
+is the task's (tasks/); this module loads and cuts the data, builds the model and runs the Trainer."""
 
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ from .data import load_raw_splits, sample_indices, source_fingerprint, split_hel
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
-from .rows import RowRules, label_key
+from .metrics import METRICS_DIR
+from .rows import RowRules
+from .tasks import TASKS, Task, task_class
+from .tasks.base import Documents, logits_of, metrics_function, task_loss
 from .tokenizer import load_tokenizer
 from .training import (build_trainer, check_resume_request, check_world_size, claim_output_dir, find_checkpoint,
                        hub_target, publish_if_asked, record_run, record_saved_files, run_inputs, setup_logging,
@@ -27,7 +33,6 @@ from .training import (build_trainer, check_resume_request, check_world_size, cl
 
 logger = logging.getLogger("lmrecipes")
 
-METRICS_DIR = Path(__file__).parent / "metrics"
 LABELS_FILE = "labels.json"
 TEST_PREDICTIONS = "test_predictions.json"
 
@@ -37,14 +42,30 @@ class ClassificationDataArguments(DataSourceArguments):
     """Classification data: text (or text pairs) and a label per row."""
 
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text column, for pair tasks."})
-    label_column: str = field(default="label", metadata={"help": "Column holding the label (string or integer)."})
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Column holding the label: a class (string or integer); a list of labels for "
+                  "problem_type: multi_label_classification; a number for problem_type: regression."})
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "multi_label_classification only: one 0/1 column per label, instead of a list-valued "
+                  "label_column (the column names are the label names)."})
     test_file: list[str] | None = field(
         default=None, metadata={"help": "Local test files. Default: a deterministic held-out split of train."}
     )
     test_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of training rows held out as the test split when none is given."}
     )
-    max_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per input: truncated there (long_text: "
+                                                       "truncate) or cut into windows of this size (chunk)."})
+    long_text: Literal["truncate", "chunk"] = field(
+        default="truncate",
+        metadata={"help": "Texts longer than max_length tokens: truncate (keep the start), or chunk: windows of "
+                  "max_length tokens over the whole text, each trained on with the text's label; evaluation and "
+                  "predict.py average the logits of a text's windows."})
+    stride: int | None = field(
+        default=None,
+        metadata={"help": "long_text: chunk: tokens shared by consecutive windows (default max_length // 4)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,11 +76,32 @@ class ClassificationDataArguments(DataSourceArguments):
                               f"got {self.test_fraction}")
         if self.max_length < 2:
             raise RecipeError(f"key 'max_length': must be at least 2, got {self.max_length}")
+        if self.long_text == "chunk" and self.text_pair_column:
+            raise RecipeError("key 'long_text': chunk cuts single texts into windows; text pairs (text_pair_column) "
+                              "are truncated (long_text: truncate)")
+        if self.stride is not None and not 0 <= self.stride < self.max_length // 2:
+            raise RecipeError(f"key 'stride': must be at least 0 and below max_length / 2 ({self.max_length // 2}), "
+                              f"got {self.stride}")
+        if self.label_columns is not None and len(self.label_columns) < 2:
+            raise RecipeError(f"key 'label_columns': needs at least two columns (one per label), got "
+                              f"{self.label_columns}")
+
+    def window_overlap(self) -> int:
+        return self.max_length // 4 if self.stride is None else self.stride
 
 
 @dataclass
 class FinetuneArguments:
-    """How the model is fine-tuned: from the checkpoint or from scratch, fully or with LoRA."""
+    """What the model learns (problem_type) and how: from the checkpoint or from scratch, fully or with LoRA."""
+
+    problem_type: Literal[tuple(TASKS)] = field(
+        default="single_label_classification",
+        metadata={"help": "single_label_classification: one class per text (softmax, cross-entropy). "
+                  "multi_label_classification: any number of labels per text (a list in label_column, or 0/1 "
+                  "label_columns; sigmoid per label, binary cross-entropy; decision threshold tuned on the "
+                  "validation split and saved). regression: a number per text (label_column; one output, mean "
+                  "squared error)."},
+    )
 
     init_from: Literal["pretrained", "scratch"] = field(
         default="pretrained",
@@ -74,6 +116,17 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "Module names to adapt. Default: peft's choice for the architecture (attention projections"
                   ", e.g. q_proj/v_proj for Llama, query/value for BERT). 'all-linear' adapts every linear layer."},
+    )
+    lora_use_rslora: bool = field(
+        default=False,
+        metadata={"help": "rank-stabilised LoRA: scale the adapters by lora_alpha / sqrt(lora_r) instead of "
+                  "lora_alpha / lora_r (peft use_rslora), so a higher rank still learns at the same learning rate."},
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the classification head (the model's modules outside its body: score, "
+                  "classifier), full or LoRA fine-tuning; the rest trains at learning_rate with the same schedule. "
+                  "Default: learning_rate for everything."},
     )
     merge_lora: bool = field(
         default=False,
@@ -106,6 +159,8 @@ class FinetuneArguments:
                               "pretrained or full fine-tuning")
         if self.lora_r < 1:
             raise RecipeError(f"key 'lora_r': must be at least 1, got {self.lora_r}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise RecipeError(f"key 'head_learning_rate': must be a positive number, got {self.head_learning_rate}")
         if self.class_weights is not None and [w.lower() for w in self.class_weights] not in (["none"], ["balanced"]):
             try:
                 numbers = [float(w) for w in self.class_weights]
@@ -114,6 +169,10 @@ class FinetuneArguments:
                                   f"{' '.join(self.class_weights)}") from None
             if not all(np.isfinite(w) and w > 0 for w in numbers):
                 raise RecipeError(f"key 'class_weights': weights must be positive numbers, got {numbers}")
+        if self.class_weights is not None and [w.lower() for w in self.class_weights] != ["none"] and \
+                self.problem_type != "single_label_classification":
+            raise RecipeError(f"key 'class_weights': weighs classes of single_label_classification, not "
+                              f"{self.problem_type}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise RecipeError(f"key 'early_stopping_patience': must be at least 1, got {self.early_stopping_patience}")
         if self.early_stopping_threshold < 0:
@@ -127,29 +186,35 @@ FINETUNE_ARGUMENTS = (ModelArguments, TokenizerArguments, ClassificationDataArgu
 # ---------------------------------------------------------------- data
 
 
-def _label_names(dataset, column: str) -> list[str]:
-    """The classes, sorted (numerically for numbers); the rows were checked (rows.check_rows): no nulls, one type."""
-    feature = dataset.features[column] if dataset.features else None
-    if hasattr(feature, "names"):  # datasets.ClassLabel
-        return list(feature.names)
-    return [label_key(v) for v in sorted(set(dataset[column]))]
-
-
 def _unlabelled(dataset, column: str) -> int:
     """Rows a ClassLabel column marks as unlabelled (-1); other columns' missing labels are rows.check_rows'."""
-    if not hasattr(dataset.features[column], "names"):
+    if column not in dataset.column_names or not hasattr(dataset.features[column], "names"):
         return 0
     return sum(1 for v in dataset[column] if v is None or v < 0)
 
 
-def load_classification_data(args: ClassificationDataArguments):
-    """Train / validation / test splits (held out deterministically when missing) and the label names."""
+def load_classification_data(args: ClassificationDataArguments, problem_type: str = "single_label_classification",
+                             finetune_args: FinetuneArguments | None = None, label_smoothing: float = 0.0):
+    """(train / validation / test splits, held out deterministically when missing; the task, which read its labels
+    from them)."""
     if args.streaming:
         raise RecipeError("key 'streaming': fine-tuning loads its data into memory; set streaming: false")
+    task_type = task_class(problem_type)
+    if args.label_columns and problem_type != "multi_label_classification":
+        raise RecipeError("key 'label_columns': one 0/1 column per label is for problem_type: "
+                          "multi_label_classification; use label_column")
+    label_columns = args.label_columns or [args.label_column]
     rules = RowRules(texts={"text_column": args.text_column, "text_pair_column": args.text_pair_column},
-                     label={"label_column": args.label_column}, text_required=True)
+                     label={"label_column": args.label_column} if task_type.scalar_labels else {},
+                     text_required=True)
     raw, _ = load_raw_splits(args, streaming=False, rules=rules)
     raw = {name: raw[name] for name in ("train", "validation", "test") if name in raw}  # e.g. not "unsupervised"
+    for name, dataset in raw.items():
+        missing = [c for c in label_columns if c not in dataset.column_names]
+        if missing:
+            key = "label_columns" if args.label_columns else "label_column"
+            raise RecipeError(f"key '{key}': the {name} split has no column {missing[0]!r} (columns: "
+                              f"{', '.join(dataset.column_names)})")
     for split in ("validation", "test"):  # a Hub split without labels (GLUE's test splits: all -1): held out instead
         if split in raw and _unlabelled(raw[split], args.label_column) == len(raw[split]):
             logger.warning("The %s split has no labels (-1): holding out %s of the training rows instead", split,
@@ -166,42 +231,52 @@ def load_classification_data(args: ClassificationDataArguments):
         if unlabelled:
             raise RecipeError(f"key 'label_column': {unlabelled} of {len(dataset)} rows of the {split} split have "
                               "no label (-1); label them or leave them out")
-    labels = _label_names(raw["train"], args.label_column)
-    if len(labels) < 2:
-        raise RecipeError(f"key 'label_column': the training data has a single class ({labels[0] if labels else '-'})"
-                          "; classification needs at least two")
-    known = set(labels)
-    for split in ("validation", "test"):
-        feature = raw[split].features[args.label_column]
-        unseen = set() if hasattr(feature, "names") else \
-            {label_key(v) for v in set(raw[split][args.label_column])} - known
-        if unseen:
-            raise RecipeError(f"key 'label_column': label(s) {sorted(unseen)} in the {split} split never occur in "
-                              "training")
-    return {k: raw[k] for k in ("train", "validation", "test")}, labels
+    splits = {k: raw[k] for k in ("train", "validation", "test")}
+    return splits, task_type.from_data(splits, args, finetune_args or FinetuneArguments(problem_type=problem_type),
+                                       label_smoothing=label_smoothing)
 
 
-def tokenize_for_classification(splits: dict, tokenizer, labels: list[str], args: ClassificationDataArguments,
+def tokenize_for_classification(splits: dict, tokenizer, task: Task, args: ClassificationDataArguments,
                                 seed: int = 42):
-    """Tokenize (truncating at max_length; padding happens per batch) and map labels to ids 0..n-1."""
-    label_ids = {name: i for i, name in enumerate(labels)}
-    class_label = hasattr(splits["train"].features[args.label_column], "names")  # already ids
+    """Tokenize (padding happens per batch) and add the task's targets as `labels`; max_train_samples /
+    max_eval_samples take a seeded sample stratified by label.
 
-    def encode(batch):
-        pair = batch[args.text_pair_column] if args.text_pair_column else None
-        encoded = tokenizer(batch[args.text_column], pair, truncation=True, max_length=args.max_length)
-        encoded["labels"] = [v if class_label else label_ids[label_key(v)] for v in batch[args.label_column]]
-        return encoded
-
-    out = {}
+    Returns (tokenized splits, Documents or None). long_text: truncate keeps the first max_length tokens of a text;
+    chunk cuts every text into windows of max_length tokens overlapping by `stride` (the tokenizer's
+    return_overflowing_tokens), and a window's `labels` is its text's number in the returned Documents table."""
+    chunk = args.long_text == "chunk"
+    columns = [args.text_column, *([args.text_pair_column] if args.text_pair_column else []),
+               *task.label_columns(args)]
+    sampled = {}
     for name, dataset in splits.items():
         limit = {"train": args.max_train_samples, "validation": args.max_eval_samples}.get(name)
         if limit:  # a seeded sample stratified by label, not the first rows (data files are often sorted by label)
-            dataset = dataset.select(sample_indices(len(dataset), limit, seed,
-                                                    [label_key(v) for v in dataset[args.label_column]]))
-        out[name] = dataset.map(encode, batched=True, remove_columns=dataset.column_names,
-                                num_proc=args.preprocessing_num_workers, desc=f"Tokenizing {name}")
-    return out
+            strata = task.strata(dataset.select_columns(task.label_columns(args))[:])
+            dataset = dataset.select(sample_indices(len(dataset), limit, seed, strata))
+        sampled[name] = dataset.select_columns(columns)
+    documents = Documents({name: task.targets(dataset[:]) for name, dataset in sampled.items()}) if chunk else None
+
+    def encode(batch, indices, split):
+        pair = batch[args.text_pair_column] if args.text_pair_column else None
+        if not chunk:
+            encoded = tokenizer(batch[args.text_column], pair, truncation=True, max_length=args.max_length)
+            encoded["labels"] = task.targets(batch)
+            return encoded
+        encoded = tokenizer(batch[args.text_column], truncation=True, max_length=args.max_length,
+                            stride=args.window_overlap(), return_overflowing_tokens=True)
+        text_of_window = encoded.pop("overflow_to_sample_mapping")
+        encoded["labels"] = [documents.first[split] + indices[i] for i in text_of_window]
+        return encoded
+
+    out = {}
+    for name, dataset in sampled.items():
+        out[name] = dataset.map(encode, batched=True, with_indices=True, fn_kwargs={"split": name},
+                                remove_columns=dataset.column_names, num_proc=args.preprocessing_num_workers,
+                                desc=f"Tokenizing {name}")
+        if chunk:
+            logger.info("long_text: chunk: %d %s texts -> %d windows of up to %d tokens (overlap %d)", len(dataset),
+                        name, len(out[name]), args.max_length, args.window_overlap())
+    return out, documents
 
 
 # ---------------------------------------------------------------- model
@@ -217,12 +292,12 @@ def prepare_pad_token(tokenizer) -> None:
         logger.info("The tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token)
 
 
-def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer, labels: list[str]):
-    """AutoModelForSequenceClassification with labels from the data; new head, body loaded (or random: scratch)."""
+def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer, task: Task):
+    """AutoModelForSequenceClassification with the task's head (labels from the data); body loaded (or random:
+    scratch)."""
     path = resolve_model_path(model_args.model_name_or_path)
     config = build_config(model_args)
-    config.num_labels = len(labels)
-    config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+    task.configure(config)
     config.pad_token_id = tokenizer.pad_token_id
     vocab = getattr(config.get_text_config(), "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
@@ -266,7 +341,7 @@ def apply_lora(model, finetune_args: FinetuneArguments):
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=finetune_args.lora_r, lora_alpha=finetune_args.lora_alpha,
-                      lora_dropout=finetune_args.lora_dropout,
+                      lora_dropout=finetune_args.lora_dropout, use_rslora=finetune_args.lora_use_rslora,
                       modules_to_save=getattr(model, "newly_initialised_modules", None) or None,
                       target_modules=(finetune_args.lora_target_modules[0]
                                       if finetune_args.lora_target_modules == ["all-linear"]
@@ -281,72 +356,47 @@ def apply_lora(model, finetune_args: FinetuneArguments):
     return model
 
 
+def head_parameters(model) -> list:
+    """The trainable parameters of the classification head: the modules of the (LoRA-wrapped) classifier outside
+    its body (`score` for Llama, `classifier` for BERT; with LoRA, peft's trained copy of them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix, None)
+    return [p for child in base.children() if child is not body for p in child.parameters() if p.requires_grad]
+
+
+def optimizer_with_head_learning_rate(training_args, model, head_learning_rate: float):
+    """(optimizer class, kwargs) for the Trainer's `optimizer_cls_and_kwargs`: the optimizer that `optim` names,
+    with the head's parameters in groups of their own at `head_learning_rate` (the scheduler scales every group's
+    rate alike). Hand-written: the Trainer groups parameters by weight decay only."""
+    import torch
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        raise RecipeError(f"key 'head_learning_rate': not supported with optim: {training_args.optim}")
+    head = {id(p) for p in head_parameters(model)}
+    if not head:
+        raise RecipeError("key 'head_learning_rate': this model has no trainable head outside its body")
+
+    class WithHeadLearningRate(optimizer_cls):
+        def __init__(self, groups, **options):
+            split = []
+            for group in groups:
+                params = list(group["params"])
+                split.append({**group, "params": [p for p in params if id(p) not in head]})
+                split.append({**group, "params": [p for p in params if id(p) in head], "lr": head_learning_rate})
+            super().__init__([group for group in split if group["params"]], **options)
+
+    WithHeadLearningRate.__name__ = f"{optimizer_cls.__name__}WithHeadLearningRate"
+    return WithHeadLearningRate, kwargs
+
+
 # ---------------------------------------------------------------- metrics
 
 
-def load_metric(name: str):
-    """The shipped `evaluate` module (works offline): accuracy, f1, precision, recall, confusion_matrix."""
-    return evaluate.load(str(METRICS_DIR / name))
-
-
-AVERAGED = ("f1", "precision", "recall")
-# what classification_metrics reports (without the split prefix): metric_for_best_model must be one of them
-CLASSIFICATION_METRICS = ("loss", "accuracy", *AVERAGED, *(f"{name}_weighted" for name in AVERAGED))
-
-
-def classification_metrics(num_labels: int):
-    """accuracy; F1, precision and recall macro-averaged (`f1`...), weighted by class frequency (`f1_weighted`...)
-    and per class (`f1_per_class`...: lists in the order of the labels); the confusion matrix."""
-    metrics = {name: load_metric(name) for name in ("accuracy", *AVERAGED, "confusion_matrix")}
-    every_class = list(range(num_labels))
-
-    def compute(eval_prediction):
-        logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) \
-            else eval_prediction.predictions
-        predictions, references = np.argmax(logits, axis=-1), eval_prediction.label_ids
-        result = metrics["accuracy"].compute(predictions=predictions, references=references)
-        for name in AVERAGED:
-            for average, suffix in (("macro", ""), ("weighted", "_weighted"), (None, "_per_class")):
-                value = metrics[name].compute(  # averages over the classes present, as scikit-learn
-                    predictions=predictions, references=references, average=average,
-                    labels=every_class if average is None else None)[name]
-                result[f"{name}{suffix}"] = np.asarray(value).tolist() if average is None else float(value)
-        result.update(metrics["confusion_matrix"].compute(predictions=predictions, references=references,
-                                                          num_labels=num_labels))
-        return result
-
-    return compute
-
-
-def class_weight_values(spec: list[str] | None, train_labels, labels: list[str]) -> list[float] | None:
-    """The loss weight of each class from `class_weights` (None: unweighted)."""
-    if spec is None or [w.lower() for w in spec] == ["none"]:
-        return None
-    if [w.lower() for w in spec] == ["balanced"]:
-        counts = np.bincount(np.asarray(train_labels), minlength=len(labels))
-        return [float(len(train_labels) / (len(labels) * count)) if count else 0.0 for count in counts]
-    if len(spec) != len(labels):
-        raise RecipeError(f"key 'class_weights': {len(spec)} weights for {len(labels)} classes {labels}")
-    return [float(w) for w in spec]
-
-
-def weighted_cross_entropy(weights: list[float], label_smoothing: float = 0.0):
-    """The Trainer's `compute_loss_func`: mean over rows of weight(label) x cross-entropy (label_smoothing_factor
-    kept: a compute_loss_func replaces the Trainer's label smoother); with gradient accumulation the Trainer passes
-    the rows of the whole step (num_items_in_batch) to divide by."""
-    import torch
-
-    table = torch.tensor(weights, dtype=torch.float32)
-
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none",
-                                                   label_smoothing=label_smoothing)
-        total = (losses * table.to(logits.device)[labels]).sum()
-        rows = num_items_in_batch if num_items_in_batch is not None else labels.numel()
-        return total / (rows.to(total.device) if torch.is_tensor(rows) else rows)
-
-    return loss
+def load_metric(name: str, config_name: str | None = None):
+    """A shipped `evaluate` module (works offline): accuracy, f1, precision, recall, confusion_matrix (the first
+    four also in a "multilabel" configuration), mse, mae, pearsonr, spearmanr."""
+    return evaluate.load(str(METRICS_DIR / name), config_name)
 
 
 def check_model_selection(finetune_args: FinetuneArguments, training_args) -> None:
@@ -359,17 +409,10 @@ def check_model_selection(finetune_args: FinetuneArguments, training_args) -> No
             raise RecipeError("key 'early_stopping_patience': needs load_best_model_at_end: true (the best "
                               "checkpoint is what early stopping keeps)")
     metric = training_args.metric_for_best_model
-    if metric is not None and metric.removeprefix("eval_") not in CLASSIFICATION_METRICS:
-        raise RecipeError(f"key 'metric_for_best_model': {metric!r} is not a metric of fine-tuning (one of "
-                          f"{', '.join(CLASSIFICATION_METRICS)})")
-
-
-def imbalance_note(train_labels, labels: list[str]) -> str | None:
-    """When the majority class holds more than 60% of the training rows: a description of it, else None."""
-    counts = np.bincount(np.asarray(train_labels), minlength=len(labels))
-    share = counts.max() / counts.sum()
-    return f"majority class {labels[int(counts.argmax())]} holds {share:.0%} of the training rows" \
-        if share > 0.6 else None
+    known = task_class(finetune_args.problem_type).metric_names
+    if metric is not None and metric.removeprefix("eval_") not in known:
+        raise RecipeError(f"key 'metric_for_best_model': {metric!r} is not a metric of {finetune_args.problem_type} "
+                          f"(one of {', '.join(known)})")
 
 
 def architecture_summary(model) -> dict:
@@ -379,12 +422,6 @@ def architecture_summary(model) -> dict:
     text = config.get_text_config()
     return {"model_type": config.model_type, "architectures": [type(base).__name__],
             **{k: getattr(text, k, None) for k in ("hidden_size", "num_hidden_layers", "vocab_size")}}
-
-
-def majority_accuracy(train_labels, test_labels) -> float:
-    """Accuracy of always predicting the most frequent training label: what chance is on this test split."""
-    majority = np.bincount(np.asarray(train_labels)).argmax()
-    return float((np.asarray(test_labels) == majority).mean())
 
 
 def predict_in_order(trainer, dataset):
@@ -399,14 +436,20 @@ def predict_in_order(trainer, dataset):
         trainer.args.train_sampling_strategy = strategy
 
 
-def save_test_predictions(out: Path, test, dataset, labels: list[str]) -> None:
-    """The predicted and true label id of every test row, in the test split's order, and a hash of the rows' token
-    ids (two runs scored the same rows in the same order only if it matches)."""
-    logits = test.predictions[0] if isinstance(test.predictions, tuple) else test.predictions
+def per_text(prediction, documents: Documents | None):
+    """(logits, targets) of a Trainer prediction, one row per text (a text's windows averaged: long_text chunk)."""
+    logits, targets = logits_of(prediction.predictions), np.asarray(prediction.label_ids)
+    return documents.average(logits, targets) if documents is not None else (logits, targets)
+
+
+def save_test_predictions(out: Path, task: Task, logits, targets, dataset) -> None:
+    """The prediction and the target of every test text, in the test split's order (as the task writes them: label
+    ids, 0/1 rows, scores), and a hash of the rows' token ids (two runs scored the same rows in the same order only
+    if it matches)."""
     rows = hashlib.sha256(json.dumps([list(ids) for ids in dataset["input_ids"]]).encode()).hexdigest()
     (out / TEST_PREDICTIONS).write_text(json.dumps({
-        "labels": labels, "test_inputs_sha256": rows, "predictions": np.argmax(logits, axis=-1).tolist(),
-        "references": np.asarray(test.label_ids).tolist()}))
+        "problem_type": task.problem_type, "labels": task.labels, "test_inputs_sha256": rows,
+        "predictions": task.predictions(logits), "references": np.asarray(targets).tolist()}))
 
 
 # ---------------------------------------------------------------- the run
@@ -433,79 +476,94 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         key="tokenizer_name_or_path" if tokenizer_args.tokenizer_name_or_path else "model_name_or_path")
     prepare_pad_token(tokenizer)
     with training_args.main_process_first(desc="classification data"):
-        splits, labels = load_classification_data(data_args)
-        encoded = tokenize_for_classification(splits, tokenizer, labels, data_args, training_args.seed)
-    model = build_classifier(model_args, finetune_args, tokenizer, labels)
+        splits, task = load_classification_data(data_args, finetune_args.problem_type, finetune_args,
+                                                training_args.label_smoothing_factor)
+        encoded, documents = tokenize_for_classification(splits, tokenizer, task, data_args, training_args.seed)
+    model = build_classifier(model_args, finetune_args, tokenizer, task)
     if finetune_args.use_lora:
         model = apply_lora(model, finetune_args)
-    logger.info("Classifier: %s parameters, %s trainable; labels %s; %d/%d/%d train/validation/test rows",
-                f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", labels,
-                len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
+    logger.info("Classifier (%s): %s parameters, %s trainable; labels %s; %d/%d/%d train/validation/test rows",
+                task.problem_type, f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}",
+                task.labels, len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
+    for line in task.notes():
+        logger.info("%s", line)
 
-    imbalanced = imbalance_note(encoded["train"]["labels"], labels)
+    imbalanced = getattr(task, "imbalance", None)
     selects = training_args.load_best_model_at_end or finetune_args.early_stopping_patience is not None or \
         training_args.save_strategy == "best"
-    if selects and "metric_for_best_model" not in (explicit or {}):  # default: accuracy, macro F1 if imbalanced
-        training_args.metric_for_best_model = "f1" if imbalanced else "accuracy"
+    if selects and "metric_for_best_model" not in (explicit or {}):  # the task's default
+        training_args.metric_for_best_model, greater_is_better = task.best_metric
         if "greater_is_better" not in (explicit or {}):
-            training_args.greater_is_better = True
-        if imbalanced:
-            logger.info("Imbalanced labels (%s): best checkpoints and early stopping are judged by macro F1 "
-                        "(metric_for_best_model: f1; set it to choose)", imbalanced)
+            training_args.greater_is_better = greater_is_better
+        logger.info("Best checkpoints%s are judged by %s (metric_for_best_model: the %s default%s; set it to "
+                    "choose)", " and early stopping" if finetune_args.early_stopping_patience else "",
+                    training_args.metric_for_best_model, task.problem_type,
+                    f" for imbalanced labels, {imbalanced}" if imbalanced else "")
     elif imbalanced:
         logger.info("Imbalanced labels (%s): macro F1 and the per-class scores say more than accuracy "
                     "(class_weights: balanced weighs the loss)", imbalanced)
-    weights = class_weight_values(finetune_args.class_weights, encoded["train"]["labels"], labels)
-    if weights is not None and training_args.n_gpu > 1:
-        raise RecipeError("key 'class_weights': not supported with one process driving several GPUs (nn.DataParallel);"
-                          " launch one process per GPU (accelerate launch)")
-    if weights is not None:
-        logger.info("Class weights in the loss: %s", dict(zip(labels, [round(w, 4) for w in weights])))
+    if training_args.n_gpu > 1 and (getattr(task, "weights", None) is not None or documents is not None):
+        raise RecipeError("class_weights and long_text: chunk are not supported with one process driving several "
+                          "GPUs (nn.DataParallel); launch one process per GPU (accelerate launch)")
     stopping = [EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)] \
         if finetune_args.early_stopping_patience is not None else []
     throughput = throughput_callback(model, training_args, data_args.max_length)
     trainer = build_trainer(training_args, lambda: Trainer(
         model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=classification_metrics(len(labels)),
-        compute_loss_func=weighted_cross_entropy(weights, training_args.label_smoothing_factor)
-        if weights is not None else None,
+        compute_metrics=metrics_function(task, documents), compute_loss_func=task_loss(task, documents),
+        optimizer_cls_and_kwargs=optimizer_with_head_learning_rate(training_args, model,
+                                                                   finetune_args.head_learning_rate)
+        if finetune_args.head_learning_rate is not None else None,
         callbacks=[throughput, *stopping, *callbacks]))
 
     finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes finetune)",
                                 run_inputs(model_args, tokenizer, source_fingerprint(data_args)))
     if finished is not None:
         return finished
+    out = Path(training_args.output_dir)
+
+    def save_labels():
+        (out / LABELS_FILE).write_text(json.dumps(
+            {**task.saved(), "base_model": model_args.model_name_or_path, "init_from": finetune_args.init_from,
+             "use_lora": finetune_args.use_lora, "base_config": architecture_summary(model),
+             "long_text": data_args.long_text, "stride": data_args.window_overlap()}, indent=2))
+
     if training_args.should_save:
-        (Path(training_args.output_dir) / LABELS_FILE).write_text(json.dumps(
-            {"labels": labels, "base_model": model_args.model_name_or_path, "init_from": finetune_args.init_from,
-             "use_lora": finetune_args.use_lora, "base_config": architecture_summary(model)}, indent=2))
-        record_run(Path(training_args.output_dir), files=[LABELS_FILE])
+        save_labels()
+        record_run(out, files=[LABELS_FILE])
     checkpoint = find_checkpoint(training_args)
     train_metrics = train_and_save(trainer, checkpoint, throughput)
 
+    if task.tunes:  # e.g. the multi-label decision threshold: chosen on validation, used on test and saved
+        logger.info("%s", task.tune(*per_text(predict_in_order(trainer, encoded["validation"]), documents)))
+        if training_args.should_save:
+            save_labels()
     eval_metrics = trainer.evaluate(metric_key_prefix="eval")
     test = predict_in_order(trainer, encoded["test"])
     test_metrics = dict(test.metrics)
-    test_metrics["test_majority_accuracy"] = majority_accuracy(encoded["train"]["labels"], encoded["test"]["labels"])
-    eval_metrics["eval_samples"], test_metrics["test_samples"] = len(encoded["validation"]), len(encoded["test"])
+    test_logits, test_targets = per_text(test, documents)
+    train_targets = documents.split_targets("train") if documents is not None else encoded["train"]["labels"]
+    test_metrics.update(task.baseline(np.asarray(train_targets), test_targets))
+    eval_metrics["eval_samples"] = documents.texts["validation"] if documents is not None \
+        else len(encoded["validation"])
+    test_metrics["test_samples"] = len(test_targets)
     for split, metrics in (("eval", eval_metrics), ("test", test_metrics)):
         trainer.log_metrics(split, {k: v for k, v in metrics.items() if not isinstance(v, list)})
-        logger.info("%s confusion matrix (rows: true %s, columns: predicted): %s", split, labels,
-                    metrics[f"{split}_confusion_matrix"])
+        if f"{split}_confusion_matrix" in metrics:
+            logger.info("%s confusion matrix (rows: true %s, columns: predicted): %s", split, task.labels,
+                        metrics[f"{split}_confusion_matrix"])
         trainer.save_metrics(split, metrics)
     if training_args.should_save:  # per row, for paired comparisons of runs on the same test split (label_curve)
-        save_test_predictions(Path(training_args.output_dir), test, encoded["test"], labels)
+        save_test_predictions(out, task, test_logits, test_targets, encoded["test"])
     if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
         from .lora import merge_adapter
 
-        merge_adapter(training_args.output_dir, Path(training_args.output_dir) / "merged")
+        merge_adapter(training_args.output_dir, out / "merged")
     results = {**train_metrics, **eval_metrics, **test_metrics}
     if training_args.should_save:
-        record_saved_files(Path(training_args.output_dir), finished=True)  # results, merged/: the run is done
+        record_saved_files(out, finished=True)  # results, merged/: the run is done
     if training_args.should_log:
-        print(f"Fine-tuning done: test accuracy {test_metrics['test_accuracy']:.4f}, macro F1 "
-              f"{test_metrics['test_f1']:.4f} (majority class {test_metrics['test_majority_accuracy']:.4f}). "
-              f"Model in {training_args.output_dir}", flush=True)
+        print(f"Fine-tuning done: {task.summary(test_metrics)}. Model in {training_args.output_dir}", flush=True)
     publish_if_asked(training_args, hub)
     return results

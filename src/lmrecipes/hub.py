@@ -28,6 +28,7 @@ from .objectives import OBJECTIVES
 from .objectives.base import pipeline_snippet
 from .ownership import check_deletable, delete_checked, files_in, sha256_of, write_json_atomically
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
+from .tasks import task_class
 
 logger = logging.getLogger("lmrecipes")
 
@@ -163,11 +164,14 @@ def data_provenance(recipe: dict) -> list[str]:
 # ---------------------------------------------------------------- the model card
 
 
+# what a fine-tuned model's results hold as the score of a predictor that ignores the text (Task.baseline)
+BASELINES = {"test_majority_accuracy": "majority-class accuracy", "test_majority_subset_accuracy":
+             "most frequent label set, subset accuracy", "test_mean_predictor_mse": "training-mean predictor, MSE"}
 PIPELINE_TAGS = {**{name: objective.pipeline_tag for name, objective in OBJECTIVES.items()},
                  "classifier": "text-classification", "adapter": "text-classification"}
 
 
-def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
+def _eval_results(kind: str, results: dict, recipe: dict, model_name: str, problem_type: str | None = None):
     from huggingface_hub import EvalResult
 
     task = PIPELINE_TAGS[kind]
@@ -181,14 +185,15 @@ def _eval_results(kind: str, results: dict, recipe: dict, model_name: str):
     else:
         dataset = recipe.get("dataset_name") or Path((recipe.get("train_file") or ["local"])[0]).name.split(".")[0]
         name = dataset
-        metrics = [("test_accuracy", "accuracy", "Accuracy"), ("test_f1", "f1", "Macro F1")]
+        metrics = task_class(problem_type or "single_label_classification").card_metrics
         split = "test"
     return [EvalResult(task_type=task, dataset_type=dataset, dataset_name=name, dataset_split=split,
                        metric_type=metric, metric_name=label, metric_value=round(float(results[key]), 4))
             for key, metric, label in metrics if results.get(key) is not None]
 
 
-def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str]) -> str:
+def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str],
+           problem_type: str = "single_label_classification") -> str:
     """The card's how-to-use snippet; a classifier (plain or adapter) prints the run's own label names."""
     if kind in OBJECTIVES:
         return OBJECTIVES[kind].usage(repo_id, tokenizer_mask)
@@ -200,7 +205,7 @@ def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str
             f'labels = {labels!r}\n'
             f'model = AutoPeftModelForSequenceClassification.from_pretrained(\n'
             f'    "{repo_id}", num_labels=len(labels), id2label=dict(enumerate(labels)),\n'
-            f'    label2id={{name: i for i, name in enumerate(labels)}})\n'
+            f'    label2id={{name: i for i, name in enumerate(labels)}}, problem_type={problem_type!r})\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
             f'model.config.pad_token_id = tokenizer.pad_token_id\n'
             f'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
@@ -234,7 +239,7 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
         model_name=model_name, library_name="peft" if kind == "adapter" else "transformers",
         pipeline_tag=PIPELINE_TAGS[kind], license=args.license, language=args.language, datasets=datasets,
         tags=[t for t in tags if t], base_model=base_model if fine_tuned else None,
-        eval_results=_eval_results(kind, results, recipe, model_name) or None)
+        eval_results=_eval_results(kind, results, recipe, model_name, run_labels.get("problem_type")) or None)
 
     what = {**{name: objective.description for name, objective in OBJECTIVES.items()},
             "classifier": f"a sequence classifier (labels: {', '.join(labels)})",
@@ -258,8 +263,9 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
     ]
     evaluation = ["| metric | split | value |", "| --- | --- | --- |"] + [
         f"| {r.metric_name} | {r.dataset_split} | {r.metric_value} |" for r in (data.eval_results or [])]
-    if fine_tuned and results.get("test_majority_accuracy") is not None:
-        evaluation.append(f"| majority-class accuracy (baseline) | test | {results['test_majority_accuracy']:.4f} |")
+    for key, baseline in BASELINES.items():
+        if fine_tuned and results.get(key) is not None:
+            evaluation.append(f"| {baseline} (baseline) | test | {results[key]:.4f} |")
     limitations = ("A small model trained in minutes for demonstration and research: it knows little, generates "
                    "unreliable text and inherits the biases of its training data (old literature and political "
                    "speeches; movie-review snippets for classifiers). Do not use it for decisions about people."
@@ -269,7 +275,8 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
     body = "\n".join([
         f"# {model_name}", "", f"{model_name} is {what}, trained with lmrecipes "
         "(pretraining and fine-tuning recipes on the Hugging Face stack).", "",
-        "## How to use", "", "```python", _usage(kind, repo_id, tokenizer_config.get("mask_token"), labels), "```", "",
+        "## How to use", "", "```python", _usage(kind, repo_id, tokenizer_config.get("mask_token"), labels,
+                                                    run_labels.get("problem_type", "single_label_classification")), "```", "",
         "## Training", "", *training, "", "## Evaluation", "", *evaluation, "",
         "## Training data", "", *data_provenance(recipe), "", "## Limitations", "", limitations, ""])
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

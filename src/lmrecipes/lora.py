@@ -36,10 +36,12 @@ def load_classifier(model_dir):
     labels_file = model_dir / "labels.json"
     if not labels_file.is_file():
         raise RecipeError(f"{labels_file} is missing: cannot rebuild the classification head of the adapter")
-    labels = json.loads(labels_file.read_text())["labels"]
+    info = json.loads(labels_file.read_text())
+    labels = info["labels"]
     base = AutoModelForSequenceClassification.from_pretrained(
         base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id, use_safetensors=True)
+        label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id, use_safetensors=True,
+        problem_type=info.get("problem_type", "single_label_classification"))
     return PeftModel.from_pretrained(base, model_dir), tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Batch inference with a fine-tuned classifier through the `text-classification` pipeline."""
+"""Batch inference with a fine-tuned classifier: labels, label sets or scores, as its task says."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import pipeline
+import numpy as np
+from transformers import DataCollatorWithPadding
 
 from .errors import RecipeError
 from .lora import load_classifier
 from .recipe import read_run_recipe
 from .rows import csv_records, json_records, text_problem
+from .tasks import saved_task
 
 INPUT_TYPES = (".txt", ".jsonl", ".json", ".csv")
 
@@ -83,24 +85,71 @@ def _nothing(path):
 
 
 def predict(model_dir, texts: list, batch_size: int = 32, max_length: int | None = None) -> list[dict]:
-    """[{text, label, score}] for each text; a text is a string, or a {"text", "text_pair"} dict (pair tasks)."""
+    """For each text (a string, or a {"text", "text_pair"} dict for pair tasks) the text plus what the model's task
+    returns: {label, score} (single label), {labels, scores} (multi-label: every label at or above the saved
+    threshold), {score} (regression). Texts are cut into windows as the model was trained (long_text: chunk) and
+    a text's window logits averaged."""
     for index, text in enumerate(texts):
         pair = isinstance(text, dict)
         problem = text_problem(text.get("text") if pair else text, required=True) or (
             text_problem(text.get("text_pair"), required=True) if pair else None)
         if problem:
             raise RecipeError(f"text {index}: {problem}")
+    if not texts:
+        return []
     recipe = read_run_recipe(model_dir)
     if recipe.get("text_pair_column") and any(not isinstance(text, dict) for text in texts):
         raise RecipeError(f"{model_dir} classifies text pairs ({recipe.get('text_column')!r}, "
                           f"{recipe['text_pair_column']!r}): give each text as {{'text': ..., 'text_pair': ...}}")
     model, tokenizer = load_classifier(model_dir)
+    info = read_labels_file(model_dir, model.config)
+    task = saved_task(info)
     if max_length is None:
         max_length = recipe.get("max_length") or 512
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
-    outputs = classifier(texts, batch_size=batch_size, truncation=True, max_length=max_length)
-    return [{**(text if isinstance(text, dict) else {"text": text}), "label": out["label"], "score": float(out["score"])}
-            for text, out in zip(texts, outputs)]
+    stride = info.get("stride", max_length // 4) if info.get("long_text") == "chunk" else None
+    logits = text_logits(model, tokenizer, texts, max_length, stride, batch_size)
+    return [{**(text if isinstance(text, dict) else {"text": text}), **out} for text, out in
+            zip(texts, task.outputs(logits))]
+
+
+def read_labels_file(model_dir, config) -> dict:
+    """The run's labels.json; for a checkpoint made elsewhere, what its config says (problem type, labels)."""
+    path = Path(model_dir) / "labels.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    problem_type = config.problem_type or "single_label_classification"
+    return {"problem_type": problem_type, "labels": labels, "label_columns": labels, "column_per_label": True,
+            "threshold": 0.5}
+
+
+def text_logits(model, tokenizer, texts: list, max_length: int, stride: int | None, batch_size: int) -> np.ndarray:
+    """The model's logits for each text: truncated at max_length tokens, or (stride given) the mean over windows of
+    max_length tokens overlapping by `stride`. Hand-written: the text-classification pipeline truncates and has no
+    windows."""
+    import torch
+
+    pairs = [text["text_pair"] for text in texts] if texts and isinstance(texts[0], dict) else None
+    firsts = [text["text"] if isinstance(text, dict) else text for text in texts]
+    if stride is None:
+        encoded = tokenizer(firsts, pairs, truncation=True, max_length=max_length)
+        text_of_row = list(range(len(texts)))
+    else:
+        encoded = tokenizer(firsts, truncation=True, max_length=max_length, stride=stride,
+                            return_overflowing_tokens=True)
+        text_of_row = list(encoded.pop("overflow_to_sample_mapping"))
+    rows = [{key: encoded[key][i] for key in encoded.keys()} for i in range(len(text_of_row))]
+    collate = DataCollatorWithPadding(tokenizer)
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(rows[start:start + batch_size]).items()}
+            outputs.append(model(**batch).logits.float().cpu().numpy())
+    logits = np.concatenate(outputs)
+    sums = np.zeros((len(texts), logits.shape[-1]))
+    np.add.at(sums, np.asarray(text_of_row), logits)
+    return sums / np.bincount(text_of_row, minlength=len(texts))[:, None]
 
 
 def predict_file(model_dir, input_path, output_path=None, text_column="text", batch_size=32, max_length=None,
@@ -121,7 +170,8 @@ def predict_file(model_dir, input_path, output_path=None, text_column="text", ba
         if output_path.suffix == ".csv":
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+                              for key, value in row.items()} for row in rows)  # multi-label: labels, scores as JSON
         else:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tmp.replace(output_path)

@@ -1,4 +1,6 @@
-"""Accuracy: the fraction of predictions equal to the references. Shipped with lmrecipes so it loads offline."""
+"""Accuracy: the fraction of predictions equal to the references. Shipped with lmrecipes so it loads offline.
+In the "multilabel" configuration a row counts as correct only when its whole 0/1 indicator row matches (subset
+accuracy, exact match)."""
 
 import evaluate
 import numpy as np
@@ -8,8 +10,8 @@ from lmrecipes.metrics import counts  # the module, not a class: evaluate loads 
 _DESCRIPTION = "Accuracy = (number of correct predictions) / (number of predictions)."
 _KWARGS = """
 Args:
-    predictions (list of int): predicted labels.
-    references (list of int): true labels.
+    predictions (list of int): predicted labels ("multilabel": list of 0/1 rows).
+    references (list of int): true labels ("multilabel": list of 0/1 rows).
 Returns:
     accuracy (float): in [0, 1].
 """
@@ -19,9 +21,12 @@ class Accuracy(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION, citation="", inputs_description=_KWARGS,
-            features=counts.LABEL_FEATURES,
+            features=counts.features_for(self.config_name),
         )
 
     def _compute(self, predictions, references):
         predictions, references = np.asarray(predictions), np.asarray(references)
-        return {"accuracy": float((predictions == references).mean()) if len(references) else 0.0}
+        correct = predictions == references
+        if correct.ndim == 2:
+            correct = correct.all(axis=1)
+        return {"accuracy": float(correct.mean()) if len(references) else 0.0}

@@ -1,0 +1,168 @@
+"""Problem types and long texts, as a user runs them: multi-label classification (tuned threshold, predict.py's
+label sets), regression (integer targets, correlation metrics, predict.py's scores), long texts cut into windows,
+the head's own learning rate; each on a made task the tiny Llama (pretrained in the test session) can learn."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from transformers import TrainerCallback
+
+from conftest import REPO, WORDS, read_json
+from test_finetune import RECIPES, run_predict
+
+import lmrecipes
+from lmrecipes import load_recipe
+from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
+
+TAGS = {"funny": "comedy", "scary": "horror", "tender": "romance"}  # a word in the text -> a label of the text
+RUN = {"max_length": 32, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 64, "logging_steps": 20,
+       "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "disable_tqdm": True,
+       "report_to": "none", "warmup_steps": 0, "learning_rate": 2e-3}
+
+
+def filler(rng, low, high):
+    return [rng.choice(WORDS) for _ in range(rng.randint(low, high))]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def tagged_rows(count, seed):
+    """Texts holding 0-3 of the tag words among filler words; labels: the tags' names (a list per row)."""
+    rng, rows = random.Random(seed), []
+    for _ in range(count):
+        words = filler(rng, 4, 9)
+        tags = [word for word in TAGS if rng.random() < 0.4]
+        for word in tags:
+            words.insert(rng.randint(0, len(words)), word)
+        rows.append({"text": " ".join(words), "genres": [TAGS[word] for word in tags]})
+    return rows
+
+
+def finetune(checkpoint, out, data, **settings):
+    return lmrecipes.finetune(str(REPO / RECIPES[("causal", False)]), model_name_or_path=str(checkpoint),
+                              train_file=[data], output_dir=str(out), **{**RUN, **settings})
+
+
+def test_multi_label_classification_tunes_and_saves_a_threshold_and_predicts_label_sets(tmp_path, causal_run):
+    data = write_jsonl(tmp_path / "tagged.jsonl", tagged_rows(500, seed=0))
+    out = tmp_path / "multi"
+    results = finetune(causal_run[0], out, data, problem_type="multi_label_classification", label_column="genres",
+                       max_steps=120, validation_fraction=0.2, test_fraction=0.2)
+    saved = read_json(out / "labels.json")
+    assert saved["problem_type"] == "multi_label_classification" and saved["labels"] == ["comedy", "horror", "romance"]
+    assert 0.05 <= saved["threshold"] <= 0.95 and results["test_threshold"] == saved["threshold"]
+    # three independent tags at 40%: the most frequent label set (none) is right for ~22% of rows
+    assert results["test_majority_subset_accuracy"] < 0.4
+    assert results["test_f1_micro"] > 0.8 and results["test_f1"] > 0.75, results
+    assert results["test_subset_accuracy"] > results["test_majority_subset_accuracy"] + 0.3, results
+    assert len(results["test_f1_per_label"]) == 3
+    predictions = read_json(out / "test_predictions.json")
+    assert len(predictions["predictions"][0]) == 3 and set(np.ravel(predictions["references"])) <= {0, 1}
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the king was funny and scary\nthe queen spoke of the night\n")
+    result = run_predict(out, texts)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    for row in rows:  # every label whose probability reaches the threshold, and the probabilities
+        assert sorted(row["scores"]) == ["comedy", "horror", "romance"]
+        assert row["labels"] == [name for name, p in row["scores"].items() if p >= saved["threshold"]]
+    assert rows[0]["labels"] == ["comedy", "horror"], rows
+
+    # the same labels as one 0/1 column per label
+    columns = [{"text": r["text"], **{name: int(name in r["genres"]) for name in TAGS.values()}}
+               for r in tagged_rows(60, seed=1)]
+    *_, data_args, finetune_args, _, _ = load_recipe(
+        str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS, train_file=[write_jsonl(tmp_path / "c.jsonl", columns)],
+        problem_type="multi_label_classification", label_columns=["romance", "comedy", "horror"])
+    splits, task = load_classification_data(data_args, "multi_label_classification", finetune_args)
+    assert task.labels == ["romance", "comedy", "horror"]
+    row = splits["train"][0]
+    assert task.targets({k: [v] for k, v in row.items()}) == [[float(row["romance"]), float(row["comedy"]),
+                                                               float(row["horror"])]]
+
+
+def test_regression_learns_scores_from_integer_targets_and_predicts_them(tmp_path, causal_run):
+    """rating = 2 x (number of "good") - 2 x (number of "poor"): integers (transformers 27707 crashed on them)."""
+    rng, rows = random.Random(2), []
+    for _ in range(500):
+        words, goods, poors = filler(rng, 3, 8), rng.randint(0, 2), rng.randint(0, 2)
+        for word in ["good"] * goods + ["poor"] * poors:
+            words.insert(rng.randint(0, len(words)), word)
+        rows.append({"text": " ".join(words), "rating": 2 * goods - 2 * poors})
+    data = write_jsonl(tmp_path / "rated.jsonl", rows)
+    out = tmp_path / "regression"
+    results = finetune(causal_run[0], out, data, problem_type="regression", label_column="rating", max_steps=120,
+                       validation_fraction=0.2, test_fraction=0.2)
+    assert read_json(out / "labels.json")["labels"] == ["rating"]
+    assert results["test_pearsonr"] > 0.8 and results["test_spearmanr"] > 0.75, results
+    assert results["test_mse"] < 0.5 * results["test_mean_predictor_mse"], results
+    scores = read_json(out / "test_predictions.json")
+    references, predictions = np.array(scores["references"]), np.array(scores["predictions"])
+    assert results["test_mse"] == pytest.approx(float(((predictions - references) ** 2).mean()), rel=1e-4)
+    assert results["test_pearsonr"] == pytest.approx(float(np.corrcoef(predictions, references)[0, 1]), abs=1e-4)
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("it was good good and the king\nit was poor poor and the night\n")
+    result = run_predict(out, texts, "--output", tmp_path / "scores.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (tmp_path / "scores.csv").read_text().splitlines()
+    assert lines[0] == "text,score" and float(lines[1].split(",")[-1]) > float(lines[2].split(",")[-1]) + 2, lines
+
+
+def long_review(rng):
+    """A label word at the very end of ~70 filler words: past the first 32 tokens."""
+    label = rng.choice(["pos", "neg"])
+    return {"text": " ".join(filler(rng, 60, 80)) + f" it was {'good' if label == 'pos' else 'poor'}", "label": label}
+
+
+def test_long_texts_chunked_into_windows_find_a_label_at_the_end_that_truncation_misses(tmp_path, causal_run):
+    rng = random.Random(3)
+    data = write_jsonl(tmp_path / "long.jsonl", [long_review(rng) for _ in range(300)])
+    runs = {}
+    for long_text in ("truncate", "chunk"):
+        runs[long_text] = finetune(causal_run[0], tmp_path / long_text, data, long_text=long_text, stride=8,
+                                   max_steps=150, validation_fraction=0.15, test_fraction=0.2)
+    truncated, chunked = runs["truncate"], runs["chunk"]
+    windows = read_json(tmp_path / "chunk" / "test_results.json")
+    assert truncated["test_samples"] == chunked["test_samples"] == windows["test_samples"] > 40  # texts, not windows
+    assert truncated["test_accuracy"] < 0.65 and chunked["test_accuracy"] > 0.85, (truncated, chunked)
+    saved = read_json(tmp_path / "chunk" / "labels.json")
+    assert saved["long_text"] == "chunk" and saved["stride"] == 8
+
+    texts = [long_review(random.Random(seed)) for seed in range(100, 112)]
+    result = run_predict(tmp_path / "chunk", write_jsonl(tmp_path / "texts.jsonl", texts))
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted = [json.loads(line)["label"] for line in result.stdout.splitlines()]
+    assert sum(p == t["label"] for p, t in zip(predicted, texts)) >= 10, (predicted, texts)
+
+
+class RecordLearningRates(TrainerCallback):
+    def __init__(self):
+        self.groups = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.groups = [(group["lr"], group["weight_decay"], sorted(names[id(p)] for p in group["params"]))
+                       for group in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_the_head_trains_at_its_own_learning_rate(tmp_path, causal_run, learnable_csv, lora):
+    record = RecordLearningRates()
+    lmrecipes.finetune(str(REPO / RECIPES[("causal", lora)]), model_name_or_path=str(causal_run[0]),
+                       train_file=[learnable_csv], text_column="review", label_column="verdict",
+                       output_dir=str(tmp_path / "run"), max_steps=2, head_learning_rate=5e-2,
+                       callbacks=[record], **{**RUN, "learning_rate": 1e-3})
+    head = [group for group in record.groups if any(".score." in f".{n}" or n.startswith("score") for n in group[2])]
+    body = [group for group in record.groups if group not in head]
+    assert head and body and all(lr == 5e-2 for lr, _, _ in head) and all(lr == 1e-3 for lr, _, _ in body)
+    assert all("score" in name for _, _, names in head for name in names)  # the head and nothing else
+    assert {decay for _, decay, _ in head} == {0.0, 0.01} or {decay for _, decay, _ in head} == {0.01}
+    if lora:
+        assert all("lora_" in name for _, _, names in body for name in names)
