@@ -218,3 +218,21 @@ def test_each_objective_lives_in_its_own_module_and_nowhere_else():
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if re.search(r"[\"'](causal_lm|masked_lm|electra)[\"']", line)]  # a name as a value, not in help
     assert not elsewhere, f"objective-specific code outside src/lmrecipes/objectives/: {elsewhere}"
+
+
+@pytest.mark.parametrize("script, keys", [
+    ("pretrain.py", ["--objective", "--block_size", "--learning_rate"]),
+    ("finetune.py", ["--problem_type", "--label_columns", "--long_text", "--stride", "--class_weights",
+                     "--head_learning_rate", "--lora_use_rslora", "--early_stopping_patience"]),
+])
+def test_help_lists_every_key(capsys, script, keys):
+    """--help prints the documentation of every key (argparse formats help texts with %: a bare % broke it)."""
+    from importlib import util
+
+    spec = util.spec_from_file_location(script.removesuffix(".py"), REPO / "scripts" / script)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(key in out for key in keys), out[-1000:]

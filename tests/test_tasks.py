@@ -114,6 +114,15 @@ def test_regression_learns_scores_from_integer_targets_and_predicts_them(tmp_pat
     lines = (tmp_path / "scores.csv").read_text().splitlines()
     assert lines[0] == "text,score" and float(lines[1].split(",")[-1]) > float(lines[2].split(",")[-1]) + 2, lines
 
+    from huggingface_hub import ModelCard
+
+    lmrecipes.publish(out, "someone/tiny-rating", dry_run=True, publish_dir=str(tmp_path / "card"))
+    card = ModelCard.load(tmp_path / "card" / "README.md")
+    metrics = {m.metric_type: m.metric_value for m in card.data.eval_results}
+    assert metrics == {"pearsonr": round(results["test_pearsonr"], 4), "spearmanr": round(results["test_spearmanr"], 4),
+                       "mse": round(results["test_mse"], 4), "mae": round(results["test_mae"], 4)}
+    assert "training-mean predictor, MSE (baseline)" in card.text
+
 
 def long_review(rng):
     """A label word at the very end of ~70 filler words: past the first 32 tokens."""

@@ -77,7 +77,7 @@ class ModelArguments:
     )
     objective: ObjectiveName | None = field(
         default=None,
-        metadata={"help": "Pretraining objective: causal_lm (next token), masked_lm (recover 15% masked tokens) or "
+        metadata={"help": "Pretraining objective: causal_lm (next token), masked_lm (recover 15 percent of tokens, masked) or "
                   "electra (a small generator fills the masked tokens, the model learns which tokens were replaced: "
                   "a loss on every token). Default: electra for model_type electra, masked_lm for other encoder types "
                   "(bert, roberta, ...), causal_lm otherwise."},

@@ -146,7 +146,7 @@ class FinetuneArguments:
                   "(transformers.EarlyStoppingCallback); the best checkpoint is loaded at the end. Needs eval_strategy "
                   "steps or epoch and load_best_model_at_end: true (checked before anything runs). Unless the recipe "
                   "sets metric_for_best_model, fine-tuning judges by accuracy, or by macro F1 (f1) when one class "
-                  "holds more than 60% of the training rows."},
+                  "holds more than 60 percent of the training rows."},
     )
     early_stopping_threshold: float = field(
         default=0.0,
@@ -170,7 +170,7 @@ class FinetuneArguments:
             if not all(np.isfinite(w) and w > 0 for w in numbers):
                 raise RecipeError(f"key 'class_weights': weights must be positive numbers, got {numbers}")
         if self.class_weights is not None and [w.lower() for w in self.class_weights] != ["none"] and \
-                self.problem_type != "single_label_classification":
+                not task_class(self.problem_type).weighs_classes:
             raise RecipeError(f"key 'class_weights': weighs classes of single_label_classification, not "
                               f"{self.problem_type}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -200,7 +200,7 @@ def load_classification_data(args: ClassificationDataArguments, problem_type: st
     if args.streaming:
         raise RecipeError("key 'streaming': fine-tuning loads its data into memory; set streaming: false")
     task_type = task_class(problem_type)
-    if args.label_columns and problem_type != "multi_label_classification":
+    if args.label_columns and task_type.scalar_labels:
         raise RecipeError("key 'label_columns': one 0/1 column per label is for problem_type: "
                           "multi_label_classification; use label_column")
     label_columns = args.label_columns or [args.label_column]

@@ -19,6 +19,7 @@ class Task:
     card_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (result key, metric type, name) for the card
     scalar_labels: ClassVar[bool] = True  # one value per row in label_column, checked by rows.check_rows
     tunes: ClassVar[bool] = False  # has something to choose on the validation split after training (`tune`)
+    weighs_classes: ClassVar[bool] = False  # reads class_weights
 
     labels: list[str]  # the names of the model's outputs (config.id2label)
 

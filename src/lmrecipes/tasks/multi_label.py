@@ -78,20 +78,17 @@ class MultiLabelClassification(Task):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), reduction="none")
 
     # ---- metrics
-    def decide(self, logits) -> np.ndarray:
-        """0/1 per label: probability (sigmoid) at or above the threshold."""
-        return (_sigmoid(logits) >= self.threshold).astype(np.int64)
+    def decide(self, logits, threshold: float | None = None) -> np.ndarray:
+        """0/1 per label: probability (sigmoid) at or above the threshold (default: the task's)."""
+        return (_sigmoid(logits) >= (self.threshold if threshold is None else threshold)).astype(np.int64)
 
     def metrics(self, logits, targets, threshold: float | None = None):
         """Subset accuracy (every label of a row right), F1 / precision / recall micro-averaged (over every
         (row, label) decision) and macro-averaged (over labels), F1 per label; at the current threshold."""
         if self._metrics is None:
             self._metrics = {name: shipped_metric(name, "multilabel") for name in ("accuracy", *AVERAGED)}
-        saved, self.threshold = self.threshold, self.threshold if threshold is None else threshold
-        try:
-            predictions = self.decide(logits).tolist()
-        finally:
-            self.threshold = saved
+        threshold = self.threshold if threshold is None else threshold
+        predictions = self.decide(logits, threshold).tolist()
         references = np.asarray(targets).round().astype(np.int64).tolist()
         result = {"subset_accuracy": self._metrics["accuracy"].compute(
             predictions=predictions, references=references)["accuracy"]}
@@ -101,7 +98,7 @@ class MultiLabelClassification(Task):
                 value = self._metrics[name].compute(predictions=predictions, references=references, average=average,
                                                     labels=every_label)[name]
                 result[f"{name}{suffix}"] = np.asarray(value).tolist() if average is None else float(value)
-        result["threshold"] = float(self.threshold if threshold is None else threshold)
+        result["threshold"] = float(threshold)
         return result
 
     def tune(self, logits, targets):
