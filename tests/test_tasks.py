@@ -175,3 +175,50 @@ def test_the_head_trains_at_its_own_learning_rate(tmp_path, causal_run, learnabl
     assert {decay for _, decay, _ in head} == {0.0, 0.01} or {decay for _, decay, _ in head} == {0.01}
     if lora:
         assert all("lora_" in name for _, _, names in body for name in names)
+
+
+def test_task_losses_are_means_over_target_elements_with_or_without_windows():
+    """The Trainer divides by num_items_in_batch (labels counted over the accumulated step): the task's loss is the
+    mean over target elements, as the model's own loss, also when windows carry document numbers as labels."""
+    import torch
+
+    from lmrecipes.tasks import MultiLabelClassification, Regression, SingleLabelClassification
+    from lmrecipes.tasks.base import Documents, task_loss
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 3), (torch.rand(6, 3) > 0.5).float()
+    multi = MultiLabelClassification(["a", "b", "c"], ["tags"], column_per_label=False)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert task_loss(multi)({"logits": logits}, targets, num_items_in_batch=torch.tensor(18)) == \
+        pytest.approx(float(expected))
+    # two accumulated batches of 6 rows: each half of the step's mean
+    assert task_loss(multi)({"logits": logits}, targets, num_items_in_batch=torch.tensor(36)) == \
+        pytest.approx(float(expected) / 2)
+    documents = Documents({"train": targets.tolist()})
+    numbers = torch.arange(6)
+    assert task_loss(multi, documents)({"logits": logits}, numbers, num_items_in_batch=torch.tensor(6)) == \
+        pytest.approx(float(expected))
+
+    classes = torch.tensor([0, 2, 1, 1, 0, 2])
+    single = SingleLabelClassification(["x", "y", "z"], "label")
+    assert task_loss(single)({"logits": logits}, classes, num_items_in_batch=6) == \
+        pytest.approx(float(torch.nn.functional.cross_entropy(logits, classes)))
+    scores = torch.randn(6)
+    assert task_loss(Regression("rating"))({"logits": logits[:, :1]}, scores, num_items_in_batch=6) == \
+        pytest.approx(float(torch.nn.functional.mse_loss(logits[:, 0], scores)))
+    averaged, per_text = Documents({"test": [1, 0]}).average(np.array([[1.0, 3.0], [5.0, 1.0], [3.0, 5.0]]),
+                                                             np.array([1, 0, 1]))
+    assert averaged.tolist() == [[5.0, 1.0], [2.0, 4.0]] and per_text.tolist() == [1, 0]
+
+
+def test_regression_refuses_label_smoothing_and_the_no_label_value(tmp_path):
+    rows = [{"text": f"review {i}", "rating": float(i % 5)} for i in range(40)]
+    *_, data_args, finetune_args, _, _ = load_recipe(
+        str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS, problem_type="regression", label_column="rating",
+        train_file=[write_jsonl(tmp_path / "r.jsonl", rows)])
+    with pytest.raises(lmrecipes.RecipeError, match="key 'label_smoothing_factor': smooths the classes"):
+        load_classification_data(data_args, "regression", finetune_args, label_smoothing=0.1)
+    rows[0]["rating"] = -100
+    write_jsonl(tmp_path / "r.jsonl", rows)
+    with pytest.raises(lmrecipes.RecipeError, match="holds -100, which transformers reads as 'no label'"):
+        load_classification_data(data_args, "regression", finetune_args)

@@ -145,8 +145,9 @@ class FinetuneArguments:
         metadata={"help": "Stop when metric_for_best_model has not improved for this many evaluations "
                   "(transformers.EarlyStoppingCallback); the best checkpoint is loaded at the end. Needs eval_strategy "
                   "steps or epoch and load_best_model_at_end: true (checked before anything runs). Unless the recipe "
-                  "sets metric_for_best_model, fine-tuning judges by accuracy, or by macro F1 (f1) when one class "
-                  "holds more than 60 percent of the training rows."},
+                  "sets metric_for_best_model, fine-tuning judges by the problem type's default: accuracy, or macro "
+                  "F1 (f1) when one class holds more than 60 percent of the training rows; f1_micro for "
+                  "multi_label_classification; mse for regression."},
     )
     early_stopping_threshold: float = field(
         default=0.0,
@@ -361,6 +362,8 @@ def head_parameters(model) -> list:
     its body (`score` for Llama, `classifier` for BERT; with LoRA, peft's trained copy of them)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, base.base_model_prefix, None)
+    if body is None:
+        raise RecipeError(f"key 'head_learning_rate': cannot tell the head of {type(base).__name__} from its body")
     return [p for child in base.children() if child is not body for p in child.parameters() if p.requires_grad]
 
 
@@ -384,6 +387,10 @@ def optimizer_with_head_learning_rate(training_args, model, head_learning_rate: 
                 params = list(group["params"])
                 split.append({**group, "params": [p for p in params if id(p) not in head]})
                 split.append({**group, "params": [p for p in params if id(p) in head], "lr": head_learning_rate})
+            found = sum(len(group["params"]) for group in split[1::2])
+            if not found or found == sum(len(group["params"]) for group in split):  # e.g. FSDP replaced them
+                raise RecipeError("key 'head_learning_rate': the optimizer's parameters are not the model's head "
+                                  "and body as built (a wrapper replaced them, e.g. FSDP); remove the key")
             super().__init__([group for group in split if group["params"]], **options)
 
     WithHeadLearningRate.__name__ = f"{optimizer_cls.__name__}WithHeadLearningRate"
@@ -469,6 +476,10 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     if not model_args.model_name_or_path:
         raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
     check_model_selection(finetune_args, training_args)
+    if training_args.n_gpu > 1:  # the task's loss sees the gathered batch, which nn.DataParallel's scaling does not
+        raise RecipeError(f"fine-tuning does not drive {training_args.n_gpu} GPUs from one process (nn.DataParallel)"
+                          f": launch one process per GPU, accelerate launch --num_processes {training_args.n_gpu} "
+                          "scripts/finetune.py ...")
     recipe = resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args, finetune_args)
     tokenizer = load_tokenizer(
         resolve_model_path(tokenizer_args.tokenizer_name_or_path or model_args.model_name_or_path),
@@ -502,9 +513,6 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     elif imbalanced:
         logger.info("Imbalanced labels (%s): macro F1 and the per-class scores say more than accuracy "
                     "(class_weights: balanced weighs the loss)", imbalanced)
-    if training_args.n_gpu > 1 and (getattr(task, "weights", None) is not None or documents is not None):
-        raise RecipeError("class_weights and long_text: chunk are not supported with one process driving several "
-                          "GPUs (nn.DataParallel); launch one process per GPU (accelerate launch)")
     stopping = [EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)] \
         if finetune_args.early_stopping_patience is not None else []
     throughput = throughput_callback(model, training_args, data_args.max_length)

@@ -198,7 +198,7 @@ def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str
     if kind in OBJECTIVES:
         return OBJECTIVES[kind].usage(repo_id, tokenizer_mask)
     if kind == "classifier":
-        return pipeline_snippet("text-classification", "classify", repo_id, 'classify("A warm, funny and moving film.")')
+        return pipeline_snippet("text-classification", "classify", repo_id, task_class(problem_type).card_call)
     # the base model's config has no labels: the head is rebuilt with the run's (labels.json), else LABEL_0/LABEL_1
     return (f'from peft import AutoPeftModelForSequenceClassification\n'
             f'from transformers import AutoTokenizer, pipeline\n'
@@ -209,7 +209,7 @@ def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
             f'model.config.pad_token_id = tokenizer.pad_token_id\n'
             f'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
-            f'print(classify("A warm, funny and moving film."))')
+            f'print({task_class(problem_type).card_call})')
 
 
 def _fmt(value, spec):
@@ -241,9 +241,10 @@ def write_model_card(folder: Path, kind: str, repo_id: str, args: PublishArgumen
         tags=[t for t in tags if t], base_model=base_model if fine_tuned else None,
         eval_results=_eval_results(kind, results, recipe, model_name, run_labels.get("problem_type")) or None)
 
+    task = task_class(run_labels.get("problem_type", "single_label_classification"))
+    described = task.card_description.format(labels=", ".join(labels))
     what = {**{name: objective.description for name, objective in OBJECTIVES.items()},
-            "classifier": f"a sequence classifier (labels: {', '.join(labels)})",
-            "adapter": f"a LoRA adapter for sequence classification (labels: {', '.join(labels)})"}[kind]
+            "classifier": described, "adapter": f"a LoRA adapter: {described}"}[kind]
     source = base_model or (f"a local checkpoint (`{public_path(recipe['model_name_or_path'])}`)"
                             if recipe.get("model_name_or_path") else "random initialisation")
     training = [

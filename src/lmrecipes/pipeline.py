@@ -121,8 +121,11 @@ def _task(args: PipelineArguments):
     from .api import load_recipe
     from .finetuning import FINETUNE_ARGUMENTS, load_classification_data
 
-    _, _, task_data, _, training_args, _ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS,
-                                                       **args.finetune_overrides)
+    _, _, task_data, finetune, training_args, _ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS,
+                                                              **args.finetune_overrides)
+    if finetune.problem_type != "single_label_classification":  # the curve compares accuracies per test row
+        raise RecipeError(f"key 'finetune_recipe': the pipeline's label curve measures single-label accuracy; "
+                          f"{args.finetune_recipe} sets problem_type: {finetune.problem_type}")
     if task_data.max_train_samples is not None:
         raise RecipeError("key 'max_train_samples': the pipeline's label_counts choose the training rows of each run;"
                           " remove it from the fine-tuning recipe / finetune_overrides")

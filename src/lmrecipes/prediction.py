@@ -107,6 +107,9 @@ def predict(model_dir, texts: list, batch_size: int = 32, max_length: int | None
     if max_length is None:
         max_length = recipe.get("max_length") or 512
     stride = info.get("stride", max_length // 4) if info.get("long_text") == "chunk" else None
+    if stride is not None and stride >= max_length // 2:
+        raise RecipeError(f"--max_length {max_length} is too short for this model's windows, which overlap by "
+                          f"{stride} tokens: give at least {2 * stride + 2}")
     logits = text_logits(model, tokenizer, texts, max_length, stride, batch_size)
     return [{**(text if isinstance(text, dict) else {"text": text}), **out} for text, out in
             zip(texts, task.outputs(logits))]
@@ -118,7 +121,11 @@ def read_labels_file(model_dir, config) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    problem_type = config.problem_type or "single_label_classification"
+    # as transformers reads a config without problem_type: one output is a regression
+    problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+    if problem_type == "multi_label_classification":
+        print(f"{model_dir} has no labels.json: deciding each label at probability 0.5, not a tuned threshold",
+              file=sys.stderr)
     return {"problem_type": problem_type, "labels": labels, "label_columns": labels, "column_per_label": True,
             "threshold": 0.5}
 

@@ -17,6 +17,8 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]] = ()  # what `compute_metrics` reports (metric_for_best_model)
     best_metric: ClassVar[tuple[str, bool]] = ("loss", False)  # default (metric_for_best_model, greater_is_better)
     card_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (result key, metric type, name) for the card
+    card_description: ClassVar[str] = ""  # what the model is, for the card: "{labels}" is replaced by the labels
+    card_call: ClassVar[str] = 'classify("A warm, funny and moving film.")'  # the card's text-classification call
     scalar_labels: ClassVar[bool] = True  # one value per row in label_column, checked by rows.check_rows
     tunes: ClassVar[bool] = False  # has something to choose on the validation split after training (`tune`)
     weighs_classes: ClassVar[bool] = False  # reads class_weights
@@ -67,6 +69,11 @@ class Task:
         """What a predictor that ignores the text scores on the test split (test_* keys)."""
         return {}
 
+    def refuse_label_smoothing(self, label_smoothing: float) -> None:
+        if label_smoothing:
+            raise RecipeError(f"key 'label_smoothing_factor': smooths the classes of single_label_classification; "
+                              f"{self.problem_type} has none (set it to 0)")
+
     def saved(self) -> dict:
         """What labels.json records for prediction (from_saved reads it back)."""
         return {"problem_type": self.problem_type, "labels": self.labels}
@@ -106,6 +113,7 @@ class Documents:
         """`targets_by_split`: split name -> the targets of its texts, in order; numbered across splits."""
         targets = [t for split in targets_by_split.values() for t in split]
         self.table = np.asarray(targets, dtype=np.float32 if isinstance(targets[0], (float, list)) else np.int64)
+        self._on_device = {}  # the table as a tensor, per device (looked up every step)
         self.first, self.texts, start = {}, {}, 0
         for name, split in targets_by_split.items():
             self.first[name], self.texts[name] = start, len(split)
@@ -117,7 +125,9 @@ class Documents:
     def targets_for(self, numbers):
         import torch
 
-        return torch.as_tensor(self.table, device=numbers.device)[numbers.long()]
+        if numbers.device not in self._on_device:
+            self._on_device[numbers.device] = torch.as_tensor(self.table, device=numbers.device)
+        return self._on_device[numbers.device][numbers.long()]
 
     def average(self, logits: np.ndarray, numbers: np.ndarray):
         """(per-document mean logits, per-document targets), documents in the order of their numbers."""

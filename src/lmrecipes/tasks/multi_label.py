@@ -23,6 +23,8 @@ class MultiLabelClassification(Task):
     best_metric = ("f1_micro", True)
     card_metrics = (("test_f1_micro", "f1", "Micro F1"), ("test_f1", "f1", "Macro F1"),
                     ("test_subset_accuracy", "accuracy", "Subset accuracy"))
+    card_description = "a multi-label sequence classifier (labels: {labels}; threshold in labels.json)"
+    card_call = 'classify("A warm, funny and moving film.", top_k=None)'
 
     scalar_labels = False  # a row's labels are a list (or several columns): checked here, not by rows.check_rows
     tunes = True  # the decision threshold
@@ -41,13 +43,16 @@ class MultiLabelClassification(Task):
         if data_args.label_columns:
             labels = list(data_args.label_columns)
         else:
-            labels = sorted({label_key(v) for row in splits["train"][columns[0]] for v in row})
+            values = {v for row in splits["train"][columns[0]] for v in row}  # integers sorted as numbers
+            labels = [label_key(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
             check_split_labels(splits, lambda split: {label_key(v) for row in split[columns[0]] for v in row}
                                - set(labels), "label_column")
         if len(labels) < 2:
             raise RecipeError(f"key 'label_column': the training data names {len(labels)} label(s); multi-label "
                               "classification needs at least two")
-        return cls(labels, columns, column_per_label=bool(data_args.label_columns))
+        task = cls(labels, columns, column_per_label=bool(data_args.label_columns))
+        task.refuse_label_smoothing(label_smoothing)
+        return task
 
     @classmethod
     def from_saved(cls, info):

@@ -20,6 +20,8 @@ class Regression(Task):
     best_metric = ("mse", False)
     card_metrics = (("test_pearsonr", "pearsonr", "Pearson r"), ("test_spearmanr", "spearmanr", "Spearman r"),
                     ("test_mse", "mse", "MSE"), ("test_mae", "mae", "MAE"))
+    card_description = "a text regression model (predicts {labels})"
+    card_call = 'classify("A warm, funny and moving film.", function_to_apply="none")'
 
     def __init__(self, column: str):
         self.column, self.labels = column, [column]
@@ -34,7 +36,12 @@ class Regression(Task):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise RecipeError(f"key 'label_column': row {row + 1} of the {split} split holds {value!r} in "
                                       f"{column!r}, not a number (problem_type: regression)")
-        return cls(column)
+                if value == -100:  # the Trainer counts labels equal to -100 as "no label" (num_items_in_batch)
+                    raise RecipeError(f"key 'label_column': row {row + 1} of the {split} split holds -100, which "
+                                      "transformers reads as 'no label'; shift or rescale the scores")
+        task = cls(column)
+        task.refuse_label_smoothing(label_smoothing)
+        return task
 
     @classmethod
     def from_saved(cls, info):

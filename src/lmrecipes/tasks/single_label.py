@@ -31,6 +31,7 @@ class SingleLabelClassification(Task):
         "loss", "accuracy", *AVERAGED, *(f"{name}_weighted" for name in AVERAGED))
     card_metrics = (("test_accuracy", "accuracy", "Accuracy"), ("test_f1", "f1", "Macro F1"))
     weighs_classes = True
+    card_description = "a sequence classifier (labels: {labels})"
 
     def __init__(self, labels: list[str], column: str, class_label: bool = False, weights: list[float] | None = None,
                  imbalance: str | None = None, label_smoothing: float = 0.0):
