@@ -272,7 +272,7 @@ def test_minilm_lora_finetunes_offline_from_the_package(tmp_path):
     out = tmp_path / "minilm"
     results = lmrecipes.finetune(str(REPO / "recipes/minilm/finetune-sentiment-lora.yaml"),
                                  **{**FAST, "max_length": 48}, train_file=[str(train)], test_file=[str(test)],
-                                 validation_fraction=0.1, max_steps=60, learning_rate=3e-3, output_dir=str(out))
+                                 validation_fraction=0.1, max_steps=60, output_dir=str(out))
     assert results["test_samples"] == 300 and 0.4 < results["test_majority_accuracy"] < 0.6
     assert results["test_accuracy"] >= results["test_majority_accuracy"] + 0.12, results
     adapter = load_file(out / "adapter_model.safetensors")

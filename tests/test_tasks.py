@@ -86,6 +86,21 @@ def test_multi_label_classification_tunes_and_saves_a_threshold_and_predicts_lab
     assert task.targets({k: [v] for k, v in row.items()}) == [[float(row["romance"]), float(row["comedy"]),
                                                                float(row["horror"])]]
 
+    # a list of named class ids (a Hub dataset's Sequence(ClassLabel), e.g. go_emotions): the names, in their order
+    from datasets import ClassLabel, Dataset, Features, List, Value
+
+    features = Features({"text": Value("string"), "genres": List(ClassLabel(names=["romance", "comedy", "horror"]))})
+    ids = {"romance": 0, "comedy": 1, "horror": 2}
+    Dataset.from_dict({"text": [r["text"] for r in tagged_rows(60, seed=1)],
+                       "genres": [[ids[g] for g in r["genres"]] for r in tagged_rows(60, seed=1)]},
+                      features=features).to_parquet(tmp_path / "named.parquet")
+    *_, data_args, finetune_args, _, _ = load_recipe(
+        str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS, train_file=[str(tmp_path / "named.parquet")],
+        problem_type="multi_label_classification", label_column="genres")
+    splits, task = load_classification_data(data_args, "multi_label_classification", finetune_args)
+    assert task.labels == ["romance", "comedy", "horror"]
+    assert task.targets({"genres": [[2, 0], []]}) == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+
 
 def test_regression_learns_scores_from_integer_targets_and_predicts_them(tmp_path, causal_run):
     """rating = 2 x (number of "good") - 2 x (number of "poor"): integers (transformers 27707 crashed on them)."""
@@ -149,6 +164,9 @@ def test_long_texts_chunked_into_windows_find_a_label_at_the_end_that_truncation
     assert result.returncode == 0, result.stderr[-2000:]
     predicted = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert sum(p == t["label"] for p, t in zip(predicted, texts)) >= 10, (predicted, texts)
+    result = run_predict(tmp_path / "chunk", tmp_path / "texts.jsonl", "--max_length", "16")
+    assert result.returncode == 2 and result.stderr.strip() == \
+        "error: --max_length 16 is too short for this model's windows, which overlap by 8 tokens: give at least 18"
 
 
 class RecordLearningRates(TrainerCallback):

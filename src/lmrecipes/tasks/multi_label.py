@@ -29,8 +29,10 @@ class MultiLabelClassification(Task):
     scalar_labels = False  # a row's labels are a list (or several columns): checked here, not by rows.check_rows
     tunes = True  # the decision threshold
 
-    def __init__(self, labels: list[str], columns: list[str], column_per_label: bool, threshold: float = 0.5):
+    def __init__(self, labels: list[str], columns: list[str], column_per_label: bool, threshold: float = 0.5,
+                 label_ids: bool = False):
         self.labels, self.columns, self.column_per_label, self.threshold = labels, columns, column_per_label, threshold
+        self.label_ids = label_ids  # the column holds ids of named classes (a list of datasets.ClassLabel)
         self._metrics = None
 
     # ---- data: a list-valued column (["action", "comedy"]) or one 0/1 column per label (label_columns)
@@ -40,8 +42,11 @@ class MultiLabelClassification(Task):
         for split, dataset in splits.items():
             for column in columns:
                 _check_column(dataset, column, split, listed=not data_args.label_columns)
+        named = getattr(splits["train"].features[columns[0]], "feature", None)
         if data_args.label_columns:
             labels = list(data_args.label_columns)
+        elif hasattr(named, "names"):  # e.g. a Hub dataset's Sequence(ClassLabel): its names, in its order
+            labels = list(named.names)
         else:
             values = {v for row in splits["train"][columns[0]] for v in row}  # integers sorted as numbers
             labels = [label_key(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
@@ -50,7 +55,8 @@ class MultiLabelClassification(Task):
         if len(labels) < 2:
             raise RecipeError(f"key 'label_column': the training data names {len(labels)} label(s); multi-label "
                               "classification needs at least two")
-        task = cls(labels, columns, column_per_label=bool(data_args.label_columns))
+        task = cls(labels, columns, column_per_label=bool(data_args.label_columns), label_ids=hasattr(named, "names")
+                   and not data_args.label_columns)
         task.refuse_label_smoothing(label_smoothing)
         return task
 
@@ -69,7 +75,7 @@ class MultiLabelClassification(Task):
         for row in rows[self.columns[0]]:
             target = [0.0] * len(self.labels)
             for value in row:
-                target[index[label_key(value)]] = 1.0
+                target[value if self.label_ids else index[label_key(value)]] = 1.0
             out.append(target)
         return out
 
