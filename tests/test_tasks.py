@@ -174,18 +174,20 @@ class RecordLearningRates(TrainerCallback):
         self.groups = None
 
     def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.scalings = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)}
         names = {id(p): n for n, p in model.named_parameters()}
         self.groups = [(group["lr"], group["weight_decay"], sorted(names[id(p)] for p in group["params"]))
                        for group in optimizer.param_groups]
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_the_head_trains_at_its_own_learning_rate(tmp_path, causal_run, learnable_csv, lora):
+def test_the_head_trains_at_its_own_learning_rate_and_rslora_scales_by_the_root_of_the_rank(tmp_path, causal_run, learnable_csv, lora):
     record = RecordLearningRates()
     lmrecipes.finetune(str(REPO / RECIPES[("causal", lora)]), model_name_or_path=str(causal_run[0]),
                        train_file=[learnable_csv], text_column="review", label_column="verdict",
                        output_dir=str(tmp_path / "run"), max_steps=2, head_learning_rate=5e-2,
-                       callbacks=[record], **{**RUN, "learning_rate": 1e-3})
+                       callbacks=[record], **{**RUN, "learning_rate": 1e-3},
+                       **({"lora_use_rslora": True, "lora_r": 16, "lora_alpha": 32} if lora else {}))
     head = [group for group in record.groups if any(".score." in f".{n}" or n.startswith("score") for n in group[2])]
     body = [group for group in record.groups if group not in head]
     assert head and body and all(lr == 5e-2 for lr, _, _ in head) and all(lr == 1e-3 for lr, _, _ in body)
@@ -193,6 +195,7 @@ def test_the_head_trains_at_its_own_learning_rate(tmp_path, causal_run, learnabl
     assert {decay for _, decay, _ in head} == {0.0, 0.01} or {decay for _, decay, _ in head} == {0.01}
     if lora:
         assert all("lora_" in name for _, _, names in body for name in names)
+        assert record.scalings == {32 / 16 ** 0.5}  # rank-stabilised: alpha / sqrt(r), not alpha / r
 
 
 def test_task_losses_are_means_over_target_elements_with_or_without_windows():

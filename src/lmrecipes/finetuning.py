@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import evaluate
 import numpy as np
 from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, EarlyStoppingCallback,
                           Trainer, set_seed)
@@ -22,7 +21,6 @@ from .data import load_raw_splits, sample_indices, source_fingerprint, split_hel
 from .errors import RecipeError, first_line
 from .modeling import build_config, count_parameters, resolve_model_path, warn_remote_code
 from .recipe import resolved_recipe
-from .metrics import METRICS_DIR
 from .rows import RowRules
 from .tasks import TASKS, Task, task_class
 from .tasks.base import Documents, logits_of, metrics_function, task_loss
@@ -398,12 +396,6 @@ def optimizer_with_head_learning_rate(training_args, model, head_learning_rate: 
 
 
 # ---------------------------------------------------------------- metrics
-
-
-def load_metric(name: str, config_name: str | None = None):
-    """A shipped `evaluate` module (works offline): accuracy, f1, precision, recall, confusion_matrix (the first
-    four also in a "multilabel" configuration), mse, mae, pearsonr, spearmanr."""
-    return evaluate.load(str(METRICS_DIR / name), config_name)
 
 
 def check_model_selection(finetune_args: FinetuneArguments, training_args) -> None:

@@ -8,11 +8,10 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import RecipeError
+from ..metrics import load_metric
 from ..rows import label_key
 from .base import Task, check_split_labels
-from .single_label import shipped_metric
-
-AVERAGED = ("f1", "precision", "recall")
+from .single_label import AVERAGED
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # searched on the validation split after training
 
 
@@ -97,7 +96,7 @@ class MultiLabelClassification(Task):
         """Subset accuracy (every label of a row right), F1 / precision / recall micro-averaged (over every
         (row, label) decision) and macro-averaged (over labels), F1 per label; at the current threshold."""
         if self._metrics is None:
-            self._metrics = {name: shipped_metric(name, "multilabel") for name in ("accuracy", *AVERAGED)}
+            self._metrics = {name: load_metric(name, "multilabel") for name in ("accuracy", *AVERAGED)}
         threshold = self.threshold if threshold is None else threshold
         predictions = self.decide(logits, threshold).tolist()
         references = np.asarray(targets).round().astype(np.int64).tolist()

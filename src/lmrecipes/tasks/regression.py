@@ -8,8 +8,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import RecipeError
+from ..metrics import load_metric
 from .base import Task
-from .single_label import shipped_metric
 
 SCORES = ("mse", "mae", "pearsonr", "spearmanr")
 
@@ -56,7 +56,7 @@ class Regression(Task):
     def metrics(self, logits, targets):
         """Mean squared and absolute error, Pearson's and Spearman's correlation of predicted and true scores."""
         if self._metrics is None:
-            self._metrics = {name: shipped_metric(name) for name in SCORES}
+            self._metrics = {name: load_metric(name) for name in SCORES}
         predictions, references = np.asarray(logits).reshape(-1), np.asarray(targets).reshape(-1)
         result = {}
         for name in SCORES:

@@ -8,21 +8,13 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import RecipeError
+from ..metrics import load_metric
 from ..rows import label_key
 from .base import Task, check_split_labels
 
 logger = logging.getLogger("lmrecipes")
 
 AVERAGED = ("f1", "precision", "recall")
-
-
-def shipped_metric(name: str, config_name: str | None = None):
-    """The shipped `evaluate` module `name` (lmrecipes/metrics/NAME/NAME.py): works offline."""
-    import evaluate
-
-    from ..metrics import METRICS_DIR
-
-    return evaluate.load(str(METRICS_DIR / name), config_name)
 
 
 class SingleLabelClassification(Task):
@@ -95,7 +87,7 @@ class SingleLabelClassification(Task):
         """accuracy; F1, precision and recall macro-averaged (`f1`...), weighted by class frequency (`f1_weighted`)
         and per class (`f1_per_class`...: lists in the order of the labels); the confusion matrix."""
         if self._metrics is None:
-            self._metrics = {name: shipped_metric(name) for name in ("accuracy", *AVERAGED, "confusion_matrix")}
+            self._metrics = {name: load_metric(name) for name in ("accuracy", *AVERAGED, "confusion_matrix")}
         predictions, references = np.argmax(logits, axis=-1), np.asarray(targets).astype(np.int64)
         result = self._metrics["accuracy"].compute(predictions=predictions, references=references)
         every_class = list(range(len(self.labels)))
