@@ -395,7 +395,7 @@ def optimizer_with_head_learning_rate(training_args, model, head_learning_rate: 
     return WithHeadLearningRate, kwargs
 
 
-# ---------------------------------------------------------------- metrics
+# ---------------------------------------------------------------- model selection and results
 
 
 def check_model_selection(finetune_args: FinetuneArguments, training_args) -> None:
@@ -485,13 +485,14 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     model = build_classifier(model_args, finetune_args, tokenizer, task)
     if finetune_args.use_lora:
         model = apply_lora(model, finetune_args)
-    logger.info("Classifier (%s): %s parameters, %s trainable; labels %s; %d/%d/%d train/validation/test rows",
+    logger.info("Classifier (%s): %s parameters, %s trainable; labels %s; %d/%d/%d train/validation/test rows "
+                "(windows with long_text: chunk)",
                 task.problem_type, f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}",
                 task.labels, len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
     for line in task.notes():
         logger.info("%s", line)
 
-    imbalanced = getattr(task, "imbalance", None)
+    imbalanced = task.imbalance
     selects = training_args.load_best_model_at_end or finetune_args.early_stopping_patience is not None or \
         training_args.save_strategy == "best"
     if selects and "metric_for_best_model" not in (explicit or {}):  # the task's default

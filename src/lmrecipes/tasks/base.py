@@ -24,6 +24,7 @@ class Task:
     weighs_classes: ClassVar[bool] = False  # reads class_weights
 
     labels: list[str]  # the names of the model's outputs (config.id2label)
+    imbalance: str | None = None  # what makes the training labels imbalanced, if they are (single label)
 
     # ---- data
     @classmethod
