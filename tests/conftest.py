@@ -24,13 +24,14 @@ TINY_LLAMA = {
     "vocab_size": 512, "block_size": 64, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
     "max_eval_samples": 32, "logging_steps": 1, "eval_strategy": "no", "save_steps": 1000,
     "warmup_steps": 0, "disable_tqdm": True, "report_to": "none", "learning_rate": 3e-3,
+    "bf16": "false",  # the recipes' bf16: auto would differ between CPUs; exact comparisons in fp32 (bf16: test_precision)
 }
 TINY_BERT = {
     "config_overrides": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
                          "num_attention_heads": 4, "max_position_embeddings": 128},
     "vocab_size": 512, "block_size": 64, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
     "max_eval_samples": 32, "logging_steps": 1, "eval_strategy": "no", "save_steps": 1000,
-    "warmup_steps": 0, "disable_tqdm": True, "report_to": "none", "learning_rate": 2e-3,
+    "warmup_steps": 0, "disable_tqdm": True, "report_to": "none", "learning_rate": 2e-3, "bf16": "false",
 }
 
 # ELECTRA: the tiny BERT's sizes; generator 1/4 wide (hidden 12, 1 head), sharing embeddings of 48.

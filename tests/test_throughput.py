@@ -52,3 +52,65 @@ def test_peak_flops_table():
     assert table_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert table_peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
     assert table_peak_flops("Some Future Accelerator", "bf16") is None
+
+
+def test_tokens_per_second_counts_the_time_the_data_loader_takes(tmp_path):
+    """The clock covers the whole loop: a dataset that sleeps 40 ms per row (4 rows per step: 160 ms) caps tokens/s
+    at 4 x 16 tokens / 0.16 s = 400, and the same run without sleeping is much faster. An evaluation between
+    steps is not counted."""
+    import time
+
+    import torch
+    from transformers import Trainer
+
+    class Blocks(torch.utils.data.Dataset):
+        def __init__(self, delay):
+            self.delay = delay
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, index):
+            time.sleep(self.delay)
+            ids = torch.arange(16) % 50
+            return {"input_ids": ids, "labels": ids}
+
+    measured = {}
+    for delay in (0.0, 0.04):
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2, vocab_size=50))
+        callback = ThroughputCallback(flops_per_token=1e3, peak_flops=1e12, world_size=1)
+        args = TrainingArguments(output_dir=str(tmp_path / str(delay)), report_to="none", max_steps=6,
+                                 per_device_train_batch_size=4, per_device_eval_batch_size=4, use_cpu=True,
+                                 include_num_input_tokens_seen="all", eval_strategy="steps", eval_steps=3,
+                                 save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
+        started = time.perf_counter()
+        Trainer(model=model, args=args, train_dataset=Blocks(delay), eval_dataset=Blocks(delay),
+                callbacks=[callback]).train()
+        measured[delay] = (callback.metrics["train_tokens_per_second"], callback.step_seconds,
+                           time.perf_counter() - started)
+    slow_rate, slow_seconds, slow_wall = measured[0.04]
+    assert slow_rate <= 400 * 1.02, measured  # 6 steps x 64 tokens over at least 6 x 0.16 s
+    assert slow_seconds >= 6 * 0.16 and measured[0.0][0] > 2 * slow_rate, measured
+    # two evaluations of 64 rows sleep 2 x 2.56 s: outside the clock
+    assert slow_wall - slow_seconds >= 2 * 64 * 0.04 * 0.9, measured
+
+
+def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path):
+    from lmrecipes.throughput import cpu_peak_flops
+
+    cache = tmp_path / "peaks.json"
+    peak, source = cpu_peak_flops("fp32", cache)
+    assert peak > 0 and "best of 5, measured now" in source and cache.is_file()
+    again, source = cpu_peak_flops("fp32", cache)
+    assert again == peak and "measured earlier on this machine" in source
+
+
+def test_mfu_is_never_above_one(tmp_path):
+    callback = ThroughputCallback(flops_per_token=1e6, peak_flops=1e9, world_size=1)
+    args, state = TrainingArguments(output_dir=str(tmp_path), report_to="none"), TrainerState()
+    state.num_input_tokens_seen = 0
+    callback.on_train_begin(args, state, None)
+    callback.step_seconds, state.num_input_tokens_seen = 1.0, 5000  # 5e9 FLOP/s against a 1e9 peak
+    callback.on_train_end(args, state, None)
+    assert callback.metrics["mfu"] == 1.0

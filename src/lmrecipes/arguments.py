@@ -256,15 +256,31 @@ class RunArguments(TrainingArguments):
                   "Without it such a folder is refused, and a finished run of the same recipe is reported, not "
                   "retrained."})
 
+    bf16: str = field(
+        default="false",
+        metadata={"help": "bf16 mixed precision (autocast): true, false, or auto: on where the device computes bf16 "
+                  "natively (a GPU that supports it; a CPU with avx512_bf16 or AMX), fp32 elsewhere; the log names "
+                  "the choice and why. On a machine without an accelerator, bf16 runs on the CPU (use_cpu is set)."})
+
     def __post_init__(self):
         # accelerate launch does not pass a config's `use_cpu` to the processes it starts: several processes on a
         # machine without an accelerator would each train alone. They are one DDP run over gloo instead.
         import torch
         from transformers.utils import is_torch_xla_available
 
+        from .precision import bf16_choice
+
+        no_accelerator = not torch.accelerator.is_available() and not is_torch_xla_available()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > 1 and not self.use_cpu and not torch.accelerator.is_available() and not is_torch_xla_available():
+        if launched > 1 and not self.use_cpu and no_accelerator:
             logging.getLogger("lmrecipes").warning("No accelerator found: the %d processes train on CPU, one DDP run "
                                                    "over gloo", launched)
+            self.use_cpu = True
+        setting = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+            str(self.bf16).lower(), str(self.bf16).lower())
+        if setting not in ("auto", "true", "false"):
+            raise RecipeError(f"key 'bf16': auto, true or false, got {self.bf16!r}")
+        self.bf16, self.precision_choice = bf16_choice(setting, on_cpu=self.use_cpu or no_accelerator)
+        if self.bf16 and no_accelerator:  # else transformers stops: "Your setup doesn't support bf16/gpu"
             self.use_cpu = True
         super().__post_init__()

@@ -552,6 +552,9 @@ def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallbac
     if training_args.include_num_input_tokens_seen == "no":
         training_args.include_num_input_tokens_seen = "non_padding"
     dtype = "bf16" if (training_args.bf16 or training_args.fp16) else "fp32"
+    logger.info("Precision: %s (%s)", "fp16 autocast" if training_args.fp16 else
+                "bf16 autocast" if training_args.bf16 else "fp32",
+                getattr(training_args, "precision_choice", "TrainingArguments"))
     peak, source = peak_flops_per_device(training_args.device, dtype)
     per_token = model_flops_per_token(model, seq_len)
     logger.info("MFU basis: %.3g FLOPs/token, peak %s per device (%s)", per_token,

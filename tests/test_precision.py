@@ -1,0 +1,50 @@
+"""bf16: auto: the flag reader on made-up CPUs, the choice logged, and a tiny run in bf16 on the CPU that trains."""
+
+import json
+
+import pytest
+from conftest import LLAMA_PRETRAIN, TINY_LLAMA
+
+import lmrecipes
+from lmrecipes.precision import bf16_choice, cpu_bf16_choice, cpu_flags
+
+ZEN4 = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
+SAPPHIRE_RAPIDS = {"avx2", "avx512f", "amx_bf16", "amx_tile", "amx_int8"}
+AVX2_ONLY = {"avx", "avx2", "fma", "f16c"}
+ICELAKE = {"avx2", "avx512f", "avx512_vnni", "avx512bw"}  # AVX-512 without bf16
+
+
+@pytest.mark.parametrize("flags, native", [(ZEN4, True), (SAPPHIRE_RAPIDS, True), (AVX2_ONLY, False),
+                                           (ICELAKE, False), (set(), False)])
+def test_the_cpu_flag_reader(flags, native):
+    on, why = cpu_bf16_choice(flags)
+    assert on is native and (("natively" in why) if native else ("no native bf16" in why)), why
+
+
+def test_an_explicit_setting_always_wins():
+    assert bf16_choice("true", on_cpu=True) == (True, "bf16: true in the recipe")
+    assert bf16_choice("false", on_cpu=True) == (False, "bf16: false in the recipe")
+
+
+def test_a_tiny_bf16_run_on_the_cpu_trains_and_says_why(tmp_path, small_corpus, capsys):
+    """bf16 without use_cpu on a machine without a GPU (transformers alone stops: "Your setup doesn't support
+    bf16/gpu"): autocast on the CPU, and the loss falls. auto names its choice and reason."""
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "bf16": "true"}, train_file=[small_corpus],
+                                 validation_fraction=0.15, max_steps=30, output_dir=str(tmp_path / "bf16"))
+    log = capsys.readouterr().out
+    assert "Precision: bf16 autocast (bf16: true in the recipe)" in log
+    losses = [entry["loss"] for entry in json.loads((tmp_path / "bf16" / "trainer_state.json").read_text())[
+        "log_history"] if "loss" in entry]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
+    assert results["eval_loss"] < losses[0]
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "bf16": "auto"}, train_file=[small_corpus],
+                       validation_fraction=0.15, max_steps=1, output_dir=str(tmp_path / "auto"))
+    expected = "bf16 autocast (the CPU computes bf16 natively" if cpu_bf16_choice(cpu_flags())[0] \
+        else "fp32 (the CPU has no native"
+    assert f"Precision: {expected}" in capsys.readouterr().out
+
+
+def test_a_bad_bf16_value_is_one_line(tmp_path):
+    with pytest.raises(lmrecipes.RecipeError, match="key 'bf16': auto, true or false, got 'sometimes'"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "bf16": "sometimes"}, max_steps=1,
+                           output_dir=str(tmp_path / "x"))
