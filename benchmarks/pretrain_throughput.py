@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Pretraining throughput: the stock Hugging Face path against lmrecipes, on the same model, data and machine.
 
-    .venv/bin/python benchmarks/pretrain_throughput.py [--steps 40] [--rounds 2] [--levers]
+    .venv/bin/python benchmarks/pretrain_throughput.py [--steps 40] [--rounds 2] [--levers] [--compile_break_even]
 
 (a) "stock": a plain `Trainer` with default `TrainingArguments` (fp32, lr 5e-5, adamw_torch, ...), as the
-    transformers run_clm.py example runs it; (b) "lmrecipes": `lmrecipes.pretrain` with the recipe's defaults.
+    transformers run_clm.py example runs it; (b) "lmrecipes": `lmrecipes.pretrain` with the recipe as shipped
+    (the CPU recipes' bf16: auto: bf16 autocast where the CPU has native bf16). The CPU model and its bf16 flags
+    are printed first.
 Both train the recipe's model (same config, tokenizer, block size, batch and number of steps) on the same packed
 blocks, in alternating fresh processes (rounds), and are evaluated on the same held-out blocks. Printed per run:
 tokens/s (tokens trained / train_runtime), final training loss (mean of the last 5 logged steps), held-out loss
 and peak resident memory; then the ratio (b)/(a). `--levers` also times single changes on top of (b): fused
-AdamW, torch.compile, eager attention, bf16 autocast (only where the CPU has native bf16), one thread, 2
-dataloader workers.
+AdamW, torch.compile, eager attention, fp32 instead of bf16 auto, one thread, 2 dataloader workers.
+`--compile_break_even` times (b) eager and compiled at two step counts and solves time = overhead + steps x
+per-step time for both: the step count after which compiling pays.
 """
 
 from __future__ import annotations
@@ -29,15 +32,10 @@ LEVERS = {
     "fused AdamW (optim adamw_torch_fused)": {"optim": "adamw_torch_fused"},
     "torch.compile": {"torch_compile": True},
     "eager attention (instead of SDPA)": {"attn_implementation": "eager"},
-    "bf16 autocast": {"bf16": True},
+    "fp32 (bf16: false instead of auto)": {"bf16": "false"},
     "1 CPU thread (OMP_NUM_THREADS=1)": {"__threads": 1},
     "2 dataloader workers": {"dataloader_num_workers": 2},
 }
-
-
-def cpu_has_native_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def last_losses(log_history) -> float:
@@ -77,6 +75,7 @@ def run_one(mode: str, recipe: str, steps: int, overrides: dict) -> dict:
         history = json.loads((Path(out) / "trainer_state.json").read_text())["log_history"]
     tokens = steps * training_args.per_device_train_batch_size * data_args.block_size
     return {"mode": mode, "tokens": tokens, "tokens_per_second": tokens / metrics["train_runtime"],
+            "train_runtime": metrics["train_runtime"],
             "train_loss_end": last_losses(history), "eval_loss": eval_loss, "threads": torch.get_num_threads(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -86,6 +85,8 @@ def spawn(mode: str, recipe: str, steps: int, overrides: dict) -> dict:
     overrides = dict(overrides)
     if "__threads" in overrides:
         env["OMP_NUM_THREADS"] = str(overrides.pop("__threads"))
+    if overrides.get("torch_compile"):  # a cold compile, as a first run on a machine: no kernels cached before
+        env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
     cmd = [sys.executable, __file__, "--child", mode, "--recipe", recipe, "--steps", str(steps),
            "--overrides", json.dumps(overrides)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -105,6 +106,8 @@ def main():
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2, help="alternations of (a) and (b)")
     parser.add_argument("--levers", action="store_true", help="also time single changes on top of (b)")
+    parser.add_argument("--compile_break_even", type=int, nargs=2, metavar=("STEPS1", "STEPS2"), default=None,
+                        help="time (b) eager and compiled at these two step counts: where compiling pays")
     parser.add_argument("--output", help="write all measurements to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -113,6 +116,12 @@ def main():
         print(json.dumps(run_one(args.child, args.recipe, args.steps, json.loads(args.overrides))))
         return
 
+    from lmrecipes.precision import cpu_bf16_choice, cpu_flags
+    from lmrecipes.throughput import cpu_model_name
+
+    bf16, why = cpu_bf16_choice(cpu_flags())
+    machine = {"cpu": cpu_model_name(), "cpus": os.cpu_count(), "bf16_auto": bf16, "why": why}
+    print(f"CPU: {machine['cpu']}, {machine['cpus']} CPUs; bf16: auto -> {'bf16' if bf16 else 'fp32'} ({why})")
     rows = {"stock": [], "lmrecipes": []}
     for round_number in range(1, args.rounds + 1):
         for mode in ("stock", "lmrecipes"):
@@ -124,19 +133,40 @@ def main():
     print(f"\n(a) stock {mean['stock']:.0f} tokens/s, (b) lmrecipes {mean['lmrecipes']:.0f} tokens/s: "
           f"ratio (b)/(a) = {ratio:.2f}; eval loss after {rows['stock'][0]['tokens']:,} tokens: "
           f"(a) {rows['stock'][-1]['eval_loss']:.3f}, (b) {rows['lmrecipes'][-1]['eval_loss']:.3f}")
-    report = {"rows": rows, "ratio": ratio, "levers": {}}
+    report = {"machine": machine, "rows": rows, "ratio": ratio, "levers": {}}
     if args.levers:
         base = mean["lmrecipes"]
         print("\nLevers, each alone on top of (b):")
         for name, overrides in LEVERS.items():
-            if overrides.get("bf16") and not cpu_has_native_bf16():
-                print(f"  {name:40s} skipped: this CPU has no native bf16 (avx512_bf16 / AMX); emulated bf16 is slower")
+            if overrides.get("bf16") == "false" and not bf16:
+                print(f"  {name:40s} skipped: (b) already runs fp32 on this CPU")
                 continue
             row = spawn("lmrecipes", args.recipe, args.steps, overrides)
             report["levers"][name] = row
             print(f"  {name:40s} {row['tokens_per_second'] / base:5.2f}x  {describe(row)}", flush=True)
+    if args.compile_break_even:
+        report["compile_break_even"] = break_even(args.recipe, args.compile_break_even)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
+
+
+def break_even(recipe: str, counts: list[int]) -> dict:
+    """train_runtime = overhead + steps x per-step time, solved from two step counts for eager and compiled (b):
+    compiling pays after overhead difference / per-step saving steps (never, if it saves nothing per step)."""
+    fits = {}
+    for name, overrides in (("eager", {}), ("compiled", {"torch_compile": True})):
+        times = [spawn("lmrecipes", recipe, steps, overrides)["train_runtime"] for steps in counts]
+        per_step = (times[1] - times[0]) / (counts[1] - counts[0])
+        fits[name] = {"steps": counts, "train_runtime": times, "per_step_s": per_step,
+                      "overhead_s": times[0] - counts[0] * per_step}
+        print(f"  {name:9s}: {times[0]:.1f} s for {counts[0]} steps, {times[1]:.1f} s for {counts[1]}: "
+              f"{1000 * per_step:.1f} ms/step + {fits[name]['overhead_s']:.1f} s", flush=True)
+    saving = fits["eager"]["per_step_s"] - fits["compiled"]["per_step_s"]
+    extra = fits["compiled"]["overhead_s"] - fits["eager"]["overhead_s"]
+    steps = extra / saving if saving > 0 else None
+    print(f"  torch.compile pays after {steps:.0f} steps" if steps is not None else
+          "  torch.compile is not faster per step here: it never pays", flush=True)
+    return {**fits, "break_even_steps": steps}
 
 
 if __name__ == "__main__":
