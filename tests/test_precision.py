@@ -48,3 +48,14 @@ def test_a_bad_bf16_value_is_one_line(tmp_path):
     with pytest.raises(lmrecipes.RecipeError, match="key 'bf16': auto, true or false, got 'sometimes'"):
         lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "bf16": "sometimes"}, max_steps=1,
                            output_dir=str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("flags, expected", [(["--bf16"], True), (["--bf16", "y"], True), (["--bf16", "off"], False),
+                                             (["--bf16", "auto", "--fp16", "true"], False)])
+def test_bf16_flag_spellings(flags, expected):
+    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
+    from lmrecipes.recipe import parse_recipe
+
+    *args, _ = parse_recipe(PRETRAIN_ARGUMENTS, [LLAMA_PRETRAIN, *flags, "--use_cpu", "true"])
+    training_args = next(a for a in args if hasattr(a, "precision_choice"))
+    assert training_args.bf16 is expected

@@ -258,7 +258,8 @@ class RunArguments(TrainingArguments):
 
     bf16: str = field(
         default="false",
-        metadata={"help": "bf16 mixed precision (autocast): true, false, or auto: on where the device computes bf16 "
+        metadata={"nargs": "?", "const": "true",
+                  "help": "bf16 mixed precision (autocast): true, false, or auto: on where the device computes bf16 "
                   "natively (a GPU that supports it; a CPU with avx512_bf16 or AMX), fp32 elsewhere; the log names "
                   "the choice and why. On a machine without an accelerator, bf16 runs on the CPU (use_cpu is set)."})
 
@@ -276,11 +277,14 @@ class RunArguments(TrainingArguments):
             logging.getLogger("lmrecipes").warning("No accelerator found: the %d processes train on CPU, one DDP run "
                                                    "over gloo", launched)
             self.use_cpu = True
-        setting = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
-            str(self.bf16).lower(), str(self.bf16).lower())
+        setting = {"1": "true", "yes": "true", "y": "true", "on": "true", "0": "false", "no": "false", "n": "false",
+                   "off": "false"}.get(str(self.bf16).lower(), str(self.bf16).lower())
         if setting not in ("auto", "true", "false"):
             raise RecipeError(f"key 'bf16': auto, true or false, got {self.bf16!r}")
-        self.bf16, self.precision_choice = bf16_choice(setting, on_cpu=self.use_cpu or no_accelerator)
+        if setting == "auto" and self.fp16:
+            setting = "false"  # fp16 asked for: not both
+        on_cpu = self.use_cpu or no_accelerator or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        self.bf16, self.precision_choice = bf16_choice(setting, on_cpu=on_cpu)
         if self.bf16 and no_accelerator:  # else transformers stops: "Your setup doesn't support bf16/gpu"
             self.use_cpu = True
         super().__post_init__()

@@ -45,6 +45,6 @@ def bf16_choice(setting: str, on_cpu: bool) -> tuple[bool, str]:
     import torch
 
     if torch.cuda.is_available():
-        native = torch.cuda.is_bf16_supported()
+        native = torch.cuda.is_bf16_supported(including_emulation=False)  # T4 / V100 emulate it: slower
         return native, f"the GPU {'supports' if native else 'does not support'} bf16"
     return False, "bf16: auto keeps fp32 on this accelerator"

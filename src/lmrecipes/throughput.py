@@ -104,10 +104,13 @@ def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None) -> tuple[flo
         known = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         known = {}
+    known = known if isinstance(known, dict) else {}
     if isinstance(known.get(key), (int, float)) and known[key] > 0:
         return float(known[key]), f"CPU matmul peak measured earlier on this machine ({key})"
     peak = max(measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
                for _ in range(5))
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # processes sharing the cores measured each other: not kept
+        return peak, f"CPU matmul peak, best of 5, measured now alongside other processes ({key})"
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
@@ -157,12 +160,17 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.tokens_at_start = state.num_input_tokens_seen
-        self._mark = time.perf_counter()
+        # a resumed run's first fetch re-reads the batches it skips (a stream from its start): the clock starts
+        # after that step instead
+        self._resumed = state.global_step > 0
+        self._mark = None if self._resumed else time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         if self._mark is not None:
             self.step_seconds += now - self._mark
+        elif self._resumed:
+            self.tokens_at_start = state.num_input_tokens_seen
         self._mark = now
 
     def _restart_clock(self):  # what ran since the last step (evaluation, save) is not training time
