@@ -156,7 +156,7 @@ class ThroughputCallback(TrainerCallback):
         self.hardware = hardware
         self.step_seconds, self.tokens_at_start, self._mark = 0.0, 0, None
         self.metrics: dict[str, float | None] = {}
-        self._warned = False
+        self._warned, self._resumed = False, False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.tokens_at_start = state.num_input_tokens_seen
