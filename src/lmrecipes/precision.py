@@ -12,15 +12,21 @@ import os
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags (Linux), or None where they cannot be read."""
+def cpuinfo_value(field: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first value of `field` (e.g. "model name", "flags") in /proc/cpuinfo (Linux), or None."""
     if not os.path.isfile(path):
         return None
     with open(path) as handle:
         for line in handle:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(field) and line[len(field):].lstrip().startswith(":"):
+                return line.split(":", 1)[1].strip()
     return None
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags (Linux), or None where they cannot be read."""
+    flags = cpuinfo_value("flags", path)
+    return None if flags is None else set(flags.split())
 
 
 def cpu_bf16_choice(flags: set[str] | None) -> tuple[bool, str]:

@@ -15,6 +15,7 @@ from .lora import load_classifier
 from .recipe import read_run_recipe
 from .rows import csv_records, json_records, text_problem
 from .tasks import saved_task
+from .tasks.base import mean_per_text
 
 INPUT_TYPES = (".txt", ".jsonl", ".json", ".csv")
 
@@ -153,10 +154,7 @@ def text_logits(model, tokenizer, texts: list, max_length: int, stride: int | No
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(model.device) for k, v in collate(rows[start:start + batch_size]).items()}
             outputs.append(model(**batch).logits.float().cpu().numpy())
-    logits = np.concatenate(outputs)
-    sums = np.zeros((len(texts), logits.shape[-1]))
-    np.add.at(sums, np.asarray(text_of_row), logits)
-    return sums / np.bincount(text_of_row, minlength=len(texts))[:, None]
+    return mean_per_text(np.concatenate(outputs), text_of_row)[1]  # every text has at least one row
 
 
 def predict_file(model_dir, input_path, output_path=None, text_column="text", batch_size=32, max_length=None,

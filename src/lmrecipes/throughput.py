@@ -17,6 +17,9 @@ import torch
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
+from .ownership import write_json_atomically
+from .precision import cpuinfo_value
+
 logger = logging.getLogger(__name__)
 
 # Dense peak FLOP/s per device from vendor data sheets (no sparsity). bf16/fp16 on tensor cores; fp32 is the
@@ -84,11 +87,7 @@ def peak_flops_per_device(device: torch.device, dtype_name: str) -> tuple[float 
 
 
 def cpu_model_name() -> str:
-    name = platform.processor() or platform.machine()
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
-    return name
+    return cpuinfo_value("model name") or platform.processor() or platform.machine()
 
 
 def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None) -> tuple[float, str]:
@@ -113,9 +112,7 @@ def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None) -> tuple[flo
         return peak, f"CPU matmul peak, best of 5, measured now alongside other processes ({key})"
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**known, key: peak}, indent=2))
-        tmp.replace(cache_file)
+        write_json_atomically(cache_file, {**known, key: peak})
     except OSError:  # a read-only home: measured again next time
         pass
     return peak, f"CPU matmul peak, best of 5, measured now ({key})"

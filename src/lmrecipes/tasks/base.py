@@ -132,12 +132,18 @@ class Documents:
 
     def average(self, logits: np.ndarray, numbers: np.ndarray):
         """(per-document mean logits, per-document targets), documents in the order of their numbers."""
-        numbers = np.asarray(numbers).astype(np.int64).reshape(-1)
-        documents, where = np.unique(numbers, return_inverse=True)
-        sums = np.zeros((len(documents), logits.shape[-1]), dtype=np.float64)
-        np.add.at(sums, where, logits.reshape(len(numbers), -1))
-        counts = np.bincount(where, minlength=len(documents))[:, None]
-        return (sums / counts).astype(np.float32), self.table[documents]
+        documents, means = mean_per_text(logits, numbers)
+        return means.astype(np.float32), self.table[documents]
+
+
+def mean_per_text(logits: np.ndarray, text_of_row) -> tuple[np.ndarray, np.ndarray]:
+    """(the texts, in increasing order; the mean logits of each text's rows): a text's windows averaged. Shared by
+    evaluation (Documents.average) and prediction (prediction.text_logits)."""
+    text_of_row = np.asarray(text_of_row).astype(np.int64).reshape(-1)
+    texts, where = np.unique(text_of_row, return_inverse=True)
+    sums = np.zeros((len(texts), logits.shape[-1]), dtype=np.float64)
+    np.add.at(sums, where, logits.reshape(len(text_of_row), -1))
+    return texts, sums / np.bincount(where, minlength=len(texts))[:, None]
 
 
 def task_loss(task: Task, documents: Documents | None = None):
