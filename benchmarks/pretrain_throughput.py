@@ -5,15 +5,19 @@
 
 (a) "stock": a plain `Trainer` with default `TrainingArguments` (fp32, lr 5e-5, adamw_torch, ...), as the
     transformers run_clm.py example runs it; (b) "lmrecipes": `lmrecipes.pretrain` with the recipe as shipped
-    (the CPU recipes' bf16: auto: bf16 autocast where the CPU has native bf16). The CPU model and its bf16 flags
-    are printed first.
+    (the CPU recipes' bf16: auto: bf16 autocast where the CPU has native bf16; fused_loss auto: on a CPU, the
+    output layer and the cross-entropy computed together in chunks). The CPU model and its bf16 flags are printed
+    first.
 Both train the recipe's model (same config, tokenizer, block size, batch and number of steps) on the same packed
 blocks, in alternating fresh processes (rounds), and are evaluated on the same held-out blocks. Printed per run:
 tokens/s (tokens trained / train_runtime), final training loss (mean of the last 5 logged steps), held-out loss
 and peak resident memory; then the ratio (b)/(a). `--levers` also times single changes on top of (b): fused
-AdamW, torch.compile, eager attention, fp32 instead of bf16 auto, one thread, 2 dataloader workers.
+AdamW, torch.compile, eager or SDPA attention (the one the recipe names repeats (b)), the model's own loss instead
+of the fused one, fp32 instead of bf16 auto (with the fused loss, and with the model's own), one thread, 2
+dataloader workers.
 `--compile_break_even` times (b) eager and compiled at two step counts and solves time = overhead + steps x
-per-step time for both: the step count after which compiling pays.
+per-step time for both: the step count after which compiling pays. `--alternate A B` times (b) with two sets of
+JSON overrides instead, alternating (e.g. the attention kernels).
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 LEVERS = {
     "fused AdamW (optim adamw_torch_fused)": {"optim": "adamw_torch_fused"},
     "torch.compile": {"torch_compile": True},
-    "eager attention (instead of SDPA)": {"attn_implementation": "eager"},
+    "eager attention": {"attn_implementation": "eager"},
+    "SDPA attention": {"attn_implementation": "sdpa"},
+    "the model's own loss (fused_loss: false)": {"fused_loss": "false"},
     "fp32 (bf16: false instead of auto)": {"bf16": "false"},
+    "fp32 and the model's own loss": {"bf16": "false", "fused_loss": "false"},
     "1 CPU thread (OMP_NUM_THREADS=1)": {"__threads": 1},
     "2 dataloader workers": {"dataloader_num_workers": 2},
 }
@@ -108,6 +115,9 @@ def main():
     parser.add_argument("--levers", action="store_true", help="also time single changes on top of (b)")
     parser.add_argument("--compile_break_even", type=int, nargs=2, metavar=("STEPS1", "STEPS2"), default=None,
                         help="time (b) eager and compiled at these two step counts: where compiling pays")
+    parser.add_argument("--alternate", nargs=2, metavar=("OVERRIDES_A", "OVERRIDES_B"), default=None,
+                        help="instead of (a) vs (b): (b) with these two JSON overrides, alternating for --rounds; "
+                        "e.g. '{\"attn_implementation\": \"sdpa\"}' '{\"attn_implementation\": \"eager\"}'")
     parser.add_argument("--output", help="write all measurements to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -122,6 +132,11 @@ def main():
     bf16, why = cpu_bf16_choice(cpu_flags())
     machine = {"cpu": cpu_model_name(), "cpus": os.cpu_count(), "bf16_auto": bf16, "why": why}
     print(f"CPU: {machine['cpu']}, {machine['cpus']} CPUs; bf16: auto -> {'bf16' if bf16 else 'fp32'} ({why})")
+    if args.alternate:
+        report = {"machine": machine, **alternate(args.recipe, args.steps, args.rounds, args.alternate)}
+        if args.output:
+            Path(args.output).write_text(json.dumps(report, indent=2))
+        return
     rows = {"stock": [], "lmrecipes": []}
     for round_number in range(1, args.rounds + 1):
         for mode in ("stock", "lmrecipes"):
@@ -148,6 +163,20 @@ def main():
         report["compile_break_even"] = break_even(args.recipe, args.compile_break_even)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
+
+
+def alternate(recipe: str, steps: int, rounds: int, settings: list[str]) -> dict:
+    """(b) with two sets of overrides, alternating in fresh processes: tokens/s of each run, the ratio of means."""
+    rows = {label: [] for label in settings}
+    for round_number in range(1, rounds + 1):
+        for label in settings:
+            row = spawn("lmrecipes", recipe, steps, json.loads(label))
+            rows[label].append(row)
+            print(f"round {round_number} {label}: {describe(row)}", flush=True)
+    mean = {label: sum(r["tokens_per_second"] for r in runs) / len(runs) for label, runs in rows.items()}
+    ratio = mean[settings[1]] / mean[settings[0]]
+    print(f"\n{settings[1]} / {settings[0]}: {mean[settings[1]]:.0f} / {mean[settings[0]]:.0f} tokens/s = {ratio:.2f}")
+    return {"rows": rows, "mean_tokens_per_second": mean, "ratio_b_over_a": ratio}
 
 
 def break_even(recipe: str, counts: list[int]) -> dict:

@@ -1,6 +1,6 @@
 """Run by test_pretrain.py under `accelerate launch`: a user's script that pretrains through the API and records,
 per rank, the world size, a fingerprint of every training batch it saw, and of the final parameters, and how
-many parameter values the rank itself holds (FSDP, ZeRO-3: its shard)."""
+many parameter values the rank itself holds (FSDP, ZeRO-3: its shard), and whether the fused loss was used."""
 
 import contextlib
 import hashlib
@@ -16,7 +16,7 @@ import lmrecipes
 
 class Probe(TrainerCallback):
     def __init__(self):
-        self.batches, self.blocks = [], []
+        self.batches, self.blocks, self.fused_calls = [], [], []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         def record(module, inputs, kw):
@@ -24,6 +24,11 @@ class Probe(TrainerCallback):
                 self.batches.append(hashlib.sha256(kw["input_ids"].numpy().tobytes()).hexdigest())
                 self.blocks += [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in kw["input_ids"]]
         model.register_forward_pre_hook(record, with_kwargs=True)
+
+        def fused(module, inputs, output):  # a fused training call returns no [tokens x vocabulary] logits
+            if module.training and getattr(output, "logits", None) is not None:
+                self.fused_calls.append(output.logits.numel() == 0)
+        model.register_forward_hook(fused)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         from torch.distributed.tensor import DTensor
@@ -48,7 +53,8 @@ class Probe(TrainerCallback):
         record = {"rank": args.process_index, "world_size": args.world_size, "batches": self.batches,
                   "blocks": self.blocks, "local_parameters": local, "parameters": total,
                   "params": params.hexdigest(), "steps": state.global_step,
-                  "device": str(args.device), "tokens": state.num_input_tokens_seen}
+                  "device": str(args.device), "tokens": state.num_input_tokens_seen,
+                  "fused_calls": self.fused_calls}
         Path(args.output_dir, f"probe-rank{args.process_index}.json").write_text(json.dumps(record))
 
 

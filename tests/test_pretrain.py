@@ -93,6 +93,7 @@ def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_p
     assert all(r["steps"] == 6 and len(r["batches"]) == 6 for r in ranks)
     assert not set(ranks[0]["batches"]) & set(ranks[1]["batches"]), "each rank saw different data"
     assert ranks[0]["params"] == ranks[1]["params"], "parameters identical on both ranks"
+    assert all(r["fused_calls"] == [True] * 6 for r in ranks), "fused_loss auto: on for CPU training, DDP included"
     assert ranks[0]["tokens"] == 6 * 2 * 8 * 64, "tokens counted over both processes"
     results = read_json(out / "all_results.json")
     assert results["train_tokens"] == 6 * 2 * 8 * 64

@@ -120,17 +120,23 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     training_args.prediction_loss_only = rules.compute_metrics is None
     collator = rules.collator(tokenizer, data_args, training_args.seed)
     throughput = throughput_callback(model, training_args, data_args.block_size)
-    trainer = build_trainer(training_args, lambda: Trainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=collator, compute_metrics=rules.compute_metrics,
-        preprocess_logits_for_metrics=rules.preprocess_logits, callbacks=[throughput, *callbacks]))
-
-    finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)",
-                                run_inputs(model_args, tokenizer, fingerprint))
-    if finished is not None:
-        return finished
-    checkpoint = find_checkpoint(training_args)
-    train_metrics = train_and_save(trainer, checkpoint, throughput)
+    # a faster training loss (causal_lm: fused_loss) is chosen, and a refused one reported, before anything is written
+    faster_loss = rules.attach_training_loss and rules.attach_training_loss(model, training_args,
+                                                                             model_args.fused_loss)
+    try:
+        trainer = build_trainer(training_args, lambda: Trainer(
+            model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=tokenizer, data_collator=collator, compute_metrics=rules.compute_metrics,
+            preprocess_logits_for_metrics=rules.preprocess_logits, callbacks=[throughput, *callbacks]))
+        finished = claim_output_dir(training_args, recipe, "# Resolved recipe of this run (lmrecipes pretrain)",
+                                    run_inputs(model_args, tokenizer, fingerprint))
+        if finished is not None:
+            return finished
+        checkpoint = find_checkpoint(training_args)
+        train_metrics = train_and_save(trainer, checkpoint, throughput)
+    finally:
+        if faster_loss:
+            faster_loss.detach()
     if rules.finalize_saved is not None and training_args.should_save:
         rules.finalize_saved(training_args.output_dir)
 

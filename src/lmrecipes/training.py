@@ -84,9 +84,9 @@ def check_world_size(training_args) -> None:
             "process group; on CPU e.g. --config_file accelerate_configs/cpu_ddp.yaml)")
 
 
-def _asked_for() -> str | None:
-    """The sharded parallelism the launch asked for: accelerate launch passes a config's FSDP / DeepSpeed choice to
-    its processes as these variables."""
+def sharding_asked_for() -> str | None:
+    """The sharded parallelism the launch asked for ("FSDP", "DeepSpeed" or None): accelerate launch passes a
+    config's FSDP / DeepSpeed choice to its processes as these variables."""
     flags = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
     return next((name for name, flag in flags.items() if os.environ.get(flag, "").lower() in ("1", "true")), None)
 
@@ -118,7 +118,7 @@ def check_parallelism(trainer) -> str:
     """Log the run's effective parallelism; a launch that asked for FSDP or DeepSpeed and would run something else
     (accelerate 1.15 trains plain DDP on CPU instead of FSDP version 1 or DeepSpeed) is an error."""
     described, state = describe_parallelism(trainer), trainer.accelerator.state
-    asked = _asked_for()
+    asked = sharding_asked_for()
     got = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed" if trainer.is_deepspeed_enabled else None
     if asked is not None and asked != got:
         on_cpu = " (accelerate_configs/cpu_ddp.yaml or cpu_fsdp.yaml on CPU)" if trainer.args.device.type == "cpu" \
@@ -175,7 +175,7 @@ def fsdp_on_cpu():
     from accelerate.utils import DistributedType
 
     state = PartialState._shared_state
-    shown = _asked_for() == "FSDP" and state.get("distributed_type") == DistributedType.MULTI_CPU
+    shown = sharding_asked_for() == "FSDP" and state.get("distributed_type") == DistributedType.MULTI_CPU
     version = os.environ.get("FSDP_VERSION", "1")
     if shown and version != "2":  # accelerate's FSDP1 plugin raises a RuntimeError without an accelerator
         raise RecipeError(f"the launch config asks for FSDP version {version}, which needs an accelerator; on CPU "

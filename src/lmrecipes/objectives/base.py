@@ -78,6 +78,9 @@ class Objective:
     finalize_saved: (output_dir) -> None, run on the main process after the final save: turns what the Trainer
         saved into the published layout.
     saved_folders: subfolders of a finished run that belong to the model (published and recorded with it).
+    attach_training_loss: (model, training arguments, the recipe's fused_loss) -> an attachment (its detach()
+        undoes it) or None: before the Trainer is built, replaces the model's training loss by a faster one with the
+        same value (causal_lm: lmrecipes.fused_loss).
     """
 
     name: str
@@ -106,3 +109,4 @@ class Objective:
     preprocess_logits: Callable | None = None
     finalize_saved: Callable | None = None
     saved_folders: tuple[str, ...] = ()
+    attach_training_loss: Callable | None = None

@@ -7,6 +7,7 @@ import math
 from transformers import AutoModelForCausalLM, default_data_collator
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from ..fused_loss import use_fused_loss
 from .base import Objective, loss_sums_per_block, perplexity, pipeline_snippet, token_weighted_loss
 
 
@@ -41,4 +42,6 @@ CAUSAL_LM = Objective(
     description="a causal language model pretrained from scratch",
     compute_metrics=token_weighted_loss,
     preprocess_logits=lambda logits, labels: loss_sums_per_block(logits, labels, shift=True),
+    recipe_keys=("fused_loss",),
+    attach_training_loss=use_fused_loss,
 )
