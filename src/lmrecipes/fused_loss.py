@@ -4,9 +4,9 @@ of tokens at a time, gradients included (`fused_loss` recipe key).
 A causal LM's stock training step materialises logits for every token ([tokens x vocabulary]: 16 x 256 x 4,096
 floats for the tiny recipe), upcasts them to fp32, takes their log-softmax and, in the backward pass, a gradient of
 the same size: memory traffic that, on a CPU in bf16, costs the tiny recipe a quarter to two fifths of its step
-(with this loss: 1.35-1.7x tokens/s, benchmarks/README.md). Here each chunk of tokens gets its logits, loss and gradients
-(softmax - one-hot) while they sit in cache, and only the gradients of the hidden states and of the output layer's
-weights are kept for the backward pass.
+(with this loss: 1.35-1.7x tokens/s, benchmarks/README.md). Here each chunk of tokens gets its logits, loss and
+gradients (softmax - one-hot) while they sit in cache, and only the gradients of the hidden states and of the output
+layer's weights are kept for the backward pass.
 
 Hand-written because nothing installed does it on a CPU: transformers' `use_liger_kernel` (Liger Kernel's fused
 linear cross-entropy) and Apple's cut-cross-entropy are Triton kernels for GPUs, and a `torch.compile`d step of the
@@ -242,8 +242,8 @@ class FusedCausalLMLoss:
 
 
 def use_fused_loss(model, training_args, setting: str | None) -> FusedCausalLMLoss | None:
-    """Attach the fused loss to a causal LM as `fused_loss` (auto | true | false; None = auto) and the run allow, and
-    log the choice. auto: on when training runs on the CPU (measured there: benchmarks/README.md); GPUs keep the
+    """Attach the fused loss to a causal LM where `fused_loss` (auto | true | false; None = auto) and the run allow
+    it, and log the choice. auto: on when training runs on the CPU (measured there: benchmarks/README.md); GPUs keep the
     model's own loss (transformers' use_liger_kernel is the GPU kernel). Returns the attachment (detach() it after
     training) or None. Called before the Trainer exists, so that a refusal stops the run before anything is written."""
     from .training import sharding_asked_for
