@@ -17,7 +17,8 @@ of the fused one, fp32 instead of bf16 auto (with the fused loss, and with the m
 dataloader workers.
 `--compile_break_even` times (b) eager and compiled at two step counts and solves time = overhead + steps x
 per-step time for both: the step count after which compiling pays. `--alternate A B` times (b) with two sets of
-JSON overrides instead, alternating (e.g. the attention kernels).
+JSON overrides instead, alternating (e.g. the attention kernels). To measure an AVX2-only CPU on a newer one, run
+it under ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 (bf16: auto then keeps fp32).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ LEVERS = {
     "1 CPU thread (OMP_NUM_THREADS=1)": {"__threads": 1},
     "2 dataloader workers": {"dataloader_num_workers": 2},
 }
+
+
+# The environment variables that make a newer x86 CPU run as an older one (e.g. AVX2 only): torch's own kernels,
+# oneDNN's (bf16 and conv/matmul) and MKL's (fp32 matmul)
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def last_losses(log_history) -> float:
@@ -126,11 +132,14 @@ def main():
         print(json.dumps(run_one(args.child, args.recipe, args.steps, json.loads(args.overrides))))
         return
 
-    from lmrecipes.precision import cpu_bf16_choice, cpu_flags
+    from lmrecipes.precision import bf16_choice
     from lmrecipes.throughput import cpu_model_name
 
-    bf16, why = cpu_bf16_choice(cpu_flags())
-    machine = {"cpu": cpu_model_name(), "cpus": os.cpu_count(), "bf16_auto": bf16, "why": why}
+    bf16, why = bf16_choice("auto", on_cpu=True)
+    limits = {name: os.environ[name] for name in ISA_LIMITS if name in os.environ}
+    machine = {"cpu": cpu_model_name(), "cpus": os.cpu_count(), "bf16_auto": bf16, "why": why, "isa_limits": limits}
+    if limits:
+        print(f"Instruction sets limited: {limits}")
     print(f"CPU: {machine['cpu']}, {machine['cpus']} CPUs; bf16: auto -> {'bf16' if bf16 else 'fp32'} ({why})")
     if args.alternate:
         report = {"machine": machine, **alternate(args.recipe, args.steps, args.rounds, args.alternate)}

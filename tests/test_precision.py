@@ -21,6 +21,20 @@ def test_the_cpu_flag_reader(flags, native):
     assert on is native and (("natively" in why) if native else ("no native bf16" in why)), why
 
 
+def test_auto_follows_a_onednn_instruction_set_limit(monkeypatch):
+    """A bf16 CPU told to run as an AVX2 one (ONEDNN_MAX_CPU_ISA=AVX2: oneDNN's bf16 is then emulated) gets fp32."""
+    from lmrecipes import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": ZEN4)
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: False)
+    assert bf16_choice("auto", on_cpu=True)[0] is True  # no limit set: the flags decide
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert bf16_choice("auto", on_cpu=True) == (
+        False, "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from the CPU's bf16: fp32 is faster")
+    monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # a limit that keeps bf16 (AVX512_CORE_BF16)
+    assert bf16_choice("auto", on_cpu=True)[0] is True
+
+
 def test_an_explicit_setting_always_wins():
     assert bf16_choice("true", on_cpu=True) == (True, "bf16: true in the recipe")
     assert bf16_choice("false", on_cpu=True) == (False, "bf16: false in the recipe")

@@ -29,12 +29,18 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
     return None if flags is None else set(flags.split())
 
 
+def onednn_bf16() -> bool:
+    """torch's oneDNN check: bf16 kernels available (also emulated ones on AVX-512 CPUs without native bf16);
+    it follows ONEDNN_MAX_CPU_ISA."""
+    import torch
+
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 def cpu_bf16_choice(flags: set[str] | None) -> tuple[bool, str]:
     """(use bf16, why) for a CPU with these flags."""
     if flags is None:
-        import torch
-
-        native = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+        native = onednn_bf16()
         return native, f"CPU flags unreadable; torch's oneDNN bf16 check says {'yes' if native else 'no'}"
     found = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
     if found:
@@ -47,7 +53,11 @@ def bf16_choice(setting: str, on_cpu: bool) -> tuple[bool, str]:
     if setting != "auto":
         return setting == "true", f"bf16: {setting} in the recipe"
     if on_cpu:
-        return cpu_bf16_choice(cpu_flags())
+        native, why = cpu_bf16_choice(cpu_flags())
+        limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        if native and limit and not onednn_bf16():  # the CPU has bf16, but oneDNN was told not to use it
+            return False, f"ONEDNN_MAX_CPU_ISA={limit} keeps oneDNN from the CPU's bf16: fp32 is faster"
+        return native, why
     import torch
 
     if torch.cuda.is_available():
