@@ -77,6 +77,7 @@ def test_a_causal_lm_trains_with_its_own_loss_and_gradients(model_type, override
     fused_out, fused_grads = training_step(model, ids, labels)
     assert fused_out.loss.item() == pytest.approx(own_out.loss.item(), rel=1e-6)
     assert fused_out.logits.numel() == 0  # no [tokens x vocabulary] logits in a fused training call
+
     def distance(grads):
         return max(((grads[name] - grad).norm() / grad.norm()).item() for name, grad in own_grads.items())
 

@@ -1,9 +1,10 @@
 """bf16: auto: the flag reader on made-up CPUs, the choice logged, and a tiny run in bf16 on the CPU that trains."""
 
 import json
+import os
 
 import pytest
-from conftest import LLAMA_PRETRAIN, TINY_LLAMA
+from conftest import LLAMA_PRETRAIN, REPO, TINY_LLAMA
 
 import lmrecipes
 from lmrecipes.precision import bf16_choice, cpu_bf16_choice, cpu_flags
@@ -27,12 +28,28 @@ def test_auto_follows_a_onednn_instruction_set_limit(monkeypatch):
 
     monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": ZEN4)
     monkeypatch.setattr(precision, "onednn_bf16", lambda: False)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
     assert bf16_choice("auto", on_cpu=True)[0] is True  # no limit set: the flags decide
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert bf16_choice("auto", on_cpu=True) == (
         False, "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from the CPU's bf16: fp32 is faster")
     monkeypatch.setattr(precision, "onednn_bf16", lambda: True)  # a limit that keeps bf16 (AVX512_CORE_BF16)
     assert bf16_choice("auto", on_cpu=True)[0] is True
+    monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": AVX2_ONLY)  # no bf16 to keep
+    assert bf16_choice("auto", on_cpu=True)[0] is False
+
+
+def test_onednn_has_no_bf16_under_an_avx2_limit():
+    """The check behind it, on this machine's real oneDNN (torch reads the limit once: a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u; s = u.spec_from_file_location('p', 'src/lmrecipes/precision.py'); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.onednn_bf16())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 def test_an_explicit_setting_always_wins():

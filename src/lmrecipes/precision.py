@@ -54,9 +54,11 @@ def bf16_choice(setting: str, on_cpu: bool) -> tuple[bool, str]:
         return setting == "true", f"bf16: {setting} in the recipe"
     if on_cpu:
         native, why = cpu_bf16_choice(cpu_flags())
-        limit = os.environ.get("ONEDNN_MAX_CPU_ISA")
-        if native and limit and not onednn_bf16():  # the CPU has bf16, but oneDNN was told not to use it
-            return False, f"ONEDNN_MAX_CPU_ISA={limit} keeps oneDNN from the CPU's bf16: fp32 is faster"
+        name = next((name for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA") if os.environ.get(name)), None)
+        # the CPU has bf16, but oneDNN was told to run as a CPU without bf16 kernels (AVX2 and below: its check is
+        # still true for AVX-512 limits, whose bf16 it emulates)
+        if native and name and not onednn_bf16():
+            return False, f"{name}={os.environ[name]} keeps oneDNN from the CPU's bf16: fp32 is faster"
         return native, why
     import torch
 
