@@ -52,41 +52,51 @@ def _chunk_logits(hidden_chunk, weight, bias):
     return logits + bias.float() if bias is not None else logits
 
 
+def _chunked_loss(hidden, weight, bias, labels, rows: int, dtype, wanted=(False, False, False)):
+    """(sum over scored tokens of cross_entropy(hidden @ weight.T + bias, label), [gradient of that sum for hidden,
+    weight, bias where `wanted`, else None]), one chunk of `rows` tokens at a time; matmuls in `dtype`, softmax in
+    fp32, gradients of weight and bias accumulated in fp32."""
+    h, w = hidden.to(dtype), weight.to(dtype)
+    want_h, want_w, want_b = wanted
+    grad_h = torch.zeros_like(h) if want_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+    grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, h.shape[0], rows):
+        chunk_labels = labels[start:start + rows]
+        scored = chunk_labels != -100
+        if not bool(scored.any()):
+            continue
+        h_chunk = h[start:start + rows]
+        logits = _chunk_logits(h_chunk, w, bias)
+        log_norm = torch.logsumexp(logits, dim=-1)
+        targets = torch.where(scored, chunk_labels, 0)
+        target_logits = logits.gather(1, targets[:, None]).squeeze(1)
+        total += ((log_norm - target_logits) * scored).sum()
+        if not any(wanted):
+            continue
+        # d loss / d logits = softmax - one-hot, zero for unscored tokens (computed in place over the logits)
+        grad_logits = logits.sub_(log_norm[:, None]).exp_()
+        grad_logits.scatter_add_(1, targets[:, None], torch.full_like(target_logits, -1.0)[:, None])
+        grad_logits.mul_(scored[:, None])
+        if want_b:
+            grad_b += grad_logits.sum(0)
+        grad_logits = grad_logits.to(dtype)
+        if want_h:
+            grad_h[start:start + rows] = grad_logits @ w
+        if want_w:
+            grad_w += (grad_logits.t() @ h_chunk).float()
+    return total, [grad_h, grad_w, grad_b]
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """sum over scored tokens of cross_entropy(hidden @ weight.T + bias, label); the gradients are computed in the
-    forward pass (one pass over the chunks) and scaled by the incoming gradient in backward."""
+    """_chunked_loss's sum; its gradients are computed in the forward pass (one pass over the chunks) and scaled by
+    the incoming gradient in backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, rows, dtype):
-        h, w = hidden.to(dtype), weight.to(dtype)
-        want_h, want_w, want_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(h) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, h.shape[0], rows):
-            chunk_labels = labels[start:start + rows]
-            scored = chunk_labels != -100
-            if not bool(scored.any()):
-                continue
-            h_chunk = h[start:start + rows]
-            logits = _chunk_logits(h_chunk, w, bias)
-            log_norm = torch.logsumexp(logits, dim=-1)
-            targets = torch.where(scored, chunk_labels, 0)
-            target_logits = logits.gather(1, targets[:, None]).squeeze(1)
-            total += ((log_norm - target_logits) * scored).sum()
-            # d loss / d logits = softmax - one-hot, zero for unscored tokens (computed in place over the logits)
-            grad_logits = logits.sub_(log_norm[:, None]).exp_()
-            grad_logits.scatter_add_(1, targets[:, None], torch.full_like(target_logits, -1.0)[:, None])
-            grad_logits.mul_(scored[:, None])
-            if want_b:
-                grad_b += grad_logits.sum(0)
-            grad_logits = grad_logits.to(dtype)
-            if want_h:
-                grad_h[start:start + rows] = grad_logits @ w
-            if want_w:
-                grad_w += (grad_logits.t() @ h_chunk).float()
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        total, grads = _chunked_loss(hidden, weight, bias, labels, rows, dtype, ctx.needs_input_grad[:3])
+        ctx.save_for_backward(*grads)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
 
@@ -109,11 +119,7 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     with torch.autocast(device_type, enabled=False):
         if not wants_grad:  # evaluation or a probe: the loss alone
-            h, w, total = hidden.to(dtype), weight.to(dtype), hidden.new_zeros((), dtype=torch.float32)
-            for start in range(0, h.shape[0], rows):
-                logits = _chunk_logits(h[start:start + rows], w, bias)
-                total += nn.functional.cross_entropy(logits, labels[start:start + rows], reduction="sum")
-            return total
+            return _chunked_loss(hidden, weight, bias, labels, rows, dtype)[0]
         return _LinearCrossEntropy.apply(hidden, weight, bias, labels, rows, dtype)
 
 
@@ -249,24 +255,23 @@ def use_fused_loss(model, training_args, setting: str | None) -> FusedCausalLMLo
     from .training import sharding_asked_for
 
     setting = setting or "auto"
-    blockers = {  # what else would compute this loss, or manage the output layer's weights
-        "FSDP": "gathers and frees the output layer's weights around its own call",
-        "DeepSpeed": "gathers and frees the output layer's weights around its own call",
-        "torch_compile": "fuses the loss itself",
-        "use_liger_kernel": "Liger's fused loss replaces the model's",
-        "label_smoothing_factor": "the Trainer smooths the loss from the model's logits"}
-    present = {"FSDP": sharding_asked_for() == "FSDP" or bool(training_args.fsdp),
-               "DeepSpeed": sharding_asked_for() == "DeepSpeed" or bool(training_args.deepspeed),
-               "torch_compile": training_args.torch_compile,
-               "use_liger_kernel": getattr(training_args, "use_liger_kernel", False),
-               "label_smoothing_factor": bool(getattr(training_args, "label_smoothing_factor", 0))}
-    blocker = next((name for name, on in present.items() if on), None)
+    sharding = sharding_asked_for()
+    frees_weights = "gathers and frees the output layer's weights around its own call"
+    blockers = [  # (what else would compute this loss or manage the output layer's weights, is it on, why)
+        ("FSDP", sharding == "FSDP" or bool(training_args.fsdp), frees_weights),
+        ("DeepSpeed", sharding == "DeepSpeed" or bool(training_args.deepspeed), frees_weights),
+        ("torch_compile", training_args.torch_compile, "fuses the loss itself"),
+        ("use_liger_kernel", getattr(training_args, "use_liger_kernel", False),
+         "Liger's fused loss replaces the model's"),
+        ("label_smoothing_factor", bool(getattr(training_args, "label_smoothing_factor", 0)),
+         "the Trainer smooths the loss from the model's logits")]
+    blocker, reason = next(((name, why) for name, on, why in blockers if on), (None, None))
     if setting == "false":
         why = "fused_loss: false"
     elif blocker is not None:
         if setting == "true":
             raise RecipeError(f"key 'fused_loss': not with {blocker} (set fused_loss: auto or false)")
-        why = f"fused_loss auto: not with {blocker}: {blockers[blocker]}"
+        why = f"fused_loss auto: not with {blocker}: {reason}"
     elif setting == "auto" and training_args.device.type != "cpu":
         why = f"fused_loss auto: on for CPU training; this run trains on {training_args.device.type}"
     else:
