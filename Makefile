@@ -3,7 +3,9 @@ RECIPE ?= recipes/tiny-llama/pretrain.yaml
 PIPELINE ?= recipes/tiny-llama/pipeline.yaml
 ARGS ?=
 
-.PHONY: setup pipeline pretrain test
+LINTED = src scripts tests benchmarks
+
+.PHONY: setup pipeline pretrain test lint
 
 setup:
 	@bash scripts/setup_env.sh
@@ -14,5 +16,8 @@ pipeline: setup
 pretrain: setup
 	.venv/bin/python scripts/pretrain.py $(RECIPE) $(ARGS)
 
-test: setup
+lint: setup
+	.venv/bin/ruff check $(LINTED)
+
+test: lint
 	.venv/bin/python -m pytest $(ARGS)

@@ -1,6 +1,7 @@
 """lmrecipes' held-out bits/byte against lm-evaluation-harness's on the same model and the same documents.
 
-    PYTHONPATH=/path/to/lm_eval .venv/bin/python benchmarks/bits_per_byte_vs_lm_eval.py runs/tiny-llama/pipeline/pretrain
+    PYTHONPATH=/path/to/lm_eval .venv/bin/python benchmarks/bits_per_byte_vs_lm_eval.py \
+        runs/tiny-llama/pipeline/pretrain
 
 lmrecipes: the pretraining recipe's held-out split packed into blocks (EOS between documents, the first token of a
 block unscored), every block evaluated, summed loss / (ln 2 x exact UTF-8 bytes of the scored tokens).
@@ -8,8 +9,9 @@ lm-evaluation-harness: the same documents one by one (`loglikelihood_rolling`, w
 training, each document scored from an end-of-text token), summed log-likelihood / (ln 2 x UTF-8 bytes of the
 documents). The two differ only in context (lmrecipes' blocks cross document boundaries and leave each block's first
 token unscored) and in the scored separators. Also reported: lmrecipes on the first 200 blocks (what
-max_eval_samples took before issue 12) against a seeded sample of 200 (what it takes now) and all blocks. lm_eval is not a dependency: install it anywhere on PYTHONPATH (`pip install --target
-DIR --no-deps lm_eval` plus what it imports).
+max_eval_samples took before issue 12) against a seeded sample of 200 (what it takes now) and all blocks. lm_eval is
+not a dependency: install it anywhere on PYTHONPATH (`pip install --target DIR --no-deps lm_eval` plus what it
+imports).
 """
 
 import json
@@ -27,20 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 def lmrecipes_bits_per_byte(run_dir: Path):
     from lmrecipes import load_recipe
-    from lmrecipes.data import prepare_pretraining_data
-    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer
+    from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+    from lmrecipes.data.packing import prepare_pretraining_data
+    from lmrecipes.objectives.causal_lm import CAUSAL_LM
+    from lmrecipes.pretraining import load_corpus_and_tokenizer
     from lmrecipes.recipe import read_run_recipe
 
     recipe = {k: v for k, v in read_run_recipe(run_dir).items() if k != "objective"}
     model_args, tokenizer_args, data_args, training_args, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS,
                                                                           max_eval_samples=None)
-    raw, fingerprint, _ = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
+    raw, fingerprint, _ = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, CAUSAL_LM)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     data_args.max_eval_samples = None
-    _, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)
+    _, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args)
     # block_bytes again, for subsets: prepare_pretraining_data drops the column it averages
-    from lmrecipes.data import _tokenize_and_pack
-    block_bytes = _tokenize_and_pack(raw["validation"], tokenizer, "causal_lm", data_args.block_size,
+    from lmrecipes.data.packing import _tokenize_and_pack
+    block_bytes = _tokenize_and_pack(raw["validation"], tokenizer, CAUSAL_LM, data_args.block_size,
                                      data_args.text_column)["block_bytes"]
     model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
     nats = []
@@ -54,7 +58,8 @@ def lmrecipes_bits_per_byte(run_dir: Path):
     def bits_per_byte(blocks):
         return sum(nats[i] for i in blocks) / (math.log(2) * sum(block_bytes[i] for i in blocks))
 
-    from lmrecipes.data import EVAL_SAMPLE_SEED, sample_indices
+    from lmrecipes.data.packing import EVAL_SAMPLE_SEED
+    from lmrecipes.data.sources import sample_indices
 
     n = min(200, len(nats))
     subsets = {"all blocks": range(len(nats)), f"first {n} blocks": range(n),

@@ -55,8 +55,10 @@ def run_one(corpus: str, tokenizer_dir: str, streaming: bool, num_proc: int) -> 
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="bench-hf-datasets-")
     os.environ["LMRECIPES_CACHE"] = tempfile.mkdtemp(prefix="bench-data-")
     from lmrecipes.api import load_recipe
-    from lmrecipes.data import load_raw_splits, prepare_pretraining_data, split_held_out
-    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS
+    from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+    from lmrecipes.data.packing import prepare_pretraining_data
+    from lmrecipes.data.sources import load_raw_splits, split_held_out
+    from lmrecipes.objectives.causal_lm import CAUSAL_LM
     from lmrecipes.tokenizer import load_tokenizer
 
     _, _, data_args, _, _ = load_recipe(RECIPE, PRETRAIN_ARGUMENTS, train_file=[corpus], streaming=streaming,
@@ -66,7 +68,7 @@ def run_one(corpus: str, tokenizer_dir: str, streaming: bool, num_proc: int) -> 
     start = time.perf_counter()
     raw, fingerprint = load_raw_splits(data_args, streaming=streaming)
     raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction}, data_args.text_column))
-    train, _, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)
+    train, _, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args)
     if streaming:
         blocks = sum(1 for _ in train)
     else:

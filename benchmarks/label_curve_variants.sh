@@ -12,7 +12,8 @@ mkdir -p "$out"
 .venv/bin/python - "$out/task_text_x20.jsonl" <<'PY'
 import json, sys
 from lmrecipes import load_recipe
-from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
+from lmrecipes.arguments import FINETUNE_ARGUMENTS
+from lmrecipes.data.classification import load_classification_data
 _, _, data, *_ = load_recipe("recipes/tiny-llama/finetune-sentiment.yaml", FINETUNE_ARGUMENTS)
 splits = load_classification_data(data)[0]
 with open(sys.argv[1], "w", encoding="utf-8") as handle:

@@ -61,9 +61,10 @@ def main() -> None:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from lmrecipes import load_recipe
-    from lmrecipes.data import sample_indices
-    from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
-    from lmrecipes.rows import label_key
+    from lmrecipes.arguments import FINETUNE_ARGUMENTS
+    from lmrecipes.data.classification import load_classification_data
+    from lmrecipes.data.sources import sample_indices
+    from lmrecipes.tasks.base import label_key
 
     _, _, data, *_ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS)
     splits, task = load_classification_data(data)

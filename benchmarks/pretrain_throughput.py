@@ -62,8 +62,10 @@ def run_one(mode: str, recipe: str, steps: int, overrides: dict) -> dict:
 
     import lmrecipes
     from lmrecipes.api import load_recipe
-    from lmrecipes.data import prepare_pretraining_data
-    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer
+    from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+    from lmrecipes.data.packing import prepare_pretraining_data
+    from lmrecipes.objectives.causal_lm import CAUSAL_LM
+    from lmrecipes.pretraining import load_corpus_and_tokenizer
 
     out = tempfile.mkdtemp(prefix=f"bench-{mode}-")
     common = {"max_steps": steps, "output_dir": out, "eval_strategy": "no", "save_strategy": "no",
@@ -73,8 +75,8 @@ def run_one(mode: str, recipe: str, steps: int, overrides: dict) -> dict:
         from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
         set_seed(42)
-        raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
-        train, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)
+        raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, CAUSAL_LM)
+        train, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args)
         model = lmrecipes.build_model(recipe, tokenizer=tokenizer, **common)
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=training_args.per_device_train_batch_size,
                                  max_steps=steps, logging_steps=5, report_to="none", disable_tqdm=True)

@@ -9,8 +9,9 @@ YAML values are defaults; flags override them. `--help` lists every key.
 
 import sys
 
-from lmrecipes.errors import exit_on_recipe_error
-from lmrecipes.finetuning import FINETUNE_ARGUMENTS, run_finetuning
+from lmrecipes.arguments import FINETUNE_ARGUMENTS
+from lmrecipes.finetuning import run_finetuning
+from lmrecipes.launch import exit_on_recipe_error
 from lmrecipes.recipe import parse_recipe
 
 

@@ -8,7 +8,7 @@ The output loads with AutoModelForSequenceClassification.from_pretrained(OUTPUT_
 
 import argparse
 
-from lmrecipes.errors import exit_on_recipe_error
+from lmrecipes.launch import exit_on_recipe_error
 from lmrecipes.lora import merge_adapter
 
 

@@ -10,8 +10,9 @@ A rerun reuses a stage only when its recipe and inputs are unchanged (else it is
 
 import sys
 
-from lmrecipes.errors import exit_on_recipe_error
-from lmrecipes.pipeline import PipelineArguments, run_pipeline
+from lmrecipes.arguments import PipelineArguments
+from lmrecipes.launch import exit_on_recipe_error
+from lmrecipes.pipeline import run_pipeline
 from lmrecipes.recipe import parse_recipe
 
 

@@ -11,7 +11,7 @@ unless --skip_bad_rows is given.
 
 import argparse
 
-from lmrecipes.errors import exit_on_recipe_error
+from lmrecipes.launch import exit_on_recipe_error
 from lmrecipes.prediction import predict_file
 
 

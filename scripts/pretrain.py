@@ -9,8 +9,9 @@ YAML values are defaults; flags override them. `--help` lists every key.
 
 import sys
 
-from lmrecipes.errors import exit_on_recipe_error
-from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, run_pretraining
+from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+from lmrecipes.launch import exit_on_recipe_error
+from lmrecipes.pretraining import run_pretraining
 from lmrecipes.recipe import parse_recipe
 
 

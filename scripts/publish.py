@@ -11,8 +11,8 @@ Writes the Hub-ready folder (MODEL_DIR/hub unless --publish_dir), then creates t
 import sys
 
 from lmrecipes.api import publish
-from lmrecipes.errors import exit_on_recipe_error
-from lmrecipes.hub import PublishArguments
+from lmrecipes.arguments import PublishArguments
+from lmrecipes.launch import exit_on_recipe_error
 from lmrecipes.recipe import parse_recipe
 
 

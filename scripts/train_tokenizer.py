@@ -9,10 +9,10 @@ The result loads with `AutoTokenizer.from_pretrained(save_dir)`; point `tokenize
 import sys
 from dataclasses import dataclass, field
 
-from lmrecipes.errors import exit_on_recipe_error
-from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, recipe_tokenizer
+from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+from lmrecipes.launch import exit_on_recipe_error, setup_logging
+from lmrecipes.pretraining import recipe_tokenizer
 from lmrecipes.recipe import parse_recipe
-from lmrecipes.training import setup_logging
 
 
 @dataclass

@@ -5,9 +5,14 @@ import gzip
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
@@ -182,3 +187,81 @@ def learnable_csv(tmp_path_factory):
         for _ in range(600):
             writer.writerow(learnable_review(rng))
     return str(path)
+
+
+# ---------------------------------------------------------------- a user's scripts and recipes, killed runs
+
+
+def write_recipe(path: Path, base: str, **settings) -> Path:
+    """A user's own recipe: the shipped one with their keys laid over it."""
+    recipe = yaml.safe_load(Path(base).read_text())
+    for key, value in settings.items():  # mapping-valued keys merge, as they do from flags and keywords
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) and isinstance(recipe.get(key), dict) \
+            else value
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_script(script: str, recipe: Path, *flags, **kwargs):
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / script), str(recipe), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def kill_while_saving(process, out: Path, complete_step: int, next_step: int, timeout=240):
+    """SIGKILL the run as soon as checkpoint-`next_step` appears (mid-save, most often), once checkpoint-
+    `complete_step` is complete."""
+    from lmrecipes.run_folder import is_complete_checkpoint
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_complete_checkpoint(out / f"checkpoint-{complete_step}") and (out / f"checkpoint-{next_step}").exists():
+            break
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def plant_half_written_checkpoint(out: Path, step: int):
+    """What a kill in the middle of writing the weights leaves: a truncated file, no trainer_state.json, and the
+    checkpoint announced in the run's marker (as the run does before the Trainer writes it)."""
+    from lmrecipes.run_folder import record_run
+
+    folder = out / f"checkpoint-{step}"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\x00" * 100)
+    record_run(out, pending=[folder.name])
+
+
+FT_LORA = str(REPO / "recipes/tiny-llama/finetune-sentiment-lora.yaml")
+
+
+FT_FULL = str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml")
+
+
+# ---------------------------------------------------------------- scripts called in-process
+
+
+def run_script_main(capsys, *argv):
+    from importlib import util
+
+    spec = util.spec_from_file_location("pretrain_script", REPO / "scripts" / "pretrain.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return exit_info.value.code, err
+
+
+def run_finetune_script(capsys, *argv):
+    from importlib import util
+
+    spec = util.spec_from_file_location("finetune_script", REPO / "scripts" / "finetune.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([str(a) for a in argv])
+    return exit_info.value.code, capsys.readouterr().err.strip()

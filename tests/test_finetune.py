@@ -16,13 +16,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback
 
-from conftest import REPO, WORDS, learnable_review, read_json
-
 import lmrecipes
+from conftest import REPO, WORDS, learnable_review, read_json
 from lmrecipes import load_recipe
-from lmrecipes.finetuning import FINETUNE_ARGUMENTS, build_classifier, load_classification_data, prepare_pad_token
+from lmrecipes.arguments import FINETUNE_ARGUMENTS
+from lmrecipes.data.classification import load_classification_data
 from lmrecipes.lora import load_classifier
+from lmrecipes.modeling import build_classifier
 from lmrecipes.tasks import SingleLabelClassification
+from lmrecipes.tokenizer import prepare_pad_token
 
 RECIPES = {("causal", False): "recipes/tiny-llama/finetune-sentiment.yaml",
            ("causal", True): "recipes/tiny-llama/finetune-sentiment-lora.yaml",
@@ -116,7 +118,8 @@ def test_the_body_comes_from_the_checkpoint_and_scratch_is_random(request, kind)
     for init_from in ("pretrained", "scratch"):
         model_args, _, _, finetune_args, _, _ = load_recipe(str(REPO / RECIPES[(kind, False)]), FINETUNE_ARGUMENTS,
                                                             model_name_or_path=str(checkpoint), init_from=init_from)
-        body = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label")).state_dict()
+        model, _ = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label"))
+        body = model.state_dict()
         shared = [name for name in saved if name in body]
         matrices = [name for name in shared if saved[name].dim() == 2]
         assert len(shared) >= 10 and len(matrices) >= 8, shared
@@ -279,103 +282,6 @@ def test_minilm_lora_finetunes_offline_from_the_package(tmp_path):
     assert all(t.abs().max() > 0 for name, t in adapter.items() if "lora_B" in name)
 
 
-def run_finetune_script(capsys, *argv):
-    from importlib import util
-
-    spec = util.spec_from_file_location("finetune_script", REPO / "scripts" / "finetune.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        module.main([str(a) for a in argv])
-    return exit_info.value.code, capsys.readouterr().err.strip()
-
-
-def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run, learnable_csv):
-    recipe, checkpoint = REPO / RECIPES[("causal", False)], causal_run[0]
-    common = ["--model_name_or_path", checkpoint, "--output_dir", tmp_path / "out"]
-    cases = []
-    cases.append((["--train_file", learnable_csv, "--text_column", "body", "--label_column", "verdict"],
-                  "key 'text_column': column 'body' not in the train data"))
-    one_class = tmp_path / "one.jsonl"
-    one_class.write_text("".join(json.dumps({"text": f"t {i}", "label": "pos"}) + "\n" for i in range(200)))
-    cases.append((["--train_file", one_class], "single class"))
-    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
-    train.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "b"][i % 2]}) + "\n" for i in range(40)))
-    test.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "c"][i % 2]}) + "\n" for i in range(10)))
-    cases.append((["--train_file", train, "--test_file", test], "label(s) ['c'] in the test split never occur"))
-    empty = tmp_path / "empty.csv"
-    empty.write_text("")
-    cases.append((["--train_file", empty], "key 'train_file'"))
-    cases.append((["--train_file", tmp_path / "nope.csv"], "key 'train_file': no file matches"))
-    cases.append((["--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict",
-                   "--use_lora", "true", "--lora_target_modules", "no_such_proj"], "key 'lora_target_modules'"))
-    rows = [{"text": f"review number {i}", "label": ["neg", "pos"][i % 2]} for i in range(60)]
-    dirty = {"null text": (5, "text", None, "dirty.jsonl row 6: column 'text' (text_column) is empty (null)"),
-             "numeric text": (5, "text", 42, "dirty.jsonl row 6: column 'text' (text_column) holds the int 42"),
-             "one string among integer labels": (7, "label", "x", "dirty.jsonl row 8: column 'label' (label_column) "
-                                                 "holds the str 'x' where the column's other labels are ints")}
-    for name, (row, column, value, expected) in dirty.items():
-        path = tmp_path / name.replace(" ", "-") / "dirty.jsonl"
-        path.parent.mkdir()
-        changed = [{**r, "label": i % 2} if column == "label" else dict(r) for i, r in enumerate(rows)]
-        changed[row][column] = value
-        path.write_text("".join(json.dumps(r) + "\n" for r in changed))
-        cases.append((["--train_file", path], expected.replace("dirty.jsonl", str(path))))
-    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"  # a defect in the second of two files
-    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
-    second.write_text("".join(json.dumps({**r, "text": None} if i == 4 else r) + "\n" for i, r in enumerate(rows[30:])))
-    cases.append((["--train_file", first, second], f"{second} row 5: column 'text' (text_column) is empty (null)"))
-    quote = tmp_path / "quote.csv"
-    quote.write_text('text,label\n"an unterminated quote,pos\nfine,neg\n')
-    cases.append((["--train_file", quote], f"key 'train_file': cannot read {quote} line 2: not valid CSV "
-                                           "(unexpected end of data)"))
-    byo = ["--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict"]
-    cases.append(([*byo, "--class_weights", "heavy"], "key 'class_weights': none, balanced or one number per class"))
-    cases.append(([*byo, "--class_weights", "1", "-2"], "key 'class_weights': weights must be positive numbers"))
-    cases.append(([*byo, "--class_weights", "1", "2", "3"], "key 'class_weights': 3 weights for 2 classes"))
-    cases.append(([*byo, "--early_stopping_patience", "2", "--eval_strategy", "no", "--save_strategy", "no",
-                   "--load_best_model_at_end", "false"],
-                  "key 'early_stopping_patience': needs evaluations to compare (eval_strategy: steps or epoch)"))
-    cases.append(([*byo, "--early_stopping_patience", "2", "--load_best_model_at_end", "false"],
-                  "key 'early_stopping_patience': needs load_best_model_at_end: true"))
-    cases.append(([*byo, "--early_stopping_patience", "0"], "key 'early_stopping_patience': must be at least 1"))
-    cases.append(([*byo, "--metric_for_best_model", "f1_macro"],
-                  "key 'metric_for_best_model': 'f1_macro' is not a metric of single_label_classification (one of "
-                  "loss, accuracy, f1"))
-    cases.append(([*byo, "--metric_for_best_model", "accuracy", "--problem_type", "regression"],
-                  "key 'metric_for_best_model': 'accuracy' is not a metric of regression (one of loss, mse, mae"))
-    cases.append(([*byo, "--problem_type", "ordinal"], "key 'problem_type': invalid choice: 'ordinal'"))
-    cases.append(([*byo, "--problem_type", "regression"], "key 'label_column': row 1 of the train split holds "))
-    cases.append(([*byo, "--problem_type", "regression", "--class_weights", "balanced"],
-                  "key 'class_weights': weighs classes of single_label_classification, not regression"))
-    cases.append(([*byo, "--problem_type", "multi_label_classification"],
-                  "key 'label_column': row 1 of the train split holds "))
-    cases.append(([*byo, "--label_columns", "verdict", "review"], "key 'label_columns': one 0/1 column per label "
-                                                                  "is for problem_type: multi_label_classification"))
-    cases.append(([*byo, "--problem_type", "multi_label_classification", "--label_columns", "verdict", "nope"],
-                  "key 'label_columns': the train split has no column 'nope'"))
-    cases.append(([*byo, "--problem_type", "multi_label_classification", "--label_columns", "verdict", "review"],
-                  "key 'label_columns': row 1 of the train split holds "))
-    cases.append(([*byo, "--long_text", "chunk", "--max_length", "32", "--stride", "16"],
-                  "key 'stride': must be at least 0 and below max_length / 2 (16), got 16"))
-    cases.append(([*byo, "--long_text", "chunk", "--text_pair_column", "verdict"],
-                  "key 'long_text': chunk cuts single texts into windows"))
-    cases.append(([*byo, "--head_learning_rate", "0"], "key 'head_learning_rate': must be a positive number"))
-    for extra, expected in cases:
-        code, err = run_finetune_script(capsys, recipe, *common, *extra)
-        assert code == 2 and expected in err and len(err.splitlines()) == 1, (extra, err)
-    assert not (tmp_path / "out").exists(), "nothing written for bad input"
-
-    no_pad = tmp_path / "no-pad-checkpoint"
-    shutil.copytree(checkpoint, no_pad, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
-    tokenizer = AutoTokenizer.from_pretrained(no_pad)
-    tokenizer.pad_token, tokenizer.eos_token = None, None
-    tokenizer.save_pretrained(no_pad)
-    code, err = run_finetune_script(capsys, recipe, "--model_name_or_path", no_pad, "--output_dir", tmp_path / "o2",
-                                    "--train_file", learnable_csv, "--text_column", "review", "--label_column", "verdict")
-    assert code == 2 and "no pad_token" in err
-
-
 def test_skip_bad_rows_drops_and_counts_defective_rows(tmp_path, caplog):
     rows = [{"text": f"review number {i}", "label": ["neg", "pos"][i % 2]} for i in range(60)]
     rows[3]["text"], rows[10]["text"], rows[20]["label"] = None, ["a", "list"], None
@@ -399,7 +305,7 @@ def test_skip_bad_rows_drops_and_counts_defective_rows(tmp_path, caplog):
 
 def test_max_train_samples_is_a_stratified_random_sample(causal_run):
     """The embedded sentiment file is sorted by label: its first 1,000 rows are 97% positive."""
-    from lmrecipes.finetuning import tokenize_for_classification
+    from lmrecipes.data.classification import tokenize_for_classification
 
     *_, data_args, _, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
                                          max_train_samples=1000, max_eval_samples=200)
@@ -415,7 +321,7 @@ def test_max_train_samples_is_a_stratified_random_sample(causal_run):
     again, _ = tokenize_for_classification(splits, tokenizer, task, data_args, seed=42)
     assert again["train"]["input_ids"] == encoded["train"]["input_ids"]  # seeded: the same sample
 
-    from lmrecipes.data import sample_indices
+    from lmrecipes.data.sources import sample_indices
 
     rng = random.Random(0)
     for trial in range(500):  # any class sizes: exactly the size asked, distinct rows, each class its share
@@ -519,7 +425,8 @@ def test_a_decoder_classifier_reads_the_last_real_token_whatever_the_padding(tmp
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     tokenizer.padding_side = padding_side
     torch.manual_seed(0)
-    model = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label")).eval()
+    model, _ = build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label"))
+    model.eval()
     texts = ["the king spoke", "the queen of france spoke of war and peace in the night by the fire"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     assert (batch["attention_mask"] == 0).any(), "the short row is padded"

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import LLAMA_PRETRAIN, TINY_LLAMA, BERT_PRETRAIN, TINY_BERT
 
 import lmrecipes
+from conftest import BERT_PRETRAIN, LLAMA_PRETRAIN, TINY_BERT, TINY_LLAMA
 from lmrecipes import fused_loss
 from lmrecipes.fused_loss import FusedCausalLMLoss, linear_cross_entropy_sum, use_fused_loss
 

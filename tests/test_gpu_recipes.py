@@ -7,9 +7,9 @@ import json
 import math
 
 import pytest
-from conftest import REPO
 
 import lmrecipes
+from conftest import REPO
 from lmrecipes.precision import cpu_bf16_choice, cpu_flags
 
 SMOKE = {"dataset_name": "", "dataset_config_name": "", "train_file": [str(REPO / "data/corpus/*.jsonl.gz")],

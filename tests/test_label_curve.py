@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from lmrecipes import RecipeError
-from lmrecipes.label_curve import (arm_summary, difference_summary, interval, parse_label_counts, plan_runs,
-                                   t_quantile)
+from lmrecipes.arguments.pipeline import parse_label_counts
+from lmrecipes.label_curve import arm_summary, difference_summary, interval, plan_runs, t_quantile
 
 
 def test_t_quantiles_match_the_tables():
@@ -82,29 +82,6 @@ def test_the_plan_pairs_both_arms_on_each_seed_and_trains_small_n_longer():
     assert len({r.folder for r in runs}) == len(runs)
 
 
-def test_bad_curve_keys_are_one_line_errors_naming_the_key(tmp_path, learnable_csv):
-    from lmrecipes.pipeline import PipelineArguments, run_pipeline
-    from lmrecipes.recipe import parse_recipe
-
-    recipe = ["recipes/tiny-llama/pipeline.yaml", "--output_dir", str(tmp_path / "run")]
-    for flags, key in ((["--label_counts", "250", "lots", "all"], "label_counts"),
-                       (["--label_counts", "250", "1000"], "label_counts"), (["--seeds", "0"], "seeds"),
-                       (["--curve_evaluations", "1"], "curve_evaluations"),
-                       (["--scratch_arm_overrides", '{"max_train_samples": 500}'], "scratch_arm_overrides"),
-                       (["--pretrained_arm_overrides", '{"seed": 7}'], "pretrained_arm_overrides")):
-        with pytest.raises(RecipeError, match=f"key '{key}'"):
-            parse_recipe([PipelineArguments], recipe + flags)
-    too_many, _ = parse_recipe([PipelineArguments], recipe + [
-        "--label_counts", "100000", "all", "--finetune_overrides",
-        f'{{"train_file": ["{learnable_csv}"], "text_column": "review", "label_column": "verdict"}}'])
-    with pytest.raises(RecipeError, match=r"key 'label_counts': 100000 is not below the train split's \d+ rows"):
-        run_pipeline(too_many)
-    assert not (tmp_path / "run").exists()  # refused before anything was written
-    sampled, _ = parse_recipe([PipelineArguments], recipe + ["--finetune_overrides", '{"max_train_samples": 300}'])
-    with pytest.raises(RecipeError, match="key 'max_train_samples': the pipeline's label_counts choose"):
-        run_pipeline(sampled)
-
-
 def test_runs_that_scored_other_test_rows_are_not_compared(tmp_path):
     from lmrecipes.label_curve import CurveRun, summarize_curve
 
@@ -123,3 +100,10 @@ def test_runs_that_scored_other_test_rows_are_not_compared(tmp_path):
         (tmp_path / "pretrained" / "test_predictions.json").read_text())
     point = summarize_curve(runs, 10, 0.5)["points"][0]
     assert point["pretrained"]["mean"] == pytest.approx(2 / 3) and point["difference"]["mean"] == 0
+
+
+def test_the_keys_an_arm_may_not_override_are_those_the_curve_sets():
+    from lmrecipes.arguments.pipeline import CURVE_RUN_KEYS
+    from lmrecipes.label_curve import small_n_settings
+
+    assert set(CURVE_RUN_KEYS) == set(small_n_settings(250, 42, 2500, 3)) | {"max_steps"}

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from transformers import pipeline as hf_pipeline
 
 from conftest import TINY_LLAMA, read_json
-
 from lmrecipes import RecipeError, finetune, load_recipe
-from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
-from lmrecipes.pipeline import PipelineArguments, run_pipeline
+from lmrecipes.arguments import FINETUNE_ARGUMENTS, PipelineArguments
+from lmrecipes.data.classification import load_classification_data
+from lmrecipes.pipeline import run_pipeline
 from lmrecipes.recipe import parse_recipe
 
 

@@ -1,14 +1,13 @@
 """Pretraining, as a user runs it: tiny causal and masked runs, reload into pipelines, DDP on 2 CPUs, streaming.
-(Kill and resume: test_reliability.py.)"""
+(Kill and resume: test_faults.py.)"""
 
 import json
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
-from conftest import REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
-
 import lmrecipes
+from conftest import REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
 
 LLAMA_RECIPE = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
 
@@ -169,8 +168,10 @@ def test_bits_per_byte_is_total_nats_over_the_bytes_of_the_evaluated_text(tmp_pa
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmrecipes.data import prepare_pretraining_data
-    from lmrecipes.pretraining import PRETRAIN_ARGUMENTS, load_corpus_and_tokenizer
+    from lmrecipes.arguments import PRETRAIN_ARGUMENTS
+    from lmrecipes.data.packing import prepare_pretraining_data
+    from lmrecipes.objectives.causal_lm import CAUSAL_LM
+    from lmrecipes.pretraining import load_corpus_and_tokenizer
 
     rng = random.Random(0)
     words = [["the", "king", "spoke", "of", "war", "and", "peace"], ["καλή", "μέρα", "κόσμε", "θάλασσα", "ήλιος"],
@@ -184,12 +185,12 @@ def test_bits_per_byte_is_total_nats_over_the_bytes_of_the_evaluated_text(tmp_pa
 
     model_args, tokenizer_args, data_args, training_args, _ = lmrecipes.load_recipe(LLAMA_RECIPE, PRETRAIN_ARGUMENTS,
                                                                                    **settings)
-    raw, fingerprint, _ = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, "causal_lm")
+    raw, fingerprint, _ = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, CAUSAL_LM)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run")
-    _, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm", data_args,
+    _, evaluation, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args,
                                                 shuffle_seed=training_args.seed)
     assert len(evaluation) == 12
-    _, every_block, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, "causal_lm",
+    _, every_block, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM,
                                                  data_args.__class__(**{**vars(data_args), "max_eval_samples": None}))
     assert len(every_block) > 24 and evaluation["input_ids"] != every_block["input_ids"][:12]  # a sample, no prefix
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
@@ -212,16 +213,17 @@ def test_packing_carries_remainders_and_marks_every_special_token(tmp_path, mask
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from lmrecipes.data import _tokenize_and_pack
+    from lmrecipes.data.packing import _tokenize_and_pack
+    from lmrecipes.objectives.masked_lm import MASKED_LM
 
     reviews = [json.loads(line)["text"] for line in gzip.open(REPO / "data/sentiment/movie_reviews.jsonl.gz", "rt")]
     documents = Dataset.from_dict({"text": reviews[:2000]})
     tokenizer = AutoTokenizer.from_pretrained(masked_run[0])
     tokens_in = sum(len(ids) + 1 for ids in tokenizer(reviews[:2000], add_special_tokens=False)["input_ids"])
-    blocks = _tokenize_and_pack(documents, tokenizer, "masked_lm", 128, "text")
+    blocks = _tokenize_and_pack(documents, tokenizer, MASKED_LM, 128, "text")
     body = 128 - 2
     assert 0 <= tokens_in - len(blocks) * body < body, (tokens_in, len(blocks))
-    stream = _tokenize_and_pack(documents.to_iterable_dataset(), tokenizer, "masked_lm", 128, "text")
+    stream = _tokenize_and_pack(documents.to_iterable_dataset(), tokenizer, MASKED_LM, 128, "text")
     first, second = [b["input_ids"] for b in stream], [b["input_ids"] for b in stream]  # two passes (epochs)
     assert first == second == blocks["input_ids"]  # streaming packs the same way, each pass from the start
     for block, mask in zip(blocks["input_ids"][:50], blocks["special_tokens_mask"][:50]):
@@ -237,7 +239,7 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
     from accelerate.utils import DistributedDataParallelKwargs
     from transformers import LlamaConfig, LlamaForCausalLM, default_data_collator
 
-    from lmrecipes.training import choose_unused_parameter_search
+    from lmrecipes.parallelism import choose_unused_parameter_search
 
     def decided(model, loss=lambda model, inputs: model(**inputs).loss, **args):
         handler = DistributedDataParallelKwargs(find_unused_parameters=True)  # the Trainer's default

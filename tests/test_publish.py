@@ -16,10 +16,9 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from conftest import REPO, read_json
-
 import lmrecipes
-from lmrecipes.hub import PUBLISH_MANIFEST
+from conftest import REPO, read_json
+from lmrecipes.ownership import PUBLISH_MANIFEST
 
 SECRET = "hf_lmrecipesTestSecretValue0123456789"
 FAST_FT = {"train_file": None, "text_column": "review", "label_column": "verdict", "num_train_epochs": 1,

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from transformers import TrainerCallback
 
-from conftest import REPO, WORDS, read_json
-from test_finetune import RECIPES, run_predict
-
 import lmrecipes
+from conftest import REPO, WORDS, read_json
 from lmrecipes import load_recipe
-from lmrecipes.finetuning import FINETUNE_ARGUMENTS, load_classification_data
+from lmrecipes.arguments import FINETUNE_ARGUMENTS
+from lmrecipes.data.classification import load_classification_data
+from test_finetune import RECIPES, run_predict
 
 TAGS = {"funny": "comedy", "scary": "horror", "tender": "romance"}  # a word in the text -> a label of the text
 RUN = {"max_length": 32, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 64, "logging_steps": 20,

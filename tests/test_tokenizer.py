@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import REPO
-
 from lmrecipes.arguments import TokenizerArguments
+from lmrecipes.objectives import OBJECTIVES
 from lmrecipes.tokenizer import train_tokenizer
 
 
@@ -25,7 +25,7 @@ def texts():
                                              ("unigram", "causal_lm")])
 def test_trained_tokenizer_round_trips(tmp_path, texts, kind, objective):
     args = TokenizerArguments(tokenizer_type=kind, vocab_size=600, lowercase=kind == "wordpiece")
-    tokenizer = train_tokenizer(texts, args, objective)
+    tokenizer = train_tokenizer(texts, args, OBJECTIVES[objective])
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert len(reloaded) == len(tokenizer) <= 600
@@ -45,7 +45,7 @@ def test_trained_tokenizer_round_trips(tmp_path, texts, kind, objective):
 
 def test_special_tokens_come_from_the_recipe(texts):
     args = TokenizerArguments(vocab_size=300, special_tokens={"eos_token": "<|end|>", "pad_token": "<|pad|>"})
-    tokenizer = train_tokenizer(texts[:20], args, "causal_lm")
+    tokenizer = train_tokenizer(texts[:20], args, OBJECTIVES["causal_lm"])
     assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
     assert tokenizer.convert_tokens_to_ids("<|end|>") < 4, "special tokens come first in the vocabulary"
 

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .recipe import merge_recipe, parse_recipe
+from .recipe import load_recipe
 
-
-def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
-    """Parse a recipe file (or dict) plus keyword overrides into the dataclasses; returns (*dataclasses, explicit).
-
-    Overrides replace plain keys; mapping-valued keys (`config_overrides`, `special_tokens`, ...) are merged key by
-    key into the recipe's mapping (`{"__replace__": True, ...}` replaces it instead)."""
-    if isinstance(recipe, dict):
-        return parse_recipe(argument_types, [], recipe=merge_recipe(recipe, overrides, argument_types))
-    return parse_recipe(argument_types, [str(recipe)] if recipe is not None else [], recipe=overrides)
+# The heavy modules (torch, datasets, models) are imported by each function on first use, so that `import lmrecipes`
+# stays quick in a notebook.
 
 
 def train_tokenizer(recipe: str | Path | dict | None = None, *, save_dir: str | Path | None = None, **overrides):
     """The tokenizer a pretraining recipe describes: loaded, or trained on its corpus (cached). Saved if save_dir."""
-    from .pretraining import PRETRAIN_ARGUMENTS, recipe_tokenizer
+    from .arguments import PRETRAIN_ARGUMENTS
+    from .pretraining import recipe_tokenizer
 
     model_args, tokenizer_args, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
     _, tokenizer = recipe_tokenizer(model_args, tokenizer_args, data_args)
@@ -39,23 +33,18 @@ def train_tokenizer(recipe: str | Path | dict | None = None, *, save_dir: str | 
 
 def build_model(recipe: str | Path | dict | None = None, *, tokenizer=None, **overrides):
     """The recipe's language model from its config class (random weights), sized to `tokenizer` when given."""
-    from .modeling import (build_config, build_language_model, check_model_arguments, fit_config_to_tokenizer,
-                           infer_objective)
-    from .pretraining import PRETRAIN_ARGUMENTS
+    from .arguments import PRETRAIN_ARGUMENTS
+    from .modeling import config_and_objective, pretraining_model
 
     model_args, _, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
-    config = build_config(model_args)
-    objective = infer_objective(config, model_args.objective)
-    check_model_arguments(config, objective, model_args)
-    if tokenizer is not None:
-        fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
-                                vocab_size_set="vocab_size" in model_args.config_overrides)
-    return build_language_model(config, objective, model_args, data_args.mlm_probability)
+    config, objective = config_and_objective(model_args)
+    return pretraining_model(config, objective, model_args, data_args, tokenizer)
 
 
 def pretrain(recipe: str | Path | dict | None = None, *, callbacks=(), **overrides) -> dict:
     """Pretrain from a recipe; keyword arguments override recipe keys. Returns the run's results."""
-    from .pretraining import PRETRAIN_ARGUMENTS, run_pretraining
+    from .arguments import PRETRAIN_ARGUMENTS
+    from .pretraining import run_pretraining
 
     *args, explicit = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
     return run_pretraining(*args, explicit=explicit, callbacks=callbacks)
@@ -63,7 +52,8 @@ def pretrain(recipe: str | Path | dict | None = None, *, callbacks=(), **overrid
 
 def finetune(recipe: str | Path | dict | None = None, *, callbacks=(), **overrides) -> dict:
     """Fine-tune a classifier from a recipe; keyword arguments override recipe keys. Returns the run's results."""
-    from .finetuning import FINETUNE_ARGUMENTS, run_finetuning
+    from .arguments import FINETUNE_ARGUMENTS
+    from .finetuning import run_finetuning
 
     *args, explicit = load_recipe(recipe, FINETUNE_ARGUMENTS, **overrides)
     return run_finetuning(*args, explicit=explicit, callbacks=callbacks)

@@ -1,9 +1,11 @@
-"""Atomic folders and content fingerprints for the preprocessing cache (tokenizers, tokenized data)."""
+"""Atomic folders and content fingerprints: the preprocessing cache (tokenizers, tokenized data) and what a run's
+marker records of its inputs (run_folder.run_inputs)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -63,3 +65,12 @@ def path_fingerprint(path: str | Path) -> str:
         stat = item.stat()
         digest.update(f"{item.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """The tokenizer's vocabulary, model and pipeline, without the truncation / padding state that calling it sets."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        return hashlib.sha256(repr(tokenizer).encode()).hexdigest()
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None), state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()

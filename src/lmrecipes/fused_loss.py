@@ -29,6 +29,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .errors import RecipeError
+from .launch import sharding_asked_for
 
 logger = logging.getLogger("lmrecipes")
 
@@ -252,8 +253,6 @@ def use_fused_loss(model, training_args, setting: str | None) -> FusedCausalLMLo
     it, and log the choice. auto: on when training runs on the CPU (measured there: benchmarks/README.md); GPUs keep the
     model's own loss (transformers' use_liger_kernel is the GPU kernel). Returns the attachment (detach() it after
     training) or None. Called before the Trainer exists, so that a refusal stops the run before anything is written."""
-    from .training import sharding_asked_for
-
     setting = setting or "auto"
     sharding = sharding_asked_for()
     frees_weights = "gathers and frees the output layer's weights around its own call"

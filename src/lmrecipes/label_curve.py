@@ -2,8 +2,8 @@
 
 For each label count N and seed, (a) the pretrained model and (b) the same architecture from random weights are
 fine-tuned on the *same* seeded, label-stratified N training rows (`max_train_samples: N` with `seed`: the
-sampler of data.sample_indices) and evaluated on the same test split. Every run is an ordinary fine-tuning run in
-its own folder, so `scripts/finetune.py` with the run's recipe.yaml repeats it. A run on N < all labels trains
+sampler of data.sources.sample_indices) and evaluated on the same test split. Every run is an ordinary fine-tuning
+run in its own folder, so `scripts/finetune.py` with the run's recipe.yaml repeats it. A run on N < all labels trains
 ceil(examples_per_run / N) epochs of its sample (2,500 examples by default: fewer labels, more epochs; the
 full-label runs keep the recipe's epochs). Every run keeps its best checkpoint on the whole validation split
 (1,109 labelled reviews on the embedded data, more than N): the same for both arms, but the absolute accuracies
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .arguments.pipeline import ALL
 from .errors import RecipeError
+from .finetuning import TEST_PREDICTIONS
 
-ALL = "all"
 INTERVAL_METHOD = (
     "95% interval: mean ± t(0.975, df) x sqrt(s2_seeds / S + s2_rows / n). s2_seeds: sample variance of the S "
     "per-seed accuracies (for (a) - (b): of the per-seed differences): training's seed-to-seed spread plus each "
@@ -33,23 +34,6 @@ INTERVAL_METHOD = (
     "noise sits in both terms, so with several seeds the interval is conservative (wider than 95% when seeds "
     "differ little); with one seed it covers the test rows only (std and seed term: n/a). Both arms are scored on "
     "the same test rows and, per seed, the same training rows: the difference is paired.")
-
-
-def parse_label_counts(values) -> list[int | str]:
-    """`[250, 1000, all]` -> sorted counts, 'all' last; a one-line error naming the key otherwise."""
-    counts, seen_all = [], False
-    for value in values or []:
-        text = str(value).strip().lower()
-        if text == ALL:
-            seen_all = True
-        elif text.isdigit() and int(text) >= 2:
-            counts.append(int(text))
-        else:
-            raise RecipeError(f"key 'label_counts': expected label counts (integers >= 2) or 'all', got {value!r}")
-    if not seen_all:
-        raise RecipeError("key 'label_counts': must include 'all' (the full-label runs: the exported model and "
-                          "the summary's finetuned_* keys)")
-    return sorted(set(counts)) + [ALL]
 
 
 @dataclass(frozen=True)
@@ -63,21 +47,10 @@ class CurveRun:
     settings: dict  # fine-tuning keys on top of the pipeline's fine-tuning recipe and overrides
 
 
-def check_arm_overrides(overrides: dict, key: str) -> None:
-    """An arm's own fine-tuning keys may not touch what makes the comparison paired (the data, its sample, the
-    seed) nor what the curve sets per run: a one-line error naming the key."""
-    from .finetuning import ClassificationDataArguments
-
-    fixed = {f.name for f in fields(ClassificationDataArguments)} | set(small_n_settings(2, 0, 2, 2)) | {"max_steps"}
-    clash = sorted(set(overrides) & fixed)
-    if clash:
-        raise RecipeError(f"key '{key}': {', '.join(clash)} must be the same for both arms (the data and its "
-                          "sample, the seed) or is set by the curve; put it in finetune_overrides or the curve keys")
-
-
 def small_n_settings(labels: int, seed: int, examples_per_run: int, evaluations: int) -> dict:
     """Fine-tuning keys for a run on `labels` rows: more epochs for fewer labels (about `examples_per_run`
-    examples seen), `evaluations` validations spread over the run, the best one kept."""
+    examples seen), `evaluations` validations spread over the run, the best one kept. Its keys are
+    arguments.pipeline.CURVE_RUN_KEYS, which an arm may not override."""
     fraction = 1.0 / evaluations  # TrainingArguments reads eval/save steps below 1 as a fraction of the run
     return {"max_train_samples": labels, "num_train_epochs": max(1, math.ceil(examples_per_run / labels)),
             "seed": seed, "eval_strategy": "steps", "eval_steps": fraction, "save_strategy": "steps",
@@ -163,8 +136,6 @@ def difference_summary(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 def read_correct(folder: Path, first: dict | None) -> tuple[np.ndarray, dict]:
     """A run's per-row correctness on the test split, checking that it scored the same rows (token ids and labels,
     in the same order) as the first run read."""
-    from .finetuning import TEST_PREDICTIONS
-
     rows = json.loads((folder / TEST_PREDICTIONS).read_text())
     if first is not None and (rows.get("test_inputs_sha256"), rows["references"]) != (
             first.get("test_inputs_sha256"), first["references"]):

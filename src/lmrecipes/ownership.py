@@ -9,8 +9,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import RecipeError
 
@@ -67,3 +67,29 @@ def write_json_atomically(path: Path, record: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Written last into every publish folder (hub.py): the files publish wrote there, with their hashes. A folder is
+# only ever emptied for a rebuild, or by overwrite_output_dir inside a run folder, when it holds this manifest and
+# nothing that the manifest does not list; it is never uploaded.
+PUBLISH_MANIFEST = ".lmrecipes-publish.json"
+
+
+def write_publish_manifest(folder: Path) -> None:
+    files = {name: sha256_of(folder / name) for name in files_in(folder)}
+    write_json_atomically(folder / PUBLISH_MANIFEST, {"written_by": "lmrecipes publish", "files": files})
+
+
+def publish_folder_owns(folder: Path, key: str = "publish_dir"):
+    """Whether publish wrote a file of `folder` (relative path -> bool): listed in the folder's manifest with the
+    same content. A RecipeError when `folder` is no publish folder at all (no manifest, or a symbolic link)."""
+    manifest = folder / PUBLISH_MANIFEST
+    if folder.is_symlink() or not folder.is_dir() or not manifest.is_file():
+        raise RecipeError(f"key '{key}': {folder} exists and was not written by lmrecipes publish (no "
+                          f"{PUBLISH_MANIFEST}); pick a new folder")
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+        assert isinstance(listed, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise RecipeError(f"key '{key}': {manifest} is unreadable; pick a new folder") from None
+    return lambda name: name == PUBLISH_MANIFEST or (name in listed and sha256_of(folder / name) == listed[name])

@@ -8,84 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arguments import find_file, parse_mapping
+from .api import finetune, pretrain
+from .arguments import FINETUNE_ARGUMENTS, PRETRAIN_ARGUMENTS, PipelineArguments
+from .data.classification import load_classification_data
 from .errors import RecipeError
-from .label_curve import (ALL, check_arm_overrides, curve_markdown, parse_label_counts, plan_runs, plot_label_curve,
-                          summarize_curve)
+from .finetuning import TEST_PREDICTIONS
+from .label_curve import ALL, CurveRun, curve_markdown, plan_runs, plot_label_curve, summarize_curve
+from .lora import export_classifier
 from .objectives import get_objective
-from .recipe import read_run_recipe, write_recipe
+from .recipe import load_recipe, read_run_recipe, write_recipe
 
 logger = logging.getLogger("lmrecipes")
 
 RESULTS = "all_results.json"
-
-
-@dataclass
-class PipelineArguments:
-    """A pipeline recipe: which pretraining and fine-tuning recipes to chain, and where."""
-
-    pretrain_recipe: str = field(metadata={"help": "The pretraining recipe (path)."})
-    finetune_recipe: str = field(metadata={"help": "The fine-tuning recipe (path); its model is the pretrained one."})
-    output_dir: str = field(metadata={"help": "Run folder: pretrain/, finetune/, finetune-scratch/, model/, summary."})
-    pretrain_overrides: dict | str | None = field(
-        default=None, metadata={"help": "Keys overriding the pretraining recipe, e.g. {max_steps: 300}."})
-    finetune_overrides: dict | str | None = field(
-        default=None, metadata={"help": "Keys overriding the fine-tuning recipe (both fine-tuning runs)."})
-    scratch_baseline: bool = field(
-        default=True, metadata={"help": "Also fine-tune the same architecture from random weights, same budget."})
-    pretrain_on_task_text: bool = field(
-        default=False,
-        metadata={"help": "Add the fine-tuning TRAIN split's texts (no labels; never validation or test rows) to the "
-                  "pretraining corpus: domain-adaptive pretraining."})
-    task_text_repeats: int = field(
-        default=1, metadata={"help": "How many times those texts are repeated in the pretraining corpus."})
-    label_counts: list[str] = field(
-        default_factory=lambda: ["250", "1000", "all"],
-        metadata={"help": "Label-efficiency curve: training-label counts to fine-tune both arms on (a seeded, "
-                  "label-stratified sample of the train split; the same rows for both arms), plus 'all' (needed: "
-                  "the full-label runs are the exported model and the summary's finetuned_* keys)."})
-    seeds: int = field(
-        default=3, metadata={"help": "Seeds per label count below 'all': the fine-tuning recipe's seed, +1, +2, ... "
-                             "(a seed picks the label sample, the new head's and the scratch body's weights, the "
-                             "data order)."})
-    full_label_seeds: int = field(
-        default=1, metadata={"help": "Seeds at 'all' (the dearest runs; the summary says how many each point used)."})
-    curve_examples_per_run: int = field(
-        default=2500, metadata={"help": "A run on N < all labels trains ceil(this / N) epochs: fewer labels, more "
-                                "epochs, about the same examples seen."})
-    curve_evaluations: int = field(
-        default=3, metadata={"help": "Validations spread over each run on N < all labels (at least 2); the best one "
-                             "(accuracy on the whole validation split) is the run's model."})
-    pretrained_arm_overrides: dict | str | None = field(
-        default=None, metadata={"help": "Fine-tuning keys for arm (a), the pretrained model, only (e.g. its "
-                                "learning rate from a search run for both arms); not the data keys, seed, epochs "
-                                "or evaluation keys: those are the same for both arms."})
-    scratch_arm_overrides: dict | str | None = field(
-        default=None, metadata={"help": "Fine-tuning keys for arm (b), from scratch, only."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Stages whose recipe or inputs changed since an earlier run in output_dir "
-                                 "are deleted and run again (without it they are refused, naming what changed)."})
-
-    def __post_init__(self):
-        self.pretrain_overrides = parse_mapping(self.pretrain_overrides, "pretrain_overrides")
-        self.finetune_overrides = parse_mapping(self.finetune_overrides, "finetune_overrides")
-        self.pretrained_arm_overrides = parse_mapping(self.pretrained_arm_overrides, "pretrained_arm_overrides")
-        self.scratch_arm_overrides = parse_mapping(self.scratch_arm_overrides, "scratch_arm_overrides")
-        self.label_counts = parse_label_counts(self.label_counts)  # sorted counts (int), then "all"
-        for key, least in (("seeds", 1), ("full_label_seeds", 1), ("curve_examples_per_run", 1),
-                           ("curve_evaluations", 2)):
-            if getattr(self, key) < least:
-                raise RecipeError(f"key '{key}': must be at least {least}, got {getattr(self, key)}")
-        check_arm_overrides(self.pretrained_arm_overrides, "pretrained_arm_overrides")
-        check_arm_overrides(self.scratch_arm_overrides, "scratch_arm_overrides")
-        for key in ("pretrain_recipe", "finetune_recipe"):
-            path = find_file(getattr(self, key))
-            if not path.is_file():
-                raise RecipeError(f"key '{key}': recipe file not found: {getattr(self, key)}")
-            setattr(self, key, str(path))
 
 
 def _read_results(folder: Path) -> dict | None:
@@ -95,7 +32,7 @@ def _read_results(folder: Path) -> dict | None:
 
 def _stage(number: int, total: int, name: str, folder: Path, run, overwrite: bool, needs: str | None = None) -> dict:
     """Run one stage; the stage itself reuses a finished run of the same recipe and inputs, or refuses a changed
-    one (training.claim_output_dir), which `overwrite` deletes and runs again. A reused run written before the
+    one (run_folder.claim_output_dir), which `overwrite` deletes and runs again. A reused run written before the
     file `needs` existed is run again. Returns its results."""
     print(f"== [{number}/{total}] {name} -> {folder}", flush=True)
     try:
@@ -118,9 +55,6 @@ def _stage(number: int, total: int, name: str, folder: Path, run, overwrite: boo
 
 def _task(args: PipelineArguments):
     """The fine-tuning recipe as the pipeline runs it: (its data arguments, its seed, the train split's rows)."""
-    from .api import load_recipe
-    from .finetuning import FINETUNE_ARGUMENTS, load_classification_data
-
     _, _, task_data, finetune, training_args, _ = load_recipe(args.finetune_recipe, FINETUNE_ARGUMENTS,
                                                               **args.finetune_overrides)
     if finetune.problem_type != "single_label_classification":  # the curve compares accuracies per test row
@@ -135,9 +69,6 @@ def _task(args: PipelineArguments):
 
 def _corpus_with_task_text(args: PipelineArguments, task_data, train_split, path: Path) -> list[str]:
     """The pretraining recipe's files plus a jsonl of the fine-tuning train split's texts (repeated)."""
-    from .api import load_recipe
-    from .pretraining import PRETRAIN_ARGUMENTS
-
     _, _, pretrain_data, _, _ = load_recipe(args.pretrain_recipe, PRETRAIN_ARGUMENTS, **args.pretrain_overrides)
     if pretrain_data.dataset_name:
         raise RecipeError("key 'pretrain_on_task_text': needs a pretraining corpus of local files")
@@ -162,28 +93,27 @@ def _mean_over_seeds(results: list[dict]) -> dict:
             "train_seconds": results[0].get("train_runtime")}
 
 
-def run_pipeline(args: PipelineArguments) -> dict:
-    """Run the stages and write summary.json, summary.md, loss_curves.png and label_curve.png into `output_dir`."""
-    from .api import finetune, pretrain
-    from .finetuning import TEST_PREDICTIONS
-    from .lora import export_classifier
-
-    out = Path(args.output_dir)
-    pre_dir, ft_dir, scratch_dir, model_dir = out / "pretrain", out / "finetune", out / "finetune-scratch", out / "model"
+def _plan(args: PipelineArguments):
+    """(the fine-tuning data arguments, the train split, the curve's runs, the arms), checked before any stage."""
     task_data, first_seed, train_split = _task(args)
     too_many = [n for n in args.label_counts if n != ALL and n >= len(train_split)]
     if too_many:
         raise RecipeError(f"key 'label_counts': {too_many[0]} is not below the train split's {len(train_split)} "
                           "rows; use 'all' for the whole split")
     arms = ["pretrained", "scratch"] if args.scratch_baseline else ["pretrained"]
-    runs = plan_runs(out, args.label_counts, arms, [first_seed + i for i in range(args.seeds)],
+    runs = plan_runs(Path(args.output_dir), args.label_counts, arms, [first_seed + i for i in range(args.seeds)],
                      [first_seed + i for i in range(args.full_label_seeds)], args.curve_examples_per_run,
                      args.curve_evaluations)
-    total = 2 + len(runs)
     if args.finetune_overrides.get("max_steps", -1) > 0:
         logger.warning("finetune_overrides sets max_steps: it caps every run of the curve, whatever its epochs")
-    out.mkdir(parents=True, exist_ok=True)
+    return task_data, train_split, runs, arms
 
+
+def _run_stages(args: PipelineArguments, task_data, train_split, runs: list[CurveRun]) -> tuple[dict, dict]:
+    """Pretraining, then every fine-tuning run of the curve: (pretraining results, results per run folder)."""
+    out = Path(args.output_dir)
+    pre_dir, total = out / "pretrain", 2 + len(runs)
+    out.mkdir(parents=True, exist_ok=True)
     pretrain_settings = {**args.pretrain_overrides, "output_dir": str(pre_dir)}
     if args.pretrain_on_task_text:
         pretrain_settings["train_file"] = _corpus_with_task_text(args, task_data, train_split,
@@ -204,12 +134,15 @@ def run_pipeline(args: PipelineArguments) -> dict:
             number, total, f"fine-tune {what}, {labels}, seed {run.seed}", run.folder,
             lambda settings=settings, **flags: finetune(args.finetune_recipe, **{**settings, **flags}), overwrite,
             needs=TEST_PREDICTIONS)
-    print(f"== [{total}/{total}] export and summary -> {model_dir}", flush=True)
-    export_classifier(ft_dir, model_dir)
+    return pre, results
 
-    ft = results[ft_dir]
-    objective = get_objective(read_run_recipe(pre_dir)["objective"])
-    curve = summarize_curve(runs, len(train_split), ft["test_majority_accuracy"])
+
+def _summary(args: PipelineArguments, pre: dict, results: dict, runs: list[CurveRun], arms: list[str],
+             train_rows: int) -> dict:
+    """summary.json: pretraining figures, the full-label fine-tuning means, the majority class, the label curve."""
+    out = Path(args.output_dir)
+    ft = results[out / "finetune"]
+    objective = get_objective(read_run_recipe(out / "pretrain")["objective"])
     full = {arm: [results[run.folder] for run in runs if run.labels == ALL and run.arm == arm] for arm in arms}
     summary = {
         "pretraining": {"objective": objective.name, "tokens": pre.get("train_tokens"),
@@ -218,16 +151,19 @@ def run_pipeline(args: PipelineArguments) -> dict:
                         **{key: pre.get(key) for key, _, _ in objective.reported_metrics}},
         "finetuned_pretrained": _mean_over_seeds(full["pretrained"]),
         "majority_class": {"test_accuracy": ft["test_majority_accuracy"]},
-        "label_curve": curve,
+        "label_curve": summarize_curve(runs, train_rows, ft["test_majority_accuracy"]),
         "arm_overrides": {"pretrained": args.pretrained_arm_overrides, "scratch": args.scratch_arm_overrides},
-        "model_dir": str(model_dir),
+        "model_dir": str(out / "model"),
     }
     if args.scratch_baseline:
         summary["finetuned_scratch"] = _mean_over_seeds(full["scratch"])
         summary["pretraining_gain_accuracy_points"] = round(100 * (
             summary["finetuned_pretrained"]["test_accuracy"] - summary["finetuned_scratch"]["test_accuracy"]), 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_recipe(out / "pipeline.yaml", {  # written only now: it describes the stages that ran
+    return summary
+
+
+def _resolved_pipeline(args: PipelineArguments) -> dict:
+    return {
         "pretrain_recipe": args.pretrain_recipe, "finetune_recipe": args.finetune_recipe,
         "output_dir": args.output_dir, "pretrain_overrides": args.pretrain_overrides,
         "finetune_overrides": args.finetune_overrides, "scratch_baseline": args.scratch_baseline,
@@ -236,12 +172,28 @@ def run_pipeline(args: PipelineArguments) -> dict:
         "curve_examples_per_run": args.curve_examples_per_run, "curve_evaluations": args.curve_evaluations,
         "pretrained_arm_overrides": args.pretrained_arm_overrides,
         "scratch_arm_overrides": args.scratch_arm_overrides,
-    }, "# Resolved pipeline recipe of this run (lmrecipes pipeline)")
+    }
+
+
+def run_pipeline(args: PipelineArguments) -> dict:
+    """Run the stages and write summary.json, summary.md, loss_curves.png and label_curve.png into `output_dir`."""
+    out = Path(args.output_dir)
+    task_data, train_split, runs, arms = _plan(args)
+    pre, results = _run_stages(args, task_data, train_split, runs)
+    total = 2 + len(runs)
+    print(f"== [{total}/{total}] export and summary -> {out / 'model'}", flush=True)
+    export_classifier(out / "finetune", out / "model")
+    summary = _summary(args, pre, results, runs, arms, len(train_split))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_recipe(out / "pipeline.yaml", _resolved_pipeline(args),  # written only now: it describes the stages that ran
+                 "# Resolved pipeline recipe of this run (lmrecipes pipeline)")
     table = summary_markdown(summary)
     (out / "summary.md").write_text(table)
-    plot_loss_curves(pre_dir, {"pretrained": ft_dir, **({"scratch": scratch_dir} if args.scratch_baseline else {})},
-                     out / "loss_curves.png", objective.loss_label)
-    plot_label_curve(curve, out / "label_curve.png")
+    finetune_dirs = {"pretrained": out / "finetune", **({"scratch": out / "finetune-scratch"}
+                                                         if args.scratch_baseline else {})}
+    plot_loss_curves(out / "pretrain", finetune_dirs, out / "loss_curves.png",
+                     get_objective(summary["pretraining"]["objective"]).loss_label)
+    plot_label_curve(summary["label_curve"], out / "label_curve.png")
     print("\n" + table, flush=True)
     return summary
 

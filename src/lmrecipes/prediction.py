@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from transformers import DataCollatorWithPadding
 
+from .data.rows import csv_records, json_records, text_problem
 from .errors import RecipeError
 from .lora import load_classifier
 from .recipe import read_run_recipe
-from .rows import csv_records, json_records, text_problem
 from .tasks import saved_task
 from .tasks.base import mean_per_text
 
@@ -66,8 +66,8 @@ def read_inputs(path, text_column: str = "text", text_pair_column: str | None = 
         inputs.append({"text": row[text_column], "text_pair": row[text_pair_column]} if text_pair_column
                       else row[text_column])
     if skipped:
-        print(f"skipped {len(skipped)} rows without a text: {'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}",
-              file=sys.stderr)
+        shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        print(f"skipped {len(skipped)} rows without a text: {shown}", file=sys.stderr)
     return inputs or _nothing(path)
 
 

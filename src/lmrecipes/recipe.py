@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .arguments import find_file, parse_mapping
 from .errors import RecipeError
+from .values import find_file, parse_mapping, yaml_boolean
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -36,14 +36,6 @@ RecipeLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                    list("tTfF"))
-
-
-YAML_1_1_BOOLEANS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
-
-
-def yaml_boolean(value):
-    """yes/no/on/off/y/n (any case) as a boolean, for keys and config attributes that are booleans; else unchanged."""
-    return YAML_1_1_BOOLEANS.get(value.lower(), value) if isinstance(value, str) else value
 
 
 def boolean_keys(dataclass_types) -> set[str]:
@@ -265,6 +257,16 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
                     explicit[key] = "none"  # recipe's word, so the run's recipe.yaml parses again
                 break
     return (*parsed, explicit)
+
+
+def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
+    """Parse a recipe file (or dict) plus keyword overrides into the dataclasses; returns (*dataclasses, explicit).
+
+    Overrides replace plain keys; mapping-valued keys (`config_overrides`, `special_tokens`, ...) are merged key by
+    key into the recipe's mapping (`{"__replace__": True, ...}` replaces it instead)."""
+    if isinstance(recipe, dict):
+        return parse_recipe(argument_types, [], recipe=merge_recipe(recipe, overrides, argument_types))
+    return parse_recipe(argument_types, [str(recipe)] if recipe is not None else [], recipe=overrides)
 
 
 def _did_you_mean(key: str, known) -> str:

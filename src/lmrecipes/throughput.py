@@ -131,7 +131,8 @@ def measure_cpu_matmul_flops(dtype=torch.float32, size: int = 1024, seconds: flo
 
 
 def describe_hardware(device: torch.device, world_size: int) -> str:
-    """What the run trained on, for results and model cards: e.g. '2 x NVIDIA H200' or '1 x CPU AMD EPYC (2 threads)'."""
+    """What the run trained on, for results and model cards: e.g. '2 x NVIDIA H200' or
+    '1 x CPU AMD EPYC (2 threads)'."""
     if device.type == "cuda":
         return f"{world_size} x {torch.cuda.get_device_name(device)}"
     return f"{world_size} x {device.type.upper()} {cpu_model_name()} ({torch.get_num_threads()} threads)".replace(

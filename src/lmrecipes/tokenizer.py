@@ -1,4 +1,5 @@
-"""Train a BPE / WordPiece / Unigram tokenizer with `tokenizers`, or load an existing one."""
+"""Train a BPE / WordPiece / Unigram tokenizer with `tokenizers` (cached per corpus and settings), or load an
+existing one; the pad token classification batches need."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from .arguments import TokenizerArguments
 from .cache import atomic_directory
 from .errors import RecipeError
-from .objectives import get_objective
+from .launch import made_once
+from .objectives import Objective
 
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKEN_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
-def special_tokens_for(args: TokenizerArguments, objective: str) -> dict[str, str]:
-    tokens = {**get_objective(objective).special_tokens, **args.special_tokens}
+def special_tokens_for(args: TokenizerArguments, objective: Objective) -> dict[str, str]:
+    tokens = {**objective.special_tokens, **args.special_tokens}
     for role in tokens:
         if role not in SPECIAL_TOKEN_ROLES:
             raise RecipeError(f"key 'special_tokens': unknown role '{role}' (roles: {', '.join(SPECIAL_TOKEN_ROLES)})")
@@ -41,9 +43,9 @@ def _limited(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
         yield text
 
 
-def train_tokenizer(texts: Iterable[str], args: TokenizerArguments, objective: str) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], args: TokenizerArguments, objective: Objective) -> PreTrainedTokenizerFast:
     """Train a tokenizer on `texts` with the recipe's algorithm, vocabulary size and special tokens."""
-    kind = args.tokenizer_type or get_objective(objective).tokenizer_type
+    kind = args.tokenizer_type or objective.tokenizer_type
     specials = special_tokens_for(args, objective)
     special_list = list(dict.fromkeys(specials.values()))
     lowercase = [normalizers.Lowercase()] if args.lowercase else []
@@ -106,7 +108,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revisi
         raise RecipeError(f"key '{key}': cannot load a tokenizer from {name_or_path!r}: {first}") from None
 
 
-def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_factory, data_fingerprint: str,
+def get_or_train_tokenizer(args: TokenizerArguments, objective: Objective, texts_factory, data_fingerprint: str,
                            cache_root: Path, *, trust_remote_code: bool = False):
     """Load the recipe's tokenizer, or train one once per (corpus, settings) and reuse it from the cache.
 
@@ -118,13 +120,13 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_facto
                               key="tokenizer_name_or_path")
     settings = {k: getattr(args, k) for k in ("tokenizer_type", "vocab_size", "min_frequency", "lowercase",
                                                "special_tokens", "tokenizer_max_bytes")}
-    key = hashlib.sha256(json.dumps([settings, objective, data_fingerprint], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([settings, objective.name, data_fingerprint], sort_keys=True).encode()).hexdigest()
     folder = cache_root / "tokenizers" / key[:16]
     if (folder / "tokenizer.json").is_file():
         logger.info("Reusing the tokenizer trained earlier on this corpus: %s", folder)
         return AutoTokenizer.from_pretrained(folder)
     logger.info("Training a %s tokenizer (vocab %d) on the training text...",
-                args.tokenizer_type or get_objective(objective).tokenizer_type, args.vocab_size)
+                args.tokenizer_type or objective.tokenizer_type, args.vocab_size)
     tokenizer = train_tokenizer(texts_factory(), args, objective)
     with atomic_directory(folder) as tmp:
         tokenizer.save_pretrained(tmp)
@@ -132,39 +134,31 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: str, texts_facto
     return AutoTokenizer.from_pretrained(folder)
 
 
-def tokenizer_made_once(make, training_args):
-    """The tokenizer of a run: `make()` on process 0 alone when several processes run; the others receive its
-    files through the process group and load them.
-
-    Hand-written: `main_process_first` orders the processes of one machine only, so on several machines the first
-    process of each trained its own tokenizer at the same time, or found none (without a shared cache). Sent over
-    the process group, the tokenizer is trained once and needs no shared filesystem. When process 0 fails, the
-    others are told (instead of waiting in the broadcast): a RecipeError is raised by every process as it is, any
-    other error on process 0 as its own traceback there and a one-line error elsewhere.
-    """
-    if training_args.world_size <= 1:
-        return make()
-    from accelerate.utils import broadcast_object_list
-
-    message, failure = [None], None
-    if training_args.process_index == 0:
-        try:
-            tokenizer = make()
-            with tempfile.TemporaryDirectory() as tmp:
-                tokenizer.save_pretrained(tmp)
-                message = [{path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}]
-        except Exception as err:  # sent to the others, then raised here
-            failure = err
-            message = [err if isinstance(err, RecipeError) else
-                       RecipeError(f"process 0 failed to make the tokenizer ({type(err).__name__}: {err})")]
-    broadcast_object_list(message, from_process=0)
-    if failure is not None:
-        raise failure
-    if isinstance(message[0], RecipeError):
-        raise message[0]
-    if training_args.process_index == 0:
-        return tokenizer
+def _tokenizer_files(tokenizer) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
-        for name, content in message[0].items():
+        tokenizer.save_pretrained(tmp)
+        return {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
+
+
+def _tokenizer_from_files(files: dict[str, bytes]):
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
             (Path(tmp) / name).write_bytes(content)
         return AutoTokenizer.from_pretrained(tmp)
+
+
+def tokenizer_made_once(make, training_args):
+    """The tokenizer of a run: `make()` on process 0 alone when several processes run; the others receive its
+    files through the process group and load them (launch.made_once), so it is trained once and needs no shared
+    filesystem."""
+    return made_once(make, training_args, _tokenizer_files, _tokenizer_from_files, "the tokenizer")
+
+
+def prepare_pad_token(tokenizer) -> None:
+    """Batched classification needs a pad token: use EOS when the tokenizer has no pad token (decoder LMs)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise RecipeError("the tokenizer has no pad_token and no eos_token to pad with; give it a pad token "
+                              "(special_tokens.pad_token) or use another tokenizer")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("The tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token)

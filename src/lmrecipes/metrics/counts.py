@@ -54,7 +54,8 @@ def averaged_scores(predictions, references, score: str, average: str | None = "
         predicted = np.array([np.sum(predictions == c) for c in classes])
         actual = np.array([np.sum(references == c) for c in classes])
     if average == "micro":
-        true_pos, predicted, actual = true_pos.sum(keepdims=True), predicted.sum(keepdims=True), actual.sum(keepdims=True)
+        true_pos, predicted, actual = (true_pos.sum(keepdims=True), predicted.sum(keepdims=True),
+                                       actual.sum(keepdims=True))
     precision, recall = _safe_divide(true_pos, predicted), _safe_divide(true_pos, actual)
     values = {"precision": precision, "recall": recall,
               "f1": _safe_divide(2 * precision * recall, precision + recall)}[score]
@@ -73,7 +74,8 @@ class AveragedScore(evaluate.Metric):
 
     def _info(self):
         return evaluate.MetricInfo(description=f"{self.score} = {self.formula}, per class from confusion counts, "
-                                   "then averaged.", citation="", inputs_description=_KWARGS, features=features_for(self.config_name))
+                                   "then averaged.", citation="", inputs_description=_KWARGS,
+                                   features=features_for(self.config_name))
 
     def _compute(self, predictions, references, average="macro", pos_label=1, labels=None):
         return {self.score: averaged_scores(predictions, references, self.score, average, pos_label, labels)}

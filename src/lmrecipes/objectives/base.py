@@ -1,10 +1,11 @@
-"""What every pretraining objective provides (one instance per objective module)."""
+"""What every pretraining objective provides: the Objective base class (one subclass and one instance per objective
+module), the base of the recipe keys an objective declares, and the evaluation helpers the language models share."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -42,9 +43,17 @@ def token_weighted_loss(prediction) -> dict:
     return {"loss": float(sums[0] / sums[1]) if sums[1] else math.nan, "scored_tokens": int(sums[1])}
 
 
-@dataclass(frozen=True)
+@dataclass
+class ObjectiveKeys:
+    """Base of the recipe keys an objective declares: a dataclass of fields (their help is the key's documentation)
+    that arguments.ModelArguments inherits. A subclass's __post_init__ calls super().__post_init__() first."""
+
+    def __post_init__(self):
+        pass
+
+
 class Objective:
-    """One pretraining objective.
+    """One pretraining objective. Class attributes describe it; methods do what differs between objectives.
 
     name: the recipe's `objective` value.
     auto_model: the transformers Auto class whose head it trains (and whose mapping says which model types have it).
@@ -55,58 +64,83 @@ class Objective:
     separator: the special-token role put between packed documents.
     wraps_blocks: blocks are laid out as [CLS] ... [SEP] (encoders) instead of a plain token stream.
     needs_mask_token: the objective masks tokens, so the tokenizer must have a mask token.
-    scored_per_block: how many tokens of a block of `block_size` the loss scores (for bits per byte).
-    collator: (tokenizer, data arguments, seed) -> the data collator of the Trainer (random masking: seeded).
-    eval_metrics: (the Trainer's eval metrics, UTF-8 bytes per scored token) -> metrics it adds (perplexity...).
     reported_metrics: (results key, label, format) of the figures that describe a run: printed at the end, in the
         pipeline summary and (with eval_loss) in the model card's model-index.
     loss_label: what its loss is (logs, plots, model card).
     architecture_markers: substrings of a saved config's `architectures` that mark a checkpoint of this objective.
     pipeline_tag: the Hub / transformers pipeline task of the saved model.
-    usage: (repo id, the tokenizer's mask token or None) -> the model card's how-to-use snippet.
     card_tag: the model card's tag for the objective.
     description: what the saved model is, for the model card.
-    recipe_keys: ModelArguments keys only this objective reads (set for another objective: an error).
-    check_arguments: (config, model arguments) -> None; raises RecipeError for settings the objective refuses
-        (checked before any data is prepared).
-    build_model: (config, model arguments, masked fraction, weights folder or Hub id or None) -> the model to
-        train, when `auto_model.from_config` / `from_pretrained` is not it.
+    keys: the ObjectiveKeys dataclass of the recipe keys only this objective reads (set for another objective: an
+        error), or None.
+    saved_folders: subfolders of a finished run that belong to the model (published and recorded with it).
     compute_metrics: the Trainer's `compute_metrics` over what the model returns at evaluation (after
         preprocess_logits); None: the Trainer's loss only.
     preprocess_logits: the Trainer's `preprocess_logits_for_metrics`: what of each evaluation batch's logits is kept
         for compute_metrics.
-    finalize_saved: (output_dir) -> None, run on the main process after the final save: turns what the Trainer
-        saved into the published layout.
-    saved_folders: subfolders of a finished run that belong to the model (published and recorded with it).
-    attach_training_loss: (model, training arguments, the recipe's fused_loss) -> an attachment (its detach()
-        undoes it) or None: before the Trainer is built, replaces the model's training loss by a faster one with the
-        same value (causal_lm: lmrecipes.fused_loss).
     """
 
-    name: str
-    auto_model: type
-    model_type_names: dict
-    heads: str
-    special_tokens: dict
-    tokenizer_type: str
-    separator: str
-    wraps_blocks: bool
-    needs_mask_token: bool
-    scored_per_block: Callable[[int], int]
-    collator: Callable
-    eval_metrics: Callable[[dict, float], dict]
-    reported_metrics: tuple[tuple[str, str, str], ...]
-    loss_label: str
-    architecture_markers: tuple[str, ...]
-    pipeline_tag: str
-    usage: Callable[[str, str | None], str]
-    card_tag: str
-    description: str
-    recipe_keys: tuple[str, ...] = ()
-    check_arguments: Callable | None = None
-    build_model: Callable | None = None
-    compute_metrics: Callable | None = None
-    preprocess_logits: Callable | None = None
-    finalize_saved: Callable | None = None
-    saved_folders: tuple[str, ...] = ()
-    attach_training_loss: Callable | None = None
+    name: ClassVar[str]
+    auto_model: ClassVar[type]
+    model_type_names: ClassVar[dict]
+    heads: ClassVar[str]
+    special_tokens: ClassVar[dict]
+    tokenizer_type: ClassVar[str]
+    separator: ClassVar[str]
+    wraps_blocks: ClassVar[bool]
+    needs_mask_token: ClassVar[bool]
+    reported_metrics: ClassVar[tuple[tuple[str, str, str], ...]]
+    loss_label: ClassVar[str]
+    architecture_markers: ClassVar[tuple[str, ...]]
+    pipeline_tag: ClassVar[str]
+    card_tag: ClassVar[str]
+    description: ClassVar[str]
+    keys: ClassVar[type | None] = None
+    saved_folders: ClassVar[tuple[str, ...]] = ()
+    compute_metrics = None
+    preprocess_logits = None
+
+    @property
+    def recipe_keys(self) -> tuple[str, ...]:
+        """ModelArguments keys only this objective reads."""
+        from dataclasses import fields
+
+        return tuple(f.name for f in fields(self.keys)) if self.keys is not None else ()
+
+    def scored_per_block(self, block_size: int) -> int:
+        """How many tokens of a block of `block_size` the loss scores (for bits per byte)."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer, data_args, seed: int):
+        """The Trainer's data collator (random masking: seeded)."""
+        raise NotImplementedError
+
+    def eval_metrics(self, metrics: dict, bytes_per_token: float) -> dict:
+        """The metrics it adds (perplexity...) to the Trainer's eval metrics; `bytes_per_token`: UTF-8 bytes per
+        scored token of the held-out blocks."""
+        raise NotImplementedError
+
+    def usage(self, repo_id: str, mask_token: str | None) -> str:
+        """The model card's how-to-use snippet."""
+        raise NotImplementedError
+
+    def check_arguments(self, config, model_args) -> None:
+        """Raise RecipeError for settings the objective refuses (checked before any data is prepared)."""
+
+    def build_model(self, config, model_args, masked_fraction: float, source: str | None):
+        """The model to train: `auto_model` from the config (random weights), or from the weights of `source` (a
+        folder or Hub id; safetensors only). `masked_fraction`: the data's mlm_probability."""
+        kwargs = {"attn_implementation": model_args.attn_implementation,
+                  "trust_remote_code": model_args.trust_remote_code}
+        if source:
+            return self.auto_model.from_pretrained(source, config=config, use_safetensors=True,
+                                                   revision=model_args.model_revision, **kwargs)
+        return self.auto_model.from_config(config, **kwargs)
+
+    def attach_training_loss(self, model, training_args, model_args):
+        """Before the Trainer is built, replace the model's training loss by a faster one with the same value; the
+        returned attachment's detach() undoes it. None: the model's own loss."""
+        return None
+
+    def finalize_saved(self, output_dir) -> None:
+        """Run on the main process after the final save: turn what the Trainer saved into the published layout."""

@@ -12,19 +12,26 @@ the generator in `generator/` (a masked LM: the fill-mask pipeline works on it).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
-from transformers import (AutoModelForPreTraining, AutoTokenizer, ElectraConfig, ElectraForMaskedLM,
-                          ElectraForPreTraining)
+from transformers import (
+    AutoModelForPreTraining,
+    AutoTokenizer,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+)
 from transformers.utils import ModelOutput
 
 from ..errors import RecipeError, first_line
-from .base import Objective, perplexity
+from ..throughput import matmul_weight_count
+from ..values import parse_mapping
+from .base import Objective, ObjectiveKeys, perplexity
 from .masked_lm import MASKED_LM, BatchSeededMasking
 
 logger = logging.getLogger("lmrecipes")
@@ -39,6 +46,33 @@ TRAINING_ONLY = ("generator_config", "discriminator_weight", "masked_fraction")
 # original tokens flagged (false positives), replaced tokens missed (false negatives).
 STATISTICS = ("generator_loss_sum", "masked", "discriminator_loss_sum", "scored", "true_positives",
               "false_positives", "false_negatives")
+
+
+@dataclass
+class ElectraKeys(ObjectiveKeys):
+    generator_size: float | None = field(
+        default=None,
+        metadata={"help": "electra: the generator's width (hidden size, attention heads, feed-forward size) as a "
+                  "fraction of the discriminator's; same depth, shared embeddings. Default 0.25 (the paper's)."},
+    )
+    generator_config_overrides: dict | str | None = field(
+        default=None,
+        metadata={"help": "electra: generator config attributes set after generator_size, e.g. "
+                  "{num_hidden_layers: 6}. Its hidden size may not exceed the discriminator's."},
+    )
+    discriminator_weight: float | None = field(
+        default=None,
+        metadata={"help": "electra: loss = generator MLM loss + this x replaced-token detection loss (binary "
+                  "cross-entropy over every non-pad token). Default 50 (the paper's)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.generator_config_overrides is not None:
+            self.generator_config_overrides = parse_mapping(self.generator_config_overrides,
+                                                            "generator_config_overrides")
+        if self.discriminator_weight is not None and self.discriminator_weight <= 0:
+            raise RecipeError(f"key 'discriminator_weight': must be above 0, got {self.discriminator_weight}")
 
 
 @dataclass
@@ -104,8 +138,6 @@ class ElectraWithGenerator(ElectraForPreTraining):
     def matmul_weights_per_token(self) -> float:
         """Weights in matrix multiplies per token on average (for MFU): the generator's output layers run on the
         masked fraction of the tokens only."""
-        from ..throughput import matmul_weight_count
-
         generator = self.generator
         head = matmul_weight_count(generator.generator_predictions) + generator.generator_lm_head.weight.numel()
         return matmul_weight_count(self) - (1.0 - self.config.masked_fraction) * head
@@ -237,38 +269,53 @@ def _usage(repo_id: str, mask_token: str | None) -> str:
     ])
 
 
-ELECTRA = Objective(
-    name="electra",
-    auto_model=AutoModelForPreTraining,
-    model_type_names={"electra": "ElectraForPreTraining"},  # replaced-token detection + masked-LM heads
-    heads="replaced-token-detection (ElectraForPreTraining) and masked-LM heads",
-    special_tokens=MASKED_LM.special_tokens,
-    tokenizer_type=MASKED_LM.tokenizer_type,
-    separator=MASKED_LM.separator,
-    wraps_blocks=True,  # [CLS] ... [SEP], as the encoder it pretrains is fine-tuned
-    needs_mask_token=True,
-    scored_per_block=lambda block_size: block_size,  # the discriminator scores every token (not used: no bits/byte)
-    # [MASK] at every selected position: the generator's samples replace them (no random or kept tokens)
-    collator=lambda tokenizer, data_args, seed: BatchSeededMasking(
-        tokenizer, seed, mlm_probability=data_args.mlm_probability, mask_replace_prob=1.0, random_replace_prob=0.0),
-    eval_metrics=lambda metrics, bytes_per_token: {
-        "generator_perplexity": perplexity(metrics["eval_generator_loss"])},
-    reported_metrics=(("eval_discriminator_accuracy", "replaced-token detection accuracy", ".4f"),
-                      ("eval_all_original_accuracy", "all-original baseline accuracy", ".4f"),
-                      ("eval_replaced_recall", "replaced tokens found (recall)", ".3f"),
-                      ("eval_replaced_precision", "flagged tokens replaced (precision)", ".3f"),
-                      ("generator_perplexity", "generator perplexity (masked tokens)", ".2f")),
-    loss_label="loss (generator MLM + discriminator_weight x replaced-token detection)",
-    architecture_markers=("ElectraForPreTraining",),
-    pipeline_tag="feature-extraction",  # a discriminator is fine-tuned or read for features; fill-mask: generator/
-    usage=_usage,
-    card_tag="electra",
-    description="an ELECTRA discriminator (replaced-token detection) pretrained from scratch, with its generator "
-                f"(a masked language model) in `{GENERATOR_FOLDER}/`",
-    recipe_keys=("generator_size", "generator_config_overrides", "discriminator_weight"),
-    check_arguments=lambda config, model_args: _generator_config(config, model_args) and None,
-    build_model=build_electra,
-    compute_metrics=electra_metrics,
-    finalize_saved=save_discriminator_and_generator,
-    saved_folders=(GENERATOR_FOLDER,),
-)
+class Electra(Objective):
+    name = "electra"
+    auto_model = AutoModelForPreTraining
+    model_type_names = {"electra": "ElectraForPreTraining"}  # replaced-token detection + masked-LM heads
+    heads = "replaced-token-detection (ElectraForPreTraining) and masked-LM heads"
+    special_tokens = MASKED_LM.special_tokens
+    tokenizer_type = MASKED_LM.tokenizer_type
+    separator = MASKED_LM.separator
+    wraps_blocks = True  # [CLS] ... [SEP], as the encoder it pretrains is fine-tuned
+    needs_mask_token = True
+    reported_metrics = (("eval_discriminator_accuracy", "replaced-token detection accuracy", ".4f"),
+                        ("eval_all_original_accuracy", "all-original baseline accuracy", ".4f"),
+                        ("eval_replaced_recall", "replaced tokens found (recall)", ".3f"),
+                        ("eval_replaced_precision", "flagged tokens replaced (precision)", ".3f"),
+                        ("generator_perplexity", "generator perplexity (masked tokens)", ".2f"))
+    loss_label = "loss (generator MLM + discriminator_weight x replaced-token detection)"
+    architecture_markers = ("ElectraForPreTraining",)
+    pipeline_tag = "feature-extraction"  # a discriminator is fine-tuned or read for features; fill-mask: generator/
+    card_tag = "electra"
+    description = ("an ELECTRA discriminator (replaced-token detection) pretrained from scratch, with its generator "
+                   f"(a masked language model) in `{GENERATOR_FOLDER}/`")
+    keys = ElectraKeys
+    saved_folders = (GENERATOR_FOLDER,)
+    compute_metrics = staticmethod(electra_metrics)
+
+    def scored_per_block(self, block_size):
+        return block_size  # the discriminator scores every token (not used: no bits/byte)
+
+    def collator(self, tokenizer, data_args, seed):
+        # [MASK] at every selected position: the generator's samples replace them (no random or kept tokens)
+        return BatchSeededMasking(tokenizer, seed, mlm_probability=data_args.mlm_probability, mask_replace_prob=1.0,
+                                  random_replace_prob=0.0)
+
+    def eval_metrics(self, metrics, bytes_per_token):
+        return {"generator_perplexity": perplexity(metrics["eval_generator_loss"])}
+
+    def usage(self, repo_id, mask_token):
+        return _usage(repo_id, mask_token)
+
+    def check_arguments(self, config, model_args):
+        _generator_config(config, model_args)
+
+    def build_model(self, config, model_args, masked_fraction, source):
+        return build_electra(config, model_args, masked_fraction, source)
+
+    def finalize_saved(self, output_dir):
+        save_discriminator_and_generator(output_dir)
+
+
+ELECTRA = Electra()

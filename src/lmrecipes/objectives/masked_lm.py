@@ -17,11 +17,12 @@ class BatchSeededMasking(DataCollatorForLanguageModeling):
     """DataCollatorForLanguageModeling whose masks come from a generator seeded with (seed, the batch's token ids)
     instead of the global random state.
 
-    Hand-written because the Trainer (transformers 5.24), resuming mid-epoch, collates the first optimizer step's
-    batches before it restores the checkpoint's random state: masks drawn from the global state differ after a
-    resume, these do not. Masking stays dynamic as long as batches change between epochs (shuffled data: a block
-    meets other blocks, so it gets new masks); a batch that repeats exactly (batch size 1, an unshuffled stream)
-    gets the same masks each epoch. An evaluation masks the same held-out tokens every time.
+    Hand-written because the Trainer (transformers 5.25 and earlier), resuming mid-epoch, collates the first optimizer
+    step's batches before it restores the checkpoint's random state: masks drawn from the global state differ after a
+    resume, these do not (the stock collator will do once the Trainer restores the state first). Masking stays
+    dynamic as long as batches change between epochs (shuffled data: a block meets other blocks, so it gets new
+    masks); a batch that repeats exactly (batch size 1, an unshuffled stream) gets the same masks each epoch. An
+    evaluation masks the same held-out tokens every time.
     """
 
     def __init__(self, tokenizer, seed: int, **kwargs):
@@ -36,30 +37,42 @@ class BatchSeededMasking(DataCollatorForLanguageModeling):
         self.generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
         return super().torch_call(examples)
 
-MASKED_LM = Objective(
-    name="masked_lm",
-    auto_model=AutoModelForMaskedLM,
-    model_type_names=MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    heads="masked language-model head",
-    special_tokens={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                    "mask_token": "[MASK]"},
-    tokenizer_type="wordpiece",
-    separator="sep_token",
-    wraps_blocks=True,  # [CLS] ... [SEP]
-    needs_mask_token=True,
-    scored_per_block=lambda block_size: block_size - 2,  # the body between [CLS] and [SEP] (denominator of bits/byte)
-    collator=lambda tokenizer, data_args, seed: BatchSeededMasking(
-        tokenizer, seed, mlm_probability=data_args.mlm_probability),
-    # the masked-token perplexity is the only meaningful figure: no bits per byte for a masked LM
-    eval_metrics=lambda metrics, bytes_per_token: {"perplexity": perplexity(metrics["eval_loss"])},
-    reported_metrics=(("perplexity", "held-out perplexity (masked tokens)", ".2f"),),
-    loss_label="loss (nats per masked token)",
-    architecture_markers=("MaskedLM",),
-    pipeline_tag="fill-mask",
-    usage=lambda repo_id, mask_token: pipeline_snippet(
-        "fill-mask", "fill", repo_id, f'fill("The ship sailed across the {mask_token or "[MASK]"}.")'),
-    card_tag="masked-lm",
-    description="a masked language model pretrained from scratch",
-    compute_metrics=token_weighted_loss,
-    preprocess_logits=lambda logits, labels: loss_sums_per_block(logits, labels, shift=False),
-)
+
+class MaskedLM(Objective):
+    name = "masked_lm"
+    auto_model = AutoModelForMaskedLM
+    model_type_names = MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    heads = "masked language-model head"
+    special_tokens = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                      "mask_token": "[MASK]"}
+    tokenizer_type = "wordpiece"
+    separator = "sep_token"
+    wraps_blocks = True  # [CLS] ... [SEP]
+    needs_mask_token = True
+    reported_metrics = (("perplexity", "held-out perplexity (masked tokens)", ".2f"),)
+    loss_label = "loss (nats per masked token)"
+    architecture_markers = ("MaskedLM",)
+    pipeline_tag = "fill-mask"
+    card_tag = "masked-lm"
+    description = "a masked language model pretrained from scratch"
+    compute_metrics = staticmethod(token_weighted_loss)
+
+    def scored_per_block(self, block_size):
+        return block_size - 2  # the body between [CLS] and [SEP] (denominator of bits/byte)
+
+    def collator(self, tokenizer, data_args, seed):
+        return BatchSeededMasking(tokenizer, seed, mlm_probability=data_args.mlm_probability)
+
+    def eval_metrics(self, metrics, bytes_per_token):
+        # the masked-token perplexity is the only meaningful figure: no bits per byte for a masked LM
+        return {"perplexity": perplexity(metrics["eval_loss"])}
+
+    def preprocess_logits(self, logits, labels):
+        return loss_sums_per_block(logits, labels, shift=False)
+
+    def usage(self, repo_id, mask_token):
+        return pipeline_snippet("fill-mask", "fill", repo_id,
+                                f'fill("The ship sailed across the {mask_token or "[MASK]"}.")')
+
+
+MASKED_LM = MaskedLM()

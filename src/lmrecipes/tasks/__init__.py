@@ -1,7 +1,7 @@
 """What a fine-tuning task is, one module per problem type: how its targets are read from the data, how the model's
 head is configured, its loss, its metrics, what it saves with the model and what prediction returns.
 
-Fine-tuning (finetuning.py), prediction (prediction.py) and the model card (hub.py) ask the task and never test
+Fine-tuning (finetuning.py), prediction (prediction.py) and the model card (model_card.py) ask the task and never test
 the problem type themselves; a new head (e.g. token classification) is a new module registered here.
 """
 

@@ -10,6 +10,13 @@ import numpy as np
 from ..errors import RecipeError
 
 
+def label_key(value) -> str:
+    """A label's name: integral floats (csv columns with a gap are read as floats) are named as integers."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
 class Task:
     """One problem type. Built from the training split (`from_data`) or from a saved model (`from_saved`)."""
 

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..errors import RecipeError
 from ..metrics import load_metric
-from ..rows import label_key
-from .base import Task, check_split_labels
+from .base import Task, check_split_labels, label_key
 from .single_label import AVERAGED
+
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # searched on the validation split after training
 
 

@@ -9,8 +9,7 @@ import numpy as np
 
 from ..errors import RecipeError
 from ..metrics import load_metric
-from ..rows import label_key
-from .base import Task, check_split_labels
+from .base import Task, check_split_labels, label_key
 
 logger = logging.getLogger("lmrecipes")
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import IterableDataset, Value, load_dataset
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 logger = logging.getLogger("lmrecipes")
 
@@ -36,13 +36,6 @@ class RowRules:
     texts: dict[str, str]
     label: dict[str, str] = field(default_factory=dict)
     text_required: bool = False  # empty / whitespace-only texts are defects too (classification), else skipped
-
-
-def label_key(value) -> str:
-    """A label's name: integral floats (csv columns with a gap are read as floats) are named as integers."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
 
 
 def text_problem(value, required: bool) -> str | None:

@@ -1,0 +1,109 @@
+"""Pipeline keys (`scripts/pipeline.py`): which pretraining and fine-tuning recipes to chain, and the
+label-efficiency curve's label counts, seeds and per-arm settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from ..errors import RecipeError
+from ..values import find_file, parse_mapping
+from .data import ClassificationDataArguments
+
+ALL = "all"
+# Fine-tuning keys the curve sets for each run on fewer labels than all (label_curve.small_n_settings), and
+# max_steps: the same for both arms, not an arm's to override.
+CURVE_RUN_KEYS = ("max_train_samples", "num_train_epochs", "seed", "eval_strategy", "eval_steps", "save_strategy",
+                  "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model",
+                  "greater_is_better", "max_steps")
+
+
+def parse_label_counts(values) -> list[int | str]:
+    """`[250, 1000, all]` -> sorted counts, 'all' last; a one-line error naming the key otherwise."""
+    counts, seen_all = [], False
+    for value in values or []:
+        text = str(value).strip().lower()
+        if text == ALL:
+            seen_all = True
+        elif text.isdigit() and int(text) >= 2:
+            counts.append(int(text))
+        else:
+            raise RecipeError(f"key 'label_counts': expected label counts (integers >= 2) or 'all', got {value!r}")
+    if not seen_all:
+        raise RecipeError("key 'label_counts': must include 'all' (the full-label runs: the exported model and "
+                          "the summary's finetuned_* keys)")
+    return sorted(set(counts)) + [ALL]
+
+
+def check_arm_overrides(overrides: dict, key: str) -> None:
+    """An arm's own fine-tuning keys may not touch what makes the comparison paired (the data, its sample, the
+    seed) nor what the curve sets per run: a one-line error naming the key."""
+    fixed = {f.name for f in fields(ClassificationDataArguments)} | set(CURVE_RUN_KEYS)
+    clash = sorted(set(overrides) & fixed)
+    if clash:
+        raise RecipeError(f"key '{key}': {', '.join(clash)} must be the same for both arms (the data and its "
+                          "sample, the seed) or is set by the curve; put it in finetune_overrides or the curve keys")
+
+
+@dataclass
+class PipelineArguments:
+    """A pipeline recipe: which pretraining and fine-tuning recipes to chain, and where."""
+
+    pretrain_recipe: str = field(metadata={"help": "The pretraining recipe (path)."})
+    finetune_recipe: str = field(metadata={"help": "The fine-tuning recipe (path); its model is the pretrained one."})
+    output_dir: str = field(metadata={"help": "Run folder: pretrain/, finetune/, finetune-scratch/, model/, summary."})
+    pretrain_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Keys overriding the pretraining recipe, e.g. {max_steps: 300}."})
+    finetune_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Keys overriding the fine-tuning recipe (both fine-tuning runs)."})
+    scratch_baseline: bool = field(
+        default=True, metadata={"help": "Also fine-tune the same architecture from random weights, same budget."})
+    pretrain_on_task_text: bool = field(
+        default=False,
+        metadata={"help": "Add the fine-tuning TRAIN split's texts (no labels; never validation or test rows) to the "
+                  "pretraining corpus: domain-adaptive pretraining."})
+    task_text_repeats: int = field(
+        default=1, metadata={"help": "How many times those texts are repeated in the pretraining corpus."})
+    label_counts: list[str] = field(
+        default_factory=lambda: ["250", "1000", "all"],
+        metadata={"help": "Label-efficiency curve: training-label counts to fine-tune both arms on (a seeded, "
+                  "label-stratified sample of the train split; the same rows for both arms), plus 'all' (needed: "
+                  "the full-label runs are the exported model and the summary's finetuned_* keys)."})
+    seeds: int = field(
+        default=3, metadata={"help": "Seeds per label count below 'all': the fine-tuning recipe's seed, +1, +2, ... "
+                             "(a seed picks the label sample, the new head's and the scratch body's weights, the "
+                             "data order)."})
+    full_label_seeds: int = field(
+        default=1, metadata={"help": "Seeds at 'all' (the dearest runs; the summary says how many each point used)."})
+    curve_examples_per_run: int = field(
+        default=2500, metadata={"help": "A run on N < all labels trains ceil(this / N) epochs: fewer labels, more "
+                                "epochs, about the same examples seen."})
+    curve_evaluations: int = field(
+        default=3, metadata={"help": "Validations spread over each run on N < all labels (at least 2); the best one "
+                             "(accuracy on the whole validation split) is the run's model."})
+    pretrained_arm_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Fine-tuning keys for arm (a), the pretrained model, only (e.g. its "
+                                "learning rate from a search run for both arms); not the data keys, seed, epochs "
+                                "or evaluation keys: those are the same for both arms."})
+    scratch_arm_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Fine-tuning keys for arm (b), from scratch, only."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Stages whose recipe or inputs changed since an earlier run in output_dir "
+                                 "are deleted and run again (without it they are refused, naming what changed)."})
+
+    def __post_init__(self):
+        self.pretrain_overrides = parse_mapping(self.pretrain_overrides, "pretrain_overrides")
+        self.finetune_overrides = parse_mapping(self.finetune_overrides, "finetune_overrides")
+        self.pretrained_arm_overrides = parse_mapping(self.pretrained_arm_overrides, "pretrained_arm_overrides")
+        self.scratch_arm_overrides = parse_mapping(self.scratch_arm_overrides, "scratch_arm_overrides")
+        self.label_counts = parse_label_counts(self.label_counts)  # sorted counts (int), then "all"
+        for key, least in (("seeds", 1), ("full_label_seeds", 1), ("curve_examples_per_run", 1),
+                           ("curve_evaluations", 2)):
+            if getattr(self, key) < least:
+                raise RecipeError(f"key '{key}': must be at least {least}, got {getattr(self, key)}")
+        check_arm_overrides(self.pretrained_arm_overrides, "pretrained_arm_overrides")
+        check_arm_overrides(self.scratch_arm_overrides, "scratch_arm_overrides")
+        for key in ("pretrain_recipe", "finetune_recipe"):
+            path = find_file(getattr(self, key))
+            if not path.is_file():
+                raise RecipeError(f"key '{key}': recipe file not found: {getattr(self, key)}")
+            setattr(self, key, str(path))

@@ -1,0 +1,43 @@
+"""The training keys: `transformers.TrainingArguments`, plus what lmrecipes adds to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .. import launch
+from ..precision import bf16_choice
+from ..values import auto_true_false
+
+
+@dataclass
+class RunArguments(TrainingArguments):
+    """`transformers.TrainingArguments` plus the consent that transformers 5 dropped with `overwrite_output_dir`."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete what output_dir holds (a finished run, or a run of another recipe) and start over. "
+                  "Without it such a folder is refused, and a finished run of the same recipe is reported, not "
+                  "retrained."})
+
+    bf16: str = field(
+        default="false",
+        metadata={"nargs": "?", "const": "true",
+                  "help": "bf16 mixed precision (autocast): true, false, or auto: on where the device computes bf16 "
+                  "natively (a GPU that supports it; a CPU with avx512_bf16 or AMX), fp32 elsewhere; the log names "
+                  "the choice and why. On a machine without an accelerator, bf16 runs on the CPU (use_cpu is set)."})
+
+    # not a recipe key (init=False: HfArgumentParser and TrainingArguments.to_dict leave it out): why bf16 is on or off
+    precision_choice: str = field(init=False, default="", repr=False)
+
+    def __post_init__(self):
+        if launch.launched_on_cpu_without_use_cpu(self.use_cpu):
+            self.use_cpu = True
+        setting = auto_true_false(self.bf16, "bf16")
+        if setting == "auto" and self.fp16:
+            setting = "false"  # fp16 asked for: not both
+        self.bf16, self.precision_choice = bf16_choice(setting, on_cpu=launch.trains_on_cpu(self.use_cpu))
+        if self.bf16 and not launch.has_accelerator():  # else transformers stops: "Your setup doesn't support bf16/gpu"
+            self.use_cpu = True
+        super().__post_init__()

@@ -1,0 +1,236 @@
+"""Processes and launchers: what a run needs to know and decide about how it was started, before any model exists.
+
+Logging per process, CPU threads under `accelerate launch`, the number of processes launched against the world
+size training would have, the sharding a launch config asked for, FSDP2 on a CPU launch, something made by one
+process and sent to the others, and the end of a launched process. `check_launch` is the one entry for the checks
+that need only the arguments and the environment; what needs the built Trainer is in parallelism.py.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import RecipeError
+
+logger = logging.getLogger("lmrecipes")
+
+
+def setup_logging(training_args) -> None:
+    """Readable logs from the main process; warnings only from the others."""
+    import transformers
+
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout, level=level, force=True)
+    logging.getLogger("lmrecipes").setLevel(level)
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / accelerate launch set WORLD_SIZE); 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def has_accelerator() -> bool:
+    import torch
+    from transformers.utils import is_torch_xla_available
+
+    return torch.accelerator.is_available() or is_torch_xla_available()
+
+
+def launched_on_cpu_without_use_cpu(use_cpu: bool) -> bool:
+    """Several processes launched on a machine without an accelerator, and use_cpu not set: they are one DDP run
+    over gloo once use_cpu is set. accelerate launch does not pass a config's `use_cpu` to the processes it starts,
+    and without it each process would train alone."""
+    if launched_processes() > 1 and not use_cpu and not has_accelerator():
+        logger.warning("No accelerator found: the %d processes train on CPU, one DDP run over gloo",
+                       launched_processes())
+        return True
+    return False
+
+
+def trains_on_cpu(use_cpu: bool) -> bool:
+    """Whether training will run on the CPU: asked for (use_cpu, or ACCELERATE_USE_CPU from a launch config), or no
+    accelerator."""
+    return use_cpu or not has_accelerator() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+
+
+def _launcher_chose_threads() -> bool:
+    """Whether OMP_NUM_THREADS comes from `accelerate launch`'s default rather than from the user: the launcher
+    (this process's parent) was started with no OMP_NUM_THREADS and no --num_cpu_threads_per_process. Read from
+    /proc (Linux); elsewhere the setting is kept."""
+    try:
+        parent = Path("/proc") / str(os.getppid())
+        command = parent.joinpath("cmdline").read_bytes().split(b"\0")
+        environment = parent.joinpath("environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    launched_by_accelerate = any(part.endswith(b"accelerate") for part in command[:2]) and b"launch" in command or \
+        b"accelerate.commands.launch" in command
+    return (launched_by_accelerate and not any(part.startswith(b"OMP_NUM_THREADS=") for part in environment)
+            and not any(part.startswith(b"--num_cpu_threads_per_process") for part in command))
+
+
+def use_the_cpus(training_args) -> None:
+    """A single CPU process started by `accelerate launch` trains on every physical core: accelerate sets
+    OMP_NUM_THREADS=1 for the process it starts unless told otherwise, which leaves every core but one idle.
+    A thread count the user set (OMP_NUM_THREADS, --num_cpu_threads_per_process) is kept; several processes keep
+    accelerate's share of the cores."""
+    import torch
+
+    if training_args.device.type != "cpu" or training_args.world_size > 1 or "OMP_NUM_THREADS" not in os.environ:
+        return
+    import psutil  # an accelerate dependency
+
+    # accelerate's own rule for CPU launches it is told about: the machine's physical cores, at most the CPUs this
+    # process may use
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = min(psutil.cpu_count(logical=False) or available, available)
+    if torch.get_num_threads() < cpus and _launcher_chose_threads():
+        logger.info("accelerate launch set OMP_NUM_THREADS=%s by default: training on the machine's %d cores instead "
+                    "(set OMP_NUM_THREADS or --num_cpu_threads_per_process to choose)", os.environ["OMP_NUM_THREADS"],
+                    cpus)
+        torch.set_num_threads(cpus)
+
+
+def check_launch(training_args, *, data_parallel: bool = True) -> None:
+    """The launch checks that need only the arguments and the environment, before anything is read or written.
+
+    - several processes launched but each training alone (e.g. `--multi_gpu` on CPU without use_cpu);
+    - `data_parallel=False` (fine-tuning): one process driving several GPUs through nn.DataParallel, which would
+      hand the task's loss the gathered batch.
+    """
+    launched = launched_processes()
+    if launched > 1 and training_args.world_size != launched:
+        raise RecipeError(
+            f"{launched} processes were launched but training would run with world size {training_args.world_size}:"
+            " each process would train a duplicate model (launch with accelerate launch or torchrun, which set up the "
+            "process group; on CPU e.g. --config_file accelerate_configs/cpu_ddp.yaml)")
+    if not data_parallel and training_args.n_gpu > 1:
+        raise RecipeError(f"fine-tuning does not drive {training_args.n_gpu} GPUs from one process (nn.DataParallel)"
+                          f": launch one process per GPU, accelerate launch --num_processes {training_args.n_gpu} "
+                          "scripts/finetune.py ...")
+
+
+def sharding_asked_for() -> str | None:
+    """The sharded parallelism the launch asked for ("FSDP", "DeepSpeed" or None): accelerate launch passes a
+    config's FSDP / DeepSpeed choice to its processes as these variables."""
+    flags = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
+    return next((name for name, flag in flags.items() if os.environ.get(flag, "").lower() in ("1", "true")), None)
+
+
+@contextlib.contextmanager
+def fsdp_on_cpu():
+    """Let a multi-process CPU launch that asked for FSDP2 run FSDP2, while the Trainer creates its Accelerator.
+
+    Hand-written: accelerate's AcceleratorState (1.16 and earlier; drop this once it does) turns a launch's FSDP
+    request into FSDP only for accelerator device types (MULTI_GPU, MULTI_XPU, ...); on CPU (MULTI_CPU) it
+    silently trains DDP. Yet torch's FSDP2 (`fully_shard`) shards parameters as DTensors and trains over gloo on CPU,
+    and accelerate's FSDP2 code paths (preparing the model, sharded checkpoints, full state dict) are
+    device-neutral. So such a run is shown as a multi-device one; AcceleratorState then records FSDP as the run's
+    type. FSDP version 1 needs an accelerator: refused on CPU.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState._shared_state
+    shown = sharding_asked_for() == "FSDP" and state.get("distributed_type") == DistributedType.MULTI_CPU
+    version = os.environ.get("FSDP_VERSION", "1")
+    if shown and version != "2":  # accelerate's FSDP1 plugin raises a RuntimeError without an accelerator
+        raise RecipeError(f"the launch config asks for FSDP version {version}, which needs an accelerator; on CPU "
+                          "lmrecipes runs FSDP2 (fsdp_version: 2, e.g. accelerate_configs/cpu_fsdp.yaml)")
+    if shown:
+        state["distributed_type"] = DistributedType.MULTI_GPU
+    try:
+        yield
+    finally:
+        if shown and state.get("distributed_type") == DistributedType.MULTI_GPU:
+            state["distributed_type"] = DistributedType.MULTI_CPU  # the Accelerator did not take FSDP: as it was
+
+
+def made_once(make, training_args, pack, unpack, what: str):
+    """`make()` on process 0 alone when several processes run; the others receive `pack(result)` (picklable)
+    through the process group and rebuild it with `unpack`.
+
+    Hand-written: `main_process_first` orders the processes of one machine only, so on several machines the first
+    process of each would make its own at the same time, or find none without a shared filesystem. When process 0
+    fails, the others are told instead of waiting in the broadcast: a RecipeError is raised by every process as it
+    is, any other error on process 0 as its own traceback there and a one-line error elsewhere.
+    """
+    if training_args.world_size <= 1:
+        return make()
+    from accelerate.utils import broadcast_object_list
+
+    message, failure, made = [None], None, None
+    if training_args.process_index == 0:
+        try:
+            made = make()
+            message = [pack(made)]
+        except Exception as err:  # sent to the others, then raised here
+            failure = err
+            message = [err if isinstance(err, RecipeError) else
+                       RecipeError(f"process 0 failed to make {what} ({type(err).__name__}: {err})")]
+    broadcast_object_list(message, from_process=0)
+    if failure is not None:
+        raise failure
+    if isinstance(message[0], RecipeError):
+        raise message[0]
+    return made if training_args.process_index == 0 else unpack(message[0])
+
+
+def close_process_group() -> None:
+    """Only after a normal end or a RecipeError (every rank stops there); never in the way of the error itself."""
+    if "torch" not in sys.modules:  # nothing was started (e.g. --help)
+        return
+    import torch.distributed as dist
+
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as err:  # noqa: BLE001 - closing is best effort
+        print(f"warning: could not close the process group: {err}", file=sys.stderr, flush=True)
+
+
+def end_launched_process(code: int) -> None:
+    """End a process of a multi-process launch right away, once its work is done and its process group closed:
+    Python's exit handlers run (loggers, trackers), then the process exits without the interpreter's teardown, where
+    a gloo thread can abort a finished run (`terminate called without an active exception`, exit -6). A single
+    process (and code calling a script's main in-process) returns normally."""
+    if launched_processes() <= 1:
+        return
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def exit_on_recipe_error(main):
+    """Decorate a script's `main` so that a `RecipeError` prints `error: ...` on stderr and exits with 2; a
+    distributed process group the run opened is closed at the end (left open, a gloo process could abort at exit
+    and fail a finished run)."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            result = main(*args, **kwargs)
+        except RecipeError as err:
+            close_process_group()
+            message = " ".join(str(err).split())  # always one line
+            # one write, newline included: print's text and newline are two writes, and the lines of processes
+            # failing together would interleave
+            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.flush()
+            end_launched_process(2)
+            raise SystemExit(2) from None
+        close_process_group()
+        end_launched_process(0)
+        return result
+
+    return wrapper

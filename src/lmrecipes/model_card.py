@@ -1,0 +1,226 @@
+"""The model card of a published run (`huggingface_hub.ModelCard`): YAML metadata with a model-index of the run's
+evaluation metrics, and a body on training, evaluation, usage, data and limits; what a published file may say of
+a local path."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from pathlib import Path
+
+from .objectives import OBJECTIVES
+from .objectives.base import pipeline_snippet
+from .recipe import read_run_recipe
+from .tasks import task_class
+from .values import REPO_ROOT, looks_like_local_path
+
+LOCAL = "<local>"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# The keys of a run's recipe.yaml / labels.json whose values are local paths (strings or lists of strings).
+PATH_KEYS = {"model_name_or_path", "tokenizer_name_or_path", "config_name", "train_file", "validation_file",
+             "test_file", "output_dir", "logging_dir", "data_cache_dir", "resume_from_checkpoint", "base_model",
+             "deepspeed", "fsdp_config", "accelerator_config", "dataset_name"}
+
+
+def public_path(value: str) -> str:
+    """What a published file may say of a local path: relative to the repository when inside it (data/...),
+    else `<local>/NAME`; absolute paths of this machine (home folders, temp folders) are never published."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~user of an unknown user: not a path of this machine
+        return value
+    if not path.is_absolute():
+        return value
+    if path.is_relative_to(REPO_ROOT):
+        return str(path.relative_to(REPO_ROOT))
+    return f"{LOCAL}/{path.name}"
+
+
+def public_values(record: dict) -> dict:
+    """`public_path` applied to the values of PATH_KEYS (nothing else: a label such as '/r/science' stays)."""
+    def public(value):
+        if isinstance(value, str):
+            return public_path(value)
+        return [public(v) for v in value] if isinstance(value, list) else value
+
+    return {key: public(value) if key in PATH_KEYS else value for key, value in record.items()}
+
+
+def count_safetensors_parameters(paths) -> int:
+    """Parameters stored in safetensors files, read from their headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in paths:
+        with safe_open(str(path), framework="pt") as handle:
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    return total
+
+
+def data_provenance(recipe: dict) -> list[str]:
+    """Markdown lines describing the training data: the recipe's files with their rows of data/README.md."""
+    if recipe.get("dataset_name") and looks_like_local_path(recipe["dataset_name"]):
+        return [f"- a local dataset folder `{public_path(recipe['dataset_name'])}` (provenance and licence: not "
+                "recorded by lmrecipes)"]
+    if recipe.get("dataset_name"):
+        config = f" (config {recipe['dataset_config_name']})" if recipe.get("dataset_config_name") else ""
+        return [f"- Hub dataset [`{recipe['dataset_name']}`](https://huggingface.co/datasets/{recipe['dataset_name']})"
+                f"{config}; see its card for licence and provenance."]
+    table = (REPO_ROOT / "data" / "README.md")
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ")] if table.is_file() else []
+    lines = []
+    for pattern in recipe.get("train_file") or []:
+        path = Path(pattern)
+        if path.is_absolute() and path.is_relative_to(REPO_ROOT):
+            path = path.relative_to(REPO_ROOT)
+        cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+        matches = [c for c in cells if len(c) >= 4 and fnmatch.fnmatch(f"data/{c[0]}", str(path))]
+        lines += [f"- `data/{c[0]}`: {c[1]} ({c[2]}); licence / source: {c[3]}" for c in matches]
+        if not matches:
+            lines.append(f"- local file(s) `{public_path(pattern)}` (provenance and licence: not recorded by "
+                         "lmrecipes)")
+    return lines or ["- not recorded"]
+
+
+# what a fine-tuned model's results hold as the score of a predictor that ignores the text (Task.baseline)
+BASELINES = {"test_majority_accuracy": "majority-class accuracy", "test_majority_subset_accuracy":
+             "most frequent label set, subset accuracy", "test_mean_predictor_mse": "training-mean predictor, MSE"}
+PIPELINE_TAGS = {**{name: objective.pipeline_tag for name, objective in OBJECTIVES.items()},
+                 "classifier": "text-classification", "adapter": "text-classification"}
+
+
+def _eval_results(kind: str, results: dict, recipe: dict, model_name: str, problem_type: str | None = None):
+    from huggingface_hub import EvalResult
+
+    task = PIPELINE_TAGS[kind]
+    if kind in OBJECTIVES:  # a pretrained language model
+        dataset = recipe.get("dataset_name") or "lmrecipes-corpus"
+        name = f"{dataset} (held-out {recipe.get('validation_fraction', '')} of documents)"
+        metrics = [(key, key.removeprefix("eval_"), label[0].upper() + label[1:])
+                   for key, label, _ in OBJECTIVES[kind].reported_metrics] + [
+                       ("eval_loss", "loss", f"Held-out {OBJECTIVES[kind].loss_label}")]
+        split = "validation"
+    else:
+        dataset = recipe.get("dataset_name") or Path((recipe.get("train_file") or ["local"])[0]).name.split(".")[0]
+        name = dataset
+        metrics = task_class(problem_type or "single_label_classification").card_metrics
+        split = "test"
+    return [EvalResult(task_type=task, dataset_type=dataset, dataset_name=name, dataset_split=split,
+                       metric_type=metric, metric_name=label, metric_value=round(float(results[key]), 4))
+            for key, metric, label in metrics if results.get(key) is not None]
+
+
+def _usage(kind: str, repo_id: str, tokenizer_mask: str | None, labels: list[str],
+           problem_type: str = "single_label_classification") -> str:
+    """The card's how-to-use snippet; a classifier (plain or adapter) prints the run's own label names."""
+    if kind in OBJECTIVES:
+        return OBJECTIVES[kind].usage(repo_id, tokenizer_mask)
+    if kind == "classifier":
+        return pipeline_snippet("text-classification", "classify", repo_id, task_class(problem_type).card_call)
+    # the base model's config has no labels: the head is rebuilt with the run's (labels.json), else LABEL_0/LABEL_1
+    return (f'from peft import AutoPeftModelForSequenceClassification\n'
+            f'from transformers import AutoTokenizer, pipeline\n'
+            f'labels = {labels!r}\n'
+            f'model = AutoPeftModelForSequenceClassification.from_pretrained(\n'
+            f'    "{repo_id}", num_labels=len(labels), id2label=dict(enumerate(labels)),\n'
+            f'    label2id={{name: i for i, name in enumerate(labels)}}, problem_type={problem_type!r})\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+            f'model.config.pad_token_id = tokenizer.pad_token_id\n'
+            f'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
+            f'print({task_class(problem_type).card_call})')
+
+
+def _fmt(value, spec):
+    return "unknown" if value is None else format(value, spec)
+
+
+def _training_lines(kind: str, config: dict, recipe: dict, results: dict, parameters: int,
+                    base_model: str | None) -> list[str]:
+    """The card's Training section: architecture, size, where the weights started, tokens, speed, time, recipe."""
+    fine_tuned = kind in ("classifier", "adapter")
+    source = base_model or (f"a local checkpoint (`{public_path(recipe['model_name_or_path'])}`)"
+                            if recipe.get("model_name_or_path") else "random initialisation")
+    return [
+        f"- Architecture: `{config.get('model_type', 'unknown')}` "
+        f"({', '.join(config.get('architectures') or ['unknown architecture'])}"
+        f"{' + LoRA adapter' if kind == 'adapter' else ''}), hidden size {config.get('hidden_size', '?')}, "
+        f"{config.get('num_hidden_layers', '?')} layers, vocabulary {config.get('vocab_size', '?')}",
+        f"- Parameters in this repository: {parameters:,}",
+        f"- Started from: {'random weights' if recipe.get('init_from') == 'scratch' else source}"
+        if fine_tuned else "- Started from: random weights (config class, nothing downloaded)",
+        f"- Tokens seen in training: {_fmt(results.get('train_tokens'), ',')}, "
+        f"{_fmt(results.get('train_tokens_per_second'), ',.0f')} tokens/s, MFU "
+        f"{_fmt(results.get('mfu') and 100 * results['mfu'], '.1f')}%",
+        f"- Training time: {_fmt(results.get('train_runtime'), '.0f')} s on "
+        f"{results.get('hardware') or 'unrecorded hardware'}",
+        "- The exact recipe is `recipe.yaml` in this repository: run it again with lmrecipes "
+        f"(`scripts/{'finetune' if fine_tuned else 'pretrain'}.py recipe.yaml`).",
+    ]
+
+
+def _evaluation_lines(kind: str, results: dict, eval_results) -> list[str]:
+    """The card's Evaluation table: the model-index metrics, and for fine-tuned models the text-blind baseline."""
+    lines = ["| metric | split | value |", "| --- | --- | --- |"] + [
+        f"| {r.metric_name} | {r.dataset_split} | {r.metric_value} |" for r in (eval_results or [])]
+    for key, baseline in BASELINES.items():
+        if kind in ("classifier", "adapter") and results.get(key) is not None:
+            lines.append(f"| {baseline} (baseline) | test | {results[key]:.4f} |")
+    return lines
+
+
+def _what_it_is(kind: str, problem_type: str, labels: list[str]) -> str:
+    described = task_class(problem_type).card_description.format(labels=", ".join(labels))
+    return {**{name: objective.description for name, objective in OBJECTIVES.items()},
+            "classifier": described, "adapter": f"a LoRA adapter: {described}"}[kind]
+
+
+def _limitations(parameters: int) -> str:
+    if parameters < 50_000_000:
+        return ("A small model trained in minutes for demonstration and research: it knows little, generates "
+                "unreliable text and inherits the biases of its training data (old literature and political "
+                "speeches; movie-review snippets for classifiers). Do not use it for decisions about people.")
+    return ("Trained on the data listed above only; it inherits that data's biases and gaps. Evaluate it on your own "
+            "data before use.")
+
+
+def write_model_card(folder: Path, kind: str, repo_id: str, args, base_model: str | None):
+    """README.md with YAML metadata (incl. model-index) and a body: training, evaluation, usage, data, limits.
+    `args`: the arguments.PublishArguments (licence, languages, datasets)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    recipe = read_run_recipe(folder)
+    results = read_json(folder / "all_results.json")
+    run_labels = read_json(folder / "labels.json")
+    labels = run_labels.get("labels", [])
+    problem_type = run_labels.get("problem_type", "single_label_classification")
+    # an adapter folder has no config.json: the architecture is the base model's, recorded at fine-tuning
+    config = read_json(folder / "config.json") or run_labels.get("base_config") or {}
+    tokenizer_config = read_json(folder / "tokenizer_config.json")
+    parameters = count_safetensors_parameters(sorted(folder.glob("*.safetensors")))
+    model_name = repo_id.split("/")[-1]
+    datasets = args.datasets or ([recipe["dataset_name"]] if recipe.get("dataset_name") else None)
+    tags = ["lmrecipes", config.get("model_type") or "",
+            OBJECTIVES[kind].card_tag if kind in OBJECTIVES else "text-classification"] + (
+        ["lora", "peft"] if kind == "adapter" else [])
+    data = ModelCardData(
+        model_name=model_name, library_name="peft" if kind == "adapter" else "transformers",
+        pipeline_tag=PIPELINE_TAGS[kind], license=args.license, language=args.language, datasets=datasets,
+        tags=[t for t in tags if t], base_model=base_model if kind in ("classifier", "adapter") else None,
+        eval_results=_eval_results(kind, results, recipe, model_name, run_labels.get("problem_type")) or None)
+    body = "\n".join([
+        f"# {model_name}", "", f"{model_name} is {_what_it_is(kind, problem_type, labels)}, trained with lmrecipes "
+        "(pretraining and fine-tuning recipes on the Hugging Face stack).", "",
+        "## How to use", "", "```python", _usage(kind, repo_id, tokenizer_config.get("mask_token"), labels,
+                                                    problem_type), "```", "",
+        "## Training", "", *_training_lines(kind, config, recipe, results, parameters, base_model), "",
+        "## Evaluation", "", *_evaluation_lines(kind, results, data.eval_results), "",
+        "## Training data", "", *data_provenance(recipe), "", "## Limitations", "", _limitations(parameters), ""])
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    card.save(folder / "README.md")
+    return card

@@ -1,0 +1,251 @@
+"""The run protocol that pretraining and fine-tuning share, in named phases; each run function reads top to bottom:
+
+    run = Run(training_args, model_args, "pretrain")     # start: logging, CPU threads, launch checks, seed, Hub
+    ...                                                   # the job's own: data, tokenizer, model
+    throughput = run.throughput(model, seq_len)           # tokens/s and MFU (a callback for the Trainer)
+    trainer = run.trainer(lambda: Trainer(...))           # built before output_dir is claimed; parallelism checked
+    finished = run.claim(recipe, inputs)                  # a finished run of this recipe: its results, nothing to do
+    train_metrics = run.train(trainer)                    # from the last complete checkpoint; final model saved
+    ...                                                   # the job's own: evaluation, extra files
+    return run.finish(results, "... done: ...")           # recorded as finished, reported, published if asked
+
+What lmrecipes sets in the TrainingArguments for every run is set in `Run.__init__`, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+from . import hub
+from .errors import RecipeError
+from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
+from .modeling import warn_remote_code
+from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
+from .run_folder import (
+    RunFilesRecorder,
+    check_output_dir_is_a_folder,
+    check_resume_request,
+    claim_output_dir,
+    find_checkpoint,
+    find_last_complete_checkpoint,
+    record_saved_files,
+)
+from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
+
+logger = logging.getLogger("lmrecipes")
+
+
+class Run:
+    """One training run of `job` ("pretrain" or "finetune"); `data_parallel=False` refuses one process driving
+    several GPUs (launch.check_launch)."""
+
+    def __init__(self, training_args, model_args, job: str, *, data_parallel: bool = True):
+        self.args, self.job = training_args, job
+        setup_logging(training_args)
+        use_the_cpus(training_args)
+        check_launch(training_args, data_parallel=data_parallel)
+        check_resume_request(training_args)
+        warn_remote_code(model_args)
+        set_seed(training_args.seed)  # the initial weights (of the model, or of a new head) depend on it
+        # What lmrecipes sets in the TrainingArguments: the Trainer counts tokens (for tokens/s and MFU), a NaN loss
+        # shows in the logs (for NonFiniteLossGuard), and lmrecipes publishes the finished run itself (hub_target).
+        if training_args.include_num_input_tokens_seen == "no":
+            training_args.include_num_input_tokens_seen = "non_padding"
+        training_args.logging_nan_inf_filter = False
+        self.hub = hub_target(training_args)
+        self.tokens_per_second = None  # the ThroughputCallback, once the model is known (throughput)
+
+    def throughput(self, model, seq_len: int) -> ThroughputCallback:
+        """The tokens/s and MFU callback of this run (logs the precision and the MFU basis)."""
+        self.tokens_per_second = throughput_callback(model, self.args, seq_len)
+        return self.tokens_per_second
+
+    def trainer(self, build):
+        """`build()`'s Trainer, made before output_dir is claimed so that a run whose parallelism is not the one
+        asked for stops before anything is written (Trainer() creates output_dir: a folder it created is removed)."""
+        out = Path(self.args.output_dir)
+        check_output_dir_is_a_folder(out)
+        existed = out.exists()
+        with fsdp_on_cpu():
+            trainer = build()
+        try:
+            check_parallelism(trainer)
+            choose_unused_parameter_search(trainer)
+        except RecipeError:
+            if self.args.should_save and not existed:
+                try:
+                    out.rmdir()  # only when empty
+                except OSError:
+                    pass
+            raise
+        return trainer
+
+    def claim(self, recipe: dict, inputs: dict) -> dict | None:
+        """output_dir for this recipe and these inputs (run_folder.claim_output_dir): None to go on, or the
+        results of a finished run of the same recipe (nothing to do)."""
+        return claim_output_dir(self.args, recipe, f"# Resolved recipe of this run (lmrecipes {self.job})", inputs)
+
+    def train(self, trainer) -> dict:
+        """Train from the last complete checkpoint (or `resume_from_checkpoint`), save the final model, tokenizer and
+        trainer_state.json; the train metrics with tokens/s and MFU."""
+        if self.tokens_per_second is None:
+            raise RuntimeError("Run.throughput(model, seq_len) comes before Run.train (its callback goes to the "
+                               "Trainer)")
+        checkpoint = find_checkpoint(self.args)
+        trainer.add_callback(NonFiniteLossGuard())
+        trainer.add_callback(RunFilesRecorder())
+        announce_stream_skip(trainer, checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        save_final_model(trainer)
+        trainer.save_state()
+        metrics = dict(result.metrics)
+        metrics.update(self.tokens_per_second.metrics)
+        metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        if self.args.should_save:
+            record_saved_files(Path(self.args.output_dir))  # the final model, tokenizer, state and train results
+        return metrics
+
+    def finish(self, results: dict, summary: str, folders: tuple[str, ...] = ()) -> dict:
+        """The run is done: the files it wrote since training (results, `folders` that belong to the model) are
+        recorded and the run marked finished; `summary` printed (main process); published when asked."""
+        if self.args.should_save:
+            record_saved_files(Path(self.args.output_dir), finished=True, folders=folders)
+        if self.args.should_log:
+            print(summary, flush=True)
+        publish_if_asked(self.args, self.hub)
+        return results
+
+
+def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallback:
+    """The callback that reports tokens/s and MFU; logs the precision, the MFU basis and the CPU threads."""
+    dtype = "bf16" if (training_args.bf16 or training_args.fp16) else "fp32"
+    logger.info("Precision: %s (%s)", "fp16 autocast" if training_args.fp16 else
+                "bf16 autocast" if training_args.bf16 else "fp32",
+                getattr(training_args, "precision_choice", "TrainingArguments"))
+    peak, source = peak_flops_per_device(training_args.device, dtype)
+    per_token = model_flops_per_token(model, seq_len)
+    logger.info("MFU basis: %.3g FLOPs/token, peak %s per device (%s)", per_token,
+                f"{peak:.3g} FLOP/s" if peak else "unknown", source)
+    if training_args.device.type == "cpu":  # accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise
+        logger.info("CPU threads per process: %d of %d CPUs (--num_cpu_threads_per_process for accelerate launch)",
+                    torch.get_num_threads(), os.cpu_count())
+    return ThroughputCallback(per_token, peak, training_args.world_size,
+                              describe_hardware(training_args.device, training_args.world_size))
+
+
+def hub_target(training_args) -> dict | None:
+    """`push_to_hub: true` in a recipe: lmrecipes publishes the finished run itself (model card, safetensors only,
+    no checkpoints or pickles), so the Trainer's own pushing is switched off. The token and the network are
+    checked before training starts, and the token is dropped from the arguments (training_args.bin is pickled)."""
+    token, training_args.hub_token = training_args.hub_token, None
+    if not training_args.push_to_hub:
+        return None
+    target = {"repo_id": training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
+              "private": bool(training_args.hub_private_repo), "token": hub.hub_token(token)}
+    if training_args.should_save:
+        hub.check_hub_reachable()
+    training_args.push_to_hub = False
+    return target
+
+
+def publish_if_asked(training_args, target: dict | None) -> str | None:
+    """Upload the finished run (main process) when the recipe asked for it; returns the repository URL."""
+    if target is None or not training_args.should_save:
+        return None
+    result = hub.publish(training_args.output_dir, target["repo_id"], private=target["private"], token=target["token"])
+    print(f"Published to {result['url']}", flush=True)
+    return result["url"]
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops a run whose training loss became NaN or inf, naming the step, before it saves anything.
+
+    The loss is logged (and so checked) at every checkpoint step and at the last step too, so neither a checkpoint
+    nor the final model is written from a diverged model (also with save_strategy: no): the last good checkpoint
+    stays the last one. Needs `logging_nan_inf_filter=False` (Run sets it), else the Trainer hides non-finite
+    losses from the logs.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # the last step is logged too: the final model is saved after it even when no checkpoint is
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            control.should_save, control.should_training_stop = False, True
+            good = find_last_complete_checkpoint(Path(args.output_dir))
+            raise RecipeError(f"training loss became {loss} by step {state.global_step}: run stopped, nothing saved "
+                              f"from it; last good checkpoint: {good or 'none'} (lower learning_rate, check the data "
+                              "or max_grad_norm)")
+
+
+class _StreamSkipProgress:
+    """Batched `IterableDataset.filter` function that keeps every block and logs how far the Trainer's skip of the
+    first `count` blocks has read (one process reading the stream: no data-loader workers)."""
+
+    def __init__(self, count: int):
+        self.count, self.every, self.seen = count, max(count // 10, 1), 0
+
+    def __call__(self, blocks) -> list[bool]:
+        size = len(next(iter(blocks.values())))
+        if self.seen < self.count:
+            before, self.seen = self.seen, self.seen + size
+            if self.seen // self.every > before // self.every or self.seen >= self.count:
+                logger.info("Resuming the stream: %d of %d blocks read again (%.0f%%)", min(self.seen, self.count),
+                            self.count, 100 * min(self.seen, self.count) / self.count)
+        return [True] * size
+
+
+class _StreamSkipTimer(TrainerCallback):
+    start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.start is not None:
+            logger.info("Resuming the stream: skipped in %.1f s", time.monotonic() - self.start)
+            self.start = None
+
+
+def announce_stream_skip(trainer, checkpoint: str | None) -> None:
+    """Resuming a streaming run, the Trainer skips the batches already trained on by reading the stream again from
+    its start (process 0 reads, tokenizes and collates them; under DDP it also sends them to the others), and says
+    so below the default log level. This says how many, with progress and the time it took.
+
+    No resumable position is used, so an exact resume reads the stream again: the Trainer (transformers 5.25 and
+    earlier) does not use accelerate's stateful data loader, and datasets' `IterableDataset.state_dict` does not
+    keep a shuffle buffer (lmrecipes shuffles streams); a position becomes possible once both do. Dropping the
+    trained blocks inside the stream (before collation) would be wrong with data-loader workers (each worker skips
+    its own share) and past the stream's first pass, and measured no faster on one process.
+    """
+    import datasets
+
+    if checkpoint is None or not isinstance(trainer.train_dataset, datasets.IterableDataset) or \
+            trainer.args.ignore_data_skip:
+        return
+    args = trainer.args
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    batches = step * args.gradient_accumulation_steps
+    # process 0 reads every process's batch (or, split_batches, one batch split between them)
+    count = batches * args.train_batch_size * (1 if args.accelerator_config.split_batches else args.world_size)
+    if count == 0:
+        return
+    logger.info("Resuming a stream at step %d: skipping the %d batches (%d blocks) trained on, by reading the stream "
+                "again from its start (a shuffled stream keeps no position)", step, batches, count)
+    if args.dataloader_num_workers == 0:
+        trainer.train_dataset = trainer.train_dataset.filter(_StreamSkipProgress(count), batched=True,
+                                                             batch_size=256)
+    trainer.add_callback(_StreamSkipTimer())

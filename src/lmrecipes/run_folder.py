@@ -1,0 +1,305 @@
+"""A run's folder: the marker that proves lmrecipes wrote it and records what it wrote, claiming the folder for a
+recipe (new, resumed, finished, refused), the checkpoints it holds and which of them is complete, and deleting
+only what the run wrote. Hand-written: transformers 5 dropped `overwrite_output_dir` and never guarded a finished
+run; `get_last_checkpoint` takes the highest-numbered folder even when a killed save left it half-written."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .cache import path_fingerprint, tokenizer_fingerprint
+from .errors import RecipeError
+from .ownership import (
+    PUBLISH_MANIFEST,
+    check_deletable,
+    delete_checked,
+    files_in,
+    publish_folder_owns,
+    write_json_atomically,
+)
+from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
+from .values import resolve_model_path
+
+logger = logging.getLogger("lmrecipes")
+
+
+def check_output_dir_is_a_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
+
+
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                      "pytorch_model_fsdp_0/.metadata",  # FSDP's sharded weights: the metadata is written last
+                      "latest")  # DeepSpeed's: names its global_stepN folder once that is written
+# Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
+COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
+                 "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
+                 "dataloader_num_workers", "per_device_eval_batch_size", "preprocessing_num_workers"}
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint the Trainer finished writing: its trainer_state.json (written last) parses and names its step,
+    and its weights are there. A run killed while saving leaves a folder that fails this."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+        step = int(folder.name.rsplit("-", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    return state.get("global_step") == step and any((folder / name).is_file() for name in CHECKPOINT_WEIGHTS)
+
+
+def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) -> str | None:
+    """The highest-numbered complete checkpoint-N in `out`; newer incomplete ones are removed if asked (warned)."""
+    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if is_complete_checkpoint(folder):
+            return str(folder)
+        logger.warning("%s %s: incomplete (the run was killed while saving it)",
+                       "Removing" if remove_incomplete else "Skipping", folder)
+        if remove_incomplete:
+            _remove_incomplete_checkpoint(out, folder)
+    return None
+
+
+def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
+    """Only a checkpoint this run wrote (its files recorded, or the one being written when it stopped)."""
+    try:
+        owns = run_owns(out)
+        delete_checked(folder, check_deletable(folder, lambda name: owns(f"{folder.name}/{name}"), "output_dir",
+                                               "this lmrecipes run"))
+    except (RecipeError, OSError) as err:
+        logger.warning("Left %s in place: %s", folder, err)
+
+
+def check_resume_request(training_args) -> None:
+    """An explicit `resume_from_checkpoint` must be a complete checkpoint: checked before anything is written."""
+    explicit = training_args.resume_from_checkpoint
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise RecipeError(f"key 'resume_from_checkpoint': no checkpoint folder at {explicit}")
+        if not is_complete_checkpoint(Path(explicit)):
+            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
+                              "weights missing: the run was killed while saving it)")
+
+
+def find_checkpoint(training_args) -> str | None:
+    """The checkpoint to resume from: `resume_from_checkpoint`, else the last complete one in `output_dir`.
+
+    Hand-written beside `transformers.trainer_utils.get_last_checkpoint`, which takes the highest-numbered folder
+    even when a killed save left it half-written. Such folders are removed (main process), with a warning.
+    """
+    explicit = training_args.resume_from_checkpoint
+    if explicit:
+        check_resume_request(training_args)
+        checkpoint = explicit
+    else:
+        checkpoint = find_last_complete_checkpoint(Path(training_args.output_dir),
+                                                   remove_incomplete=training_args.should_save)
+    if checkpoint:
+        logger.info("Resuming from %s", checkpoint)
+    return checkpoint
+
+
+# Written by claim_output_dir into every run folder it starts and kept up to date as the run writes: what proves
+# that a folder is an lmrecipes run (a recipe.yaml alone proves nothing: the published copy of a run carries one),
+# the files the run wrote, the checkpoint being written ("pending"), and whether the run finished.
+# overwrite_output_dir deletes what it records and nothing else.
+RUN_MARKER = ".lmrecipes-run.json"
+# Top-level names a run writes when it saves the model and its results (Trainer, tokenizer, peft, lmrecipes). Only
+# files of these names written during this session of the run are recorded, never the user's older ones.
+SAVED_NAMES = ("*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+               "adapter_config.json", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
+               "training_args.bin", "trainer_state.json", "train_results.json", "eval_results.json",
+               "test_results.json", "all_results.json", "test_predictions.json", "merged/*",
+               "runs/*tfevents*")  # TensorBoard's files grow after training too (the final evaluations' logs)
+
+
+def run_record(out: Path) -> dict:
+    try:
+        record = json.loads((out / RUN_MARKER).read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def is_run_folder(out: Path) -> bool:
+    return (out / RUN_MARKER).is_file() and not out.is_symlink()
+
+
+def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
+               finished: bool | None = None, inputs: dict | None = None) -> None:
+    """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
+    that no longer exist (rotated checkpoints) are dropped."""
+    record = run_record(out)
+    known = {name for name in set(record.get("files", [])) | set(files) if (out / name).is_file()}
+    record["files"] = sorted(known | {RUN_MARKER})
+    record["pending"] = sorted((set(record.get("pending", [])) | set(pending)) - set(done_pending))
+    record.setdefault("written_by", "lmrecipes")
+    record["recipe"] = RUN_RECIPE
+    if session_start is not None:
+        record["session_start"] = session_start
+    if finished is not None:
+        record["finished"] = finished
+    if inputs is not None:
+        record["inputs"] = inputs
+    write_json_atomically(out / RUN_MARKER, record)
+
+
+def files_written_since(out: Path, since: float, patterns=SAVED_NAMES) -> list[str]:
+    """Files (no symbolic links) whose relative path matches `patterns` and that were modified since `since`."""
+    found = []
+    for name in files_in(out):
+        path = out / name
+        if any(fnmatch.fnmatch(name, p) for p in patterns) and not path.is_symlink():
+            try:
+                if path.stat().st_mtime >= since:
+                    found.append(name)
+            except OSError:
+                pass
+    return found
+
+
+def record_saved_files(out: Path, finished: bool | None = None, folders: tuple[str, ...] = ()) -> None:
+    """Record the model, tokenizer and results files this session of the run wrote (see SAVED_NAMES), and those
+    in `folders` (subfolders that belong to the model: objectives.Objective.saved_folders)."""
+    since = run_record(out).get("session_start", float("inf"))
+    patterns = SAVED_NAMES + tuple(f"{folder}/*" for folder in folders)
+    record_run(out, files_written_since(out, since - 1.0, patterns), finished=finished)
+
+
+class RunFilesRecorder(TrainerCallback):
+    """Keeps the run's marker up to date as the Trainer writes: the checkpoint it is about to write (pending), then
+    that checkpoint's files and the TensorBoard event files. A failure to record only makes a later
+    overwrite_output_dir refuse, so it is a warning, never the end of the run."""
+
+    @staticmethod
+    def _update(args, **changes):
+        if not args.should_save:
+            return
+        try:
+            record_run(Path(args.output_dir), **changes)
+        except OSError as err:
+            logger.warning("Could not update %s: %s", RUN_MARKER, err)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._update(args, pending=[f"checkpoint-{state.global_step}"])
+
+    @staticmethod
+    def _files_under(out: Path, folder: str, only: str = "") -> list[str]:
+        return [f"{folder}/{name}" for name in files_in(out / folder) if only in name] if (out / folder).is_dir() \
+            else []
+
+    def on_save(self, args, state, control, **kwargs):
+        out, folder = Path(args.output_dir), f"checkpoint-{state.global_step}"
+        self._update(args, files=self._files_under(out, folder) + self._files_under(out, "runs", "tfevents"),
+                     done_pending=[folder])
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._update(args, files=self._files_under(Path(args.output_dir), "runs", "tfevents"))
+
+
+def run_inputs(model_args, tokenizer, data_fingerprint: str) -> dict:
+    """Fingerprints of what a run's recipe names by path (kept in its marker: a rerun of the same recipe on other
+    inputs is not the same run): the data, the tokenizer, and the model / config folders or files."""
+    inputs = {"data": data_fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    for key in ("model_name_or_path", "config_name"):
+        if getattr(model_args, key):
+            inputs[key] = path_fingerprint(resolve_model_path(getattr(model_args, key), key))
+    return inputs
+
+
+def run_owns(out: Path):
+    """Whether the run in `out` wrote a file (relative path -> bool): recorded, inside the checkpoint being written
+    when the run stopped, or inside a publish folder whose own manifest accounts for it."""
+    record = run_record(out)
+    recorded, pending = set(record.get("files", [])), tuple(f"{p}/" for p in record.get("pending", []))
+    published = {p.name: publish_folder_owns(p, "overwrite_output_dir") for p in out.iterdir()
+                 if p.is_dir() and not p.is_symlink() and (p / PUBLISH_MANIFEST).is_file()}
+
+    def owns(name: str) -> bool:
+        top, _, rest = name.partition("/")
+        if top in published:
+            return published[top](rest)
+        return name in recorded or name.startswith(pending)
+
+    return owns
+
+
+def remove_run_folder(out: Path) -> None:
+    """Delete a run folder (proven by its marker) when it holds only what the run wrote (run_owns); anything else
+    is refused untouched, naming it. The marker goes last, so a folder left half-deleted is still a run."""
+    files = check_deletable(out, run_owns(out), "overwrite_output_dir", "this lmrecipes run")
+    delete_checked(out, files, last=RUN_MARKER)
+
+
+def _comparable(recipe: dict) -> dict:
+    return {k: v for k, v in recipe.items() if k not in COSMETIC_KEYS}
+
+
+LENGTH_KEYS = {"max_steps", "num_train_epochs"}
+
+
+def _train_on_hint(out: Path, changed: list[str]) -> str:
+    """A finished run asked to train longer: how to go on from its last checkpoint into a new folder (the finished
+    run stays as it is)."""
+    checkpoint = find_last_complete_checkpoint(out) if set(changed) <= LENGTH_KEYS else None
+    return (f"; to train on from where it stopped: --resume_from_checkpoint {checkpoint} --output_dir NEW_FOLDER"
+            if checkpoint else "")
+
+
+def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None) -> dict | None:
+    """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
+
+    - empty or new folder: used;
+    - a started run of the same recipe: resumed (the caller finds its checkpoint);
+    - a finished run of the same recipe: its results are returned and nothing is trained again;
+    - a run (started or finished) of another recipe, or of the same recipe on other inputs (`inputs`: fingerprints of
+      what the recipe names by path: data files, the model and tokenizer folders): refused, naming what differs;
+    - with `overwrite_output_dir`, an lmrecipes run there is deleted first and the recipe starts over;
+    - files that are not an lmrecipes run (no RUN_MARKER): always refused (nothing lmrecipes did not write is
+      deleted).
+    """
+    out = Path(training_args.output_dir)
+    previous_file, results_file = out / RUN_RECIPE, out / "all_results.json"
+    with training_args.main_process_first(local=False, desc="output_dir check"):  # all machines: after process 0
+        check_output_dir_is_a_folder(out)
+        if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
+            raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
+                              "or empty folder (runs of lmrecipes before the marker existed: move them away)")
+        finished = results_file.is_file() and run_record(out).get("finished") is True
+        if is_run_folder(out):
+            previous = read_run_recipe(out)
+            changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
+                             if previous.get(k) != recipe.get(k))
+            earlier_inputs = run_record(out).get("inputs") or {}
+            changed += [f"the contents of {k}" for k in sorted((inputs or {}).keys() | earlier_inputs.keys())
+                        if (inputs or {}).get(k) != earlier_inputs.get(k)]
+            if not training_args.overwrite_output_dir:
+                if changed:
+                    state = "finished" if finished else "started"
+                    raise RecipeError(f"key 'output_dir': {out} holds a {state} run of another recipe (differs in "
+                                      f"{', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''}); pick another "
+                                      "output_dir, or pass --overwrite_output_dir true to delete it and start over"
+                                      f"{_train_on_hint(out, changed) if finished else ''}")
+                if finished:
+                    print(f"{out} holds a finished run of this recipe: nothing to do (results in {results_file}; "
+                          "--overwrite_output_dir true trains it again)", flush=True)
+                    return json.loads(results_file.read_text())
+            elif training_args.should_save:
+                logger.warning("overwrite_output_dir: deleting the run in %s and starting over", out)
+                remove_run_folder(out)
+        if training_args.should_save:
+            out.mkdir(parents=True, exist_ok=True)
+            if not is_run_folder(out):
+                write_recipe(previous_file, recipe, header)
+                record_run(out, files=[RUN_RECIPE], inputs=inputs or {})
+            record_run(out, session_start=time.time())
+    return None

@@ -1,0 +1,312 @@
+"""A run's folder (run_folder.py): claiming output_dir for a recipe case by case (new, resumed, finished, another
+recipe, other inputs, overwritten, not a run), checkpoint completeness, and the same protection in whole runs: a
+finished run is never overwritten without consent, and overwrite deletes only what the run wrote."""
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+import lmrecipes
+from conftest import (
+    FT_FULL,
+    LLAMA_PRETRAIN,
+    TINY_LLAMA,
+    plant_half_written_checkpoint,
+    read_json,
+)
+from lmrecipes import RecipeError
+from lmrecipes.recipe import RUN_RECIPE, read_run_recipe
+from lmrecipes.run_folder import (
+    RUN_MARKER,
+    claim_output_dir,
+    find_last_complete_checkpoint,
+    is_complete_checkpoint,
+    is_run_folder,
+    record_run,
+    run_record,
+)
+
+# ---------------------------------------------------------------- claiming a run folder, case by case
+
+
+class Arguments(SimpleNamespace):
+    """The TrainingArguments that claim_output_dir reads, for one process that saves."""
+
+    def main_process_first(self, local=True, desc=""):
+        return contextlib.nullcontext()
+
+
+def claim(out: Path, recipe: dict, inputs: dict | None = None, overwrite: bool = False):
+    args = Arguments(output_dir=str(out), overwrite_output_dir=overwrite, should_save=True)
+    return claim_output_dir(args, recipe, "# a test run", inputs if inputs is not None else {"data": "d1"})
+
+
+def finish(out: Path, results: dict) -> None:
+    """What a run writes when it ends: its results, recorded, and the marker saying finished."""
+    (out / "all_results.json").write_text(json.dumps(results))
+    record_run(out, files=["all_results.json"], finished=True)
+
+
+RECIPE = {"learning_rate": 0.001, "max_steps": 10, "output_dir": "x"}
+
+
+def test_a_new_or_empty_folder_is_claimed_with_the_recipe_and_a_marker(tmp_path):
+    for out in (tmp_path / "new" / "run", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        assert claim(out, RECIPE) is None
+        assert read_run_recipe(out) == RECIPE and is_run_folder(out)
+        record = run_record(out)
+        assert record["files"] == [RUN_MARKER, RUN_RECIPE] and record["inputs"] == {"data": "d1"}
+        assert "finished" not in record and record["session_start"] > 0
+
+
+def test_a_started_run_of_the_same_recipe_is_claimed_again_to_resume(tmp_path):
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    first = run_record(out)["session_start"]
+    cosmetic = {**RECIPE, "logging_steps": 5, "report_to": "none", "output_dir": "elsewhere"}  # watched, not trained
+    assert claim(out, cosmetic) is None
+    assert read_run_recipe(out) == RECIPE, "the recipe the run started with stays"
+    assert run_record(out)["session_start"] >= first
+
+
+def test_a_finished_run_of_the_same_recipe_returns_its_results_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    finish(out, {"eval_loss": 4.2})
+    assert claim(out, RECIPE) == {"eval_loss": 4.2}
+    assert "holds a finished run of this recipe: nothing to do" in capsys.readouterr().out
+
+
+def test_a_run_of_another_recipe_is_refused_naming_the_keys(tmp_path):
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    with pytest.raises(RecipeError, match=r"holds a started run of another recipe \(differs in learning_rate\)"):
+        claim(out, {**RECIPE, "learning_rate": 0.01})
+    (out / "checkpoint-10").mkdir()  # a finished run asked to train longer: told how to go on from its checkpoint
+    (out / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    (out / "checkpoint-10" / "model.safetensors").write_bytes(b"weights")
+    finish(out, {"eval_loss": 4.2})
+    with pytest.raises(RecipeError, match=r"holds a finished run of another recipe \(differs in max_steps\).*"
+                                          r"--resume_from_checkpoint .*checkpoint-10 --output_dir NEW_FOLDER"):
+        claim(out, {**RECIPE, "max_steps": 20})
+    assert read_run_recipe(out) == RECIPE
+
+
+def test_the_same_recipe_on_other_inputs_is_refused(tmp_path):
+    out = tmp_path / "run"
+    claim(out, RECIPE, {"data": "d1", "tokenizer": "t1"})
+    with pytest.raises(RecipeError, match=r"differs in the contents of data\)"):
+        claim(out, RECIPE, {"data": "d2", "tokenizer": "t1"})
+
+
+def test_overwrite_deletes_a_run_of_another_recipe_and_starts_over(tmp_path):
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    (out / "config.json").write_text("{}")
+    record_run(out, files=["config.json"])
+    finish(out, {"eval_loss": 4.2})
+    assert claim(out, {**RECIPE, "learning_rate": 0.01}, overwrite=True) is None
+    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER, RUN_RECIPE]
+    assert read_run_recipe(out)["learning_rate"] == 0.01 and "finished" not in run_record(out)
+    (out / "notes.txt").write_text("mine")  # a file the run did not write: overwrite refuses, touches nothing
+    with pytest.raises(RecipeError, match=r"holds files this lmrecipes run did not write.*\(notes.txt\)"):
+        claim(out, RECIPE, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and read_run_recipe(out)["learning_rate"] == 0.01
+
+
+def test_a_folder_without_the_marker_or_a_file_is_never_claimed(tmp_path):
+    foreign = tmp_path / "downloaded-model"
+    foreign.mkdir()
+    (foreign / RUN_RECIPE).write_text("learning_rate: 0.001\n")  # a recipe.yaml proves nothing
+    for overwrite in (False, True):
+        with pytest.raises(RecipeError, match="holds files but no lmrecipes run"):
+            claim(foreign, RECIPE, overwrite=overwrite)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(RecipeError, match="is a file, not a folder"):
+        claim(a_file, RECIPE)
+    assert sorted(p.name for p in foreign.iterdir()) == [RUN_RECIPE] and a_file.read_text() == "x"
+
+
+def test_a_checkpoint_is_complete_once_its_state_names_its_step_and_its_weights_are_there(tmp_path):
+    folder = tmp_path / "checkpoint-6"
+    folder.mkdir()
+    assert not is_complete_checkpoint(folder)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert not is_complete_checkpoint(folder), "no trainer_state.json (written last)"
+    (folder / "trainer_state.json").write_text('{"global_step": 6')
+    assert not is_complete_checkpoint(folder), "trainer_state.json cut short"
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert not is_complete_checkpoint(folder), "the state of another step"
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
+    assert is_complete_checkpoint(folder)
+    sharded = tmp_path / "checkpoint-8"  # FSDP's sharded weights count once their metadata, written last, is there
+    (sharded / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (sharded / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    assert not is_complete_checkpoint(sharded)
+    (sharded / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"m")
+    assert is_complete_checkpoint(sharded)
+    assert find_last_complete_checkpoint(tmp_path) == str(sharded)
+
+
+# ---------------------------------------------------------------- in whole runs
+
+
+class StopAtFinalEvaluation(TrainerCallback):
+    """A kill after the final save, during the final evaluation."""
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_a_finished_run_is_never_overwritten_without_consent(tmp_path, small_corpus, capsys):
+    # TensorBoard on: its event file grows after training (the final evaluation) and must still count as the run's
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 2,
+                "report_to": "tensorboard"}
+    out = tmp_path / "run"
+    first = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds a finished run of another recipe \(differs in "
+                                                   r"learning_rate, max_steps\).*--overwrite_output_dir true"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 3, "learning_rate": 1e-3},
+                           output_dir=str(out))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, "nothing touched"
+
+    capsys.readouterr()
+    again = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))  # the same command: nothing to do
+    assert "holds a finished run of this recipe: nothing to do" in capsys.readouterr().out
+    assert again == first and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    redone = lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 3}, output_dir=str(out),
+                                overwrite_output_dir=True)
+    assert read_json(out / "trainer_state.json")["global_step"] == 3 and redone["train_tokens"] > first["train_tokens"]
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["max_steps"] == 3
+
+    foreign = tmp_path / "my-notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(lmrecipes.RecipeError, match="holds files but no lmrecipes run"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(foreign), overwrite_output_dir=True)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+    copied = tmp_path / "downloaded-model"  # a run's recipe.yaml copied into a user's folder proves nothing
+    copied.mkdir()
+    (copied / "recipe.yaml").write_text((out / "recipe.yaml").read_text())
+    (copied / "notes.txt").write_text("mine")
+    with pytest.raises(lmrecipes.RecipeError, match="holds files but no lmrecipes run"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(copied), overwrite_output_dir=True)
+    assert sorted(p.name for p in copied.iterdir()) == ["notes.txt", "recipe.yaml"]
+
+    # the user's own files inside a finished run folder, even under names runs use, are never deleted
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    for name, make in {"my-analysis.ipynb": lambda p: p.write_text("{}"), "README.md": lambda p: p.write_text("me"),
+                       "runs/analysis.ipynb": lambda p: p.write_text("{}"),
+                       "merged/precious.txt": lambda p: p.write_text("mine"),
+                       "checkpoint-best/notes": lambda p: p.write_text("mine"),
+                       "hub": lambda p: p.symlink_to(elsewhere)}.items():
+        path = out / name
+        path.parent.mkdir(exist_ok=True)
+        make(path)
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        with pytest.raises(lmrecipes.RecipeError, match=r"key 'overwrite_output_dir': .* holds files this lmrecipes "
+                                                       rf"run did not write, or that changed since \({name}\)"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out),
+                               overwrite_output_dir=True)
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, f"{name}: something was touched"
+        path.unlink()
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+    link = tmp_path / "link-to-run"  # a symbolic link to a run folder is not a run folder
+    link.symlink_to(out)
+    with pytest.raises(lmrecipes.RecipeError, match="holds files but no lmrecipes run"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(link), overwrite_output_dir=True)
+    assert (out / "model.safetensors").is_file()
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out), overwrite_output_dir=True)
+    assert read_json(out / "trainer_state.json")["global_step"] == 2  # what the run wrote was deleted and redone
+
+
+def test_a_finished_run_is_extended_from_its_last_checkpoint_into_a_new_folder(tmp_path, small_corpus):
+    """Raising max_steps of a finished run is refused (it stays as it is), naming how to train on; doing so
+    continues from its last checkpoint to the new step count."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "save_steps": 2}
+    first = tmp_path / "first"
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, max_steps=4, output_dir=str(first))
+    with pytest.raises(lmrecipes.RecipeError) as refused:
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, max_steps=6, output_dir=str(first))
+    hint = f"to train on from where it stopped: --resume_from_checkpoint {first / 'checkpoint-4'} --output_dir"
+    assert "differs in max_steps" in str(refused.value) and hint in str(refused.value)
+    longer = tmp_path / "longer"
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, max_steps=6, output_dir=str(longer),
+                                 resume_from_checkpoint=str(first / "checkpoint-4"))
+    assert read_json(longer / "trainer_state.json")["global_step"] == 6
+    assert results["train_tokens"] == 6 * 8 * 64, "the 4 steps of the first run are counted, 2 more trained"
+    assert read_json(first / "trainer_state.json")["global_step"] == 4, "the finished run is left as it was"
+
+
+def test_overwrite_deletes_what_the_run_recorded_and_nothing_else(tmp_path, small_corpus):
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 2,
+                "save_steps": 1}
+    out = tmp_path / "run"
+    lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    recorded = set(read_json(out / ".lmrecipes-run.json")["files"])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "all_results.json", "recipe.yaml",
+            "checkpoint-2/model.safetensors", "checkpoint-2/trainer_state.json"} <= recorded
+    for name in ("checkpoint-2/my-eval-notes.md", "checkpoint-123456/model.safetensors"):  # inside / beside
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text("mine")
+        with pytest.raises(lmrecipes.RecipeError, match=rf"did not write, or that changed since \({name}\)"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out), overwrite_output_dir=True)
+        assert (out / name).read_text() == "mine"
+        (out / name).unlink()
+    (out / "checkpoint-123456").rmdir()
+
+    killed = tmp_path / "killed-after-saving"  # stopped during the final evaluation, after the final save
+    with pytest.raises(KeyboardInterrupt):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(killed), callbacks=[StopAtFinalEvaluation()])
+    assert (killed / "model.safetensors").is_file() and not read_json(killed / ".lmrecipes-run.json").get("finished")
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(killed), overwrite_output_dir=True)
+    assert "eval_loss" in results and read_json(killed / ".lmrecipes-run.json")["finished"] is True
+
+
+def test_only_a_half_written_checkpoint_of_the_run_is_removed(tmp_path):
+    from lmrecipes.run_folder import find_last_complete_checkpoint
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("model_type: llama\n")
+    record_run(out, files=["recipe.yaml"])
+    plant_half_written_checkpoint(out, 6)  # the run's own, announced before the kill
+    mine = out / "checkpoint-5"  # not the run's: the user's copy, say
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert find_last_complete_checkpoint(out, remove_incomplete=True) is None
+    assert not (out / "checkpoint-6").exists() and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_on_changed_inputs_is_not_reused(tmp_path, causal_run, learnable_csv):
+    """Same recipe text, but the base model at the same path was trained again: not "nothing to do"."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(causal_run[0], base, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+    settings = {"model_name_or_path": str(base), "train_file": [learnable_csv], "text_column": "review",
+                "label_column": "verdict", "max_length": 32, "max_steps": 2, "eval_strategy": "no",
+                "save_strategy": "no", "load_best_model_at_end": False, "report_to": "none",
+                "output_dir": str(tmp_path / "ft")}
+    first = lmrecipes.finetune(FT_FULL, **settings)
+    assert lmrecipes.finetune(FT_FULL, **settings) == first  # unchanged: nothing to do
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # what retraining at the same path does to the folder
+    os.utime(weights, ns=(time.time_ns(), weights.stat().st_mtime_ns + 10**9))  # whatever the clock's resolution
+    with pytest.raises(lmrecipes.RecipeError, match=r"differs in the contents of model_name_or_path"):
+        lmrecipes.finetune(FT_FULL, **settings)
