@@ -123,6 +123,6 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     eval_metrics = evaluate_language_model(trainer, objective, eval_bytes_per_token)
     figures = "".join(f", {label} {eval_metrics[key]:{spec}}" for key, label, spec in objective.reported_metrics
                       if eval_metrics.get(key) is not None)
-    return run.finish({**train_metrics, **eval_metrics}, folders=objective.saved_folders, summary=
-                      f"Pretraining done: held-out {objective.loss_label} {eval_metrics['eval_loss']:.4f}{figures}. "
-                      f"Model in {training_args.output_dir}")
+    summary = (f"Pretraining done: held-out {objective.loss_label} {eval_metrics['eval_loss']:.4f}{figures}. Model in "
+               f"{training_args.output_dir}")
+    return run.finish({**train_metrics, **eval_metrics}, summary, folders=objective.saved_folders)
