@@ -61,12 +61,12 @@ class Run:
             training_args.include_num_input_tokens_seen = "non_padding"
         training_args.logging_nan_inf_filter = False
         self.hub = hub_target(training_args)
-        self.tokens_per_second = None  # the ThroughputCallback, once the model is known (throughput)
+        self.meter = None  # the ThroughputCallback (tokens/s, MFU), once the model is known: throughput()
 
     def throughput(self, model, seq_len: int) -> ThroughputCallback:
         """The tokens/s and MFU callback of this run (logs the precision and the MFU basis)."""
-        self.tokens_per_second = throughput_callback(model, self.args, seq_len)
-        return self.tokens_per_second
+        self.meter = throughput_callback(model, self.args, seq_len)
+        return self.meter
 
     def trainer(self, build):
         """`build()`'s Trainer, made before output_dir is claimed so that a run whose parallelism is not the one
@@ -96,7 +96,7 @@ class Run:
     def train(self, trainer) -> dict:
         """Train from the last complete checkpoint (or `resume_from_checkpoint`), save the final model, tokenizer and
         trainer_state.json; the train metrics with tokens/s and MFU."""
-        if self.tokens_per_second is None:
+        if self.meter is None:
             raise RuntimeError("Run.throughput(model, seq_len) comes before Run.train (its callback goes to the "
                                "Trainer)")
         checkpoint = find_checkpoint(self.args)
@@ -107,7 +107,7 @@ class Run:
         save_final_model(trainer)
         trainer.save_state()
         metrics = dict(result.metrics)
-        metrics.update(self.tokens_per_second.metrics)
+        metrics.update(self.meter.metrics)
         metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

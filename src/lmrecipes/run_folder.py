@@ -1,7 +1,8 @@
 """A run's folder: the marker that proves lmrecipes wrote it and records what it wrote, claiming the folder for a
 recipe (new, resumed, finished, refused), the checkpoints it holds and which of them is complete, and deleting
-only what the run wrote. Hand-written: transformers 5 dropped `overwrite_output_dir` and never guarded a finished
-run; `get_last_checkpoint` takes the highest-numbered folder even when a killed save left it half-written."""
+only what the run wrote. Hand-written: the Trainer has no consent to overwrite (transformers 5 dropped
+`overwrite_output_dir`) and never guards a finished run, and `get_last_checkpoint` takes the highest-numbered folder
+even when a killed save left it half-written; this module stays until the Trainer does both."""
 
 from __future__ import annotations
 

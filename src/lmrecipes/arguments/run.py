@@ -13,7 +13,8 @@ from ..values import auto_true_false
 
 @dataclass
 class RunArguments(TrainingArguments):
-    """`transformers.TrainingArguments` plus the consent that transformers 5 dropped with `overwrite_output_dir`."""
+    """`transformers.TrainingArguments` plus the consent to overwrite that it no longer has (transformers 5 dropped
+    `overwrite_output_dir`; run_folder.claim_output_dir reads it), and bf16: auto."""
 
     overwrite_output_dir: bool = field(
         default=False,

@@ -32,7 +32,8 @@ class Regression(Task):
         column = data_args.label_column
         for split, dataset in splits.items():
             for row, value in enumerate(dataset[column]):
-                # integers are fine (cast to float, transformers 27707); strings, booleans, NaN and inf are not
+                # integers are fine (the Trainer casts them to float: transformers issue 27707); strings, booleans,
+                # NaN and inf are not
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise RecipeError(f"key 'label_column': row {row + 1} of the {split} split holds {value!r} in "
                                       f"{column!r}, not a number (problem_type: regression)")
