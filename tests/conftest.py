@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
@@ -265,3 +266,10 @@ def run_finetune_script(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
         module.main([str(a) for a in argv])
     return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+class StopAtFinalEvaluation(TrainerCallback):
+    """A stop after the final save, during the final evaluation (what a SIGTERM or SIGKILL there leaves)."""
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt

@@ -18,6 +18,7 @@ import lmrecipes
 from conftest import (
     BERT_PRETRAIN,
     ELECTRA_PRETRAIN,
+    FT_FULL,
     FT_LORA,
     LAUNCHES,
     LLAMA_PRETRAIN,
@@ -25,6 +26,7 @@ from conftest import (
     TINY_BERT,
     TINY_ELECTRA,
     TINY_LLAMA,
+    StopAtFinalEvaluation,
     accelerate_launch,
     kill_while_saving,
     launch_env,
@@ -280,3 +282,49 @@ def test_nan_at_the_last_step_without_checkpoints_saves_no_final_model(tmp_path,
                            train_file=[small_corpus], validation_fraction=0.15, max_steps=8, output_dir=str(out),
                            callbacks=[PoisonWeightsAt(6)])
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+
+
+def test_a_run_stopped_during_its_final_evaluation_finishes_from_its_last_checkpoint(tmp_path, small_corpus):
+    """The last checkpoint is the run's last step (save_steps divides max_steps, as in every shipped recipe): the
+    rerun finishes from it, without a step past the schedule, with the uninterrupted run's eval loss."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 8,
+                "save_steps": 4}
+    reference = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "uninterrupted"))
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out), callbacks=[StopAtFinalEvaluation()])
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    assert abs(results["eval_loss"] - reference["eval_loss"]) < 1e-4
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"], "no step past the end"
+    assert read_json(out / "trainer_state.json")["global_step"] == 8 and results["mfu"] is None
+    assert read_json(out / ".lmrecipes-run.json")["finished"] is True
+    assert lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))["eval_loss"] == results["eval_loss"]
+
+
+def test_an_accelerator_without_a_known_peak_finishes_with_mfu_unknown(tmp_path, small_corpus, monkeypatch):
+    """MFU needs the device's peak (a table for GPUs): a device not in it (MPS, a new GPU) trains and reports MFU as
+    unknown (null) instead of failing when the train metrics are printed."""
+    from lmrecipes import run
+
+    monkeypatch.setattr(run, "peak_flops_per_device", lambda device, dtype: (None, "unknown accelerator 'X1'"))
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], validation_fraction=0.15,
+                                 max_steps=2, output_dir=str(tmp_path / "x1"))
+    assert results["mfu"] is None and results["train_tokens_per_second"] > 0
+    assert read_json(tmp_path / "x1" / "train_results.json")["mfu"] is None
+
+
+def test_a_fine_tuning_run_stopped_during_its_final_evaluation_finishes(tmp_path, causal_run, learnable_csv):
+    """The same for an epoch-based run (save_strategy: epoch, as every fine-tuning recipe): the rerun finishes
+    from the last epoch's checkpoint with the uninterrupted run's results; no train loss of zero steps is reported."""
+    settings = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
+                "label_column": "verdict", "max_length": 32, "max_train_samples": 120, "num_train_epochs": 2,
+                "eval_strategy": "no", "save_strategy": "epoch", "load_best_model_at_end": False,
+                "report_to": "none", "disable_tqdm": True}
+    reference = lmrecipes.finetune(FT_FULL, **settings, output_dir=str(tmp_path / "uninterrupted"))
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        lmrecipes.finetune(FT_FULL, **settings, output_dir=str(out), callbacks=[StopAtFinalEvaluation()])
+    results = lmrecipes.finetune(FT_FULL, **settings, output_dir=str(out))
+    for key in ("eval_loss", "test_loss", "test_accuracy"):
+        assert abs(results[key] - reference[key]) < 1e-4, key
+    assert "train_loss" not in results and read_json(out / ".lmrecipes-run.json")["finished"] is True

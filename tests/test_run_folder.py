@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from transformers import TrainerCallback
 
 import lmrecipes
 from conftest import (
     FT_FULL,
     LLAMA_PRETRAIN,
     TINY_LLAMA,
+    StopAtFinalEvaluation,
     plant_half_written_checkpoint,
     read_json,
 )
@@ -158,13 +158,6 @@ def test_a_checkpoint_is_complete_once_its_state_names_its_step_and_its_weights_
 
 
 # ---------------------------------------------------------------- in whole runs
-
-
-class StopAtFinalEvaluation(TrainerCallback):
-    """A kill after the final save, during the final evaluation."""
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        raise KeyboardInterrupt
 
 
 def test_a_finished_run_is_never_overwritten_without_consent(tmp_path, small_corpus, capsys):

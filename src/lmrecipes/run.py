@@ -102,14 +102,20 @@ class Run:
         checkpoint = find_checkpoint(self.args)
         trainer.add_callback(NonFiniteLossGuard())
         trainer.add_callback(RunFilesRecorder())
+        trainer.add_callback(NoStepPastTheEnd())
         announce_stream_skip(trainer, checkpoint)
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
+            if checkpoint is not None and trainer.state.global_step == checkpoint_step(checkpoint):
+                metrics = complete_training_metrics(trainer, checkpoint)  # an epoch-based run: no step left
+        except TrainingWasComplete:
+            metrics = finish_complete_training(trainer, checkpoint)
         save_final_model(trainer)
         trainer.save_state()
-        metrics = dict(result.metrics)
         metrics.update(self.meter.metrics)
         metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
-        trainer.log_metrics("train", metrics)
+        # the Trainer's table formats every value as a number: unknown ones (null) are saved, not printed
+        trainer.log_metrics("train", {key: value for key, value in metrics.items() if value is not None})
         trainer.save_metrics("train", metrics)
         if self.args.should_save:
             record_saved_files(Path(self.args.output_dir))  # the final model, tokenizer, state and train results
@@ -165,6 +171,44 @@ def publish_if_asked(training_args, target: dict | None) -> str | None:
     result = hub.publish(training_args.output_dir, target["repo_id"], private=target["private"], token=target["token"])
     print(f"Published to {result['url']}", flush=True)
     return result["url"]
+
+
+class TrainingWasComplete(Exception):
+    """Raised by NoStepPastTheEnd: the checkpoint resumed from is the run's last step."""
+
+
+class NoStepPastTheEnd(TrainerCallback):
+    """Resumed from a checkpoint at the run's last step (a run stopped during its final save or evaluation), the
+    Trainer (transformers 5.25 and earlier) runs one more optimizer step before it checks max_steps, past the
+    schedule, and saves a checkpoint one step beyond it. This stops it before that step's forward pass, once the
+    Trainer has loaded the checkpoint (weights, optimizer, state) as for any resume; Run.train then finishes the run
+    from there (finish_complete_training). Drop it once the Trainer checks max_steps before a step."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise TrainingWasComplete
+
+
+def checkpoint_step(checkpoint: str) -> int:
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+
+
+def complete_training_metrics(trainer, checkpoint: str) -> dict:
+    """The train metrics of a run resumed from its last step: what the checkpoint's state holds (the loss and speed
+    of the earlier session are not kept in a checkpoint; the Trainer's own figures would be those of no step)."""
+    state = trainer.state
+    logger.info("%s is the run's last step (%d of %d): training was complete; finishing the run from it",
+                checkpoint, state.global_step, state.max_steps)
+    return {"epoch": state.epoch, "total_flos": state.total_flos}
+
+
+def finish_complete_training(trainer, checkpoint: str) -> dict:
+    """What the Trainer does at the end of training, for a run stopped by NoStepPastTheEnd: the best checkpoint
+    loaded when the recipe asks for it (load_best_model_at_end), and the train metrics."""
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        trainer._load_best_model()  # the Trainer's own step at the end of training
+    trainer.is_in_train = False
+    return complete_training_metrics(trainer, checkpoint)
 
 
 class NonFiniteLossGuard(TrainerCallback):
