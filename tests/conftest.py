@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
@@ -22,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' "Loading weights" bars
+
+from transformers import TrainerCallback  # noqa: E402 - after the variables above, which it reads at import
 
 # Tiny sizes (hidden 32-64, 2 layers) laid over the shipped recipes.
 TINY_LLAMA = {

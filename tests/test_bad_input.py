@@ -654,3 +654,46 @@ def test_a_bad_bf16_value_is_one_line(tmp_path):
     with pytest.raises(lmrecipes.RecipeError, match="key 'bf16': auto, true or false, got 'sometimes'"):
         lmrecipes.pretrain(LLAMA_PRETRAIN, **{**TINY_LLAMA, "bf16": "sometimes"}, max_steps=1,
                            output_dir=str(tmp_path / "x"))
+
+
+# ---------------------------------------------------------------- names, aliases and numbers read as they are meant
+
+
+def test_a_literal_file_name_with_glob_characters_is_that_file(tmp_path):
+    """`--train_file data/c[1].jsonl` is the file of that name, not the pattern matching `c1.jsonl`; a name that
+    is no file stays a pattern."""
+    from lmrecipes.data.sources import resolve_data_files
+
+    for name in ("c[1].jsonl", "c1.jsonl", "c2.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"text": name}) + "\n")
+    assert resolve_data_files([str(tmp_path / "c[1].jsonl")], "train_file") == [str(tmp_path / "c[1].jsonl")]
+    assert resolve_data_files([str(tmp_path / "c[12].jsonl")], "train_file") == [str(tmp_path / "c1.jsonl"),
+                                                                                 str(tmp_path / "c2.jsonl")]
+
+
+def test_a_recipe_of_nested_aliases_is_refused_in_one_line(tmp_path, capsys):
+    """A few kilobytes of nested YAML aliases would expand to gigabytes (the "billion laughs"): aliases are refused
+    as the recipe is read."""
+    lines = ["model_type: llama", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    recipe = tmp_path / "laughs.yaml"
+    recipe.write_text("\n".join(lines) + "\n")
+    code, err = run_script_main(capsys, str(recipe), "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and "\n" not in err and "malformed YAML at line 3: aliases (*a0) are not allowed" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("learning_rate", "nan", "key 'learning_rate': must be a number of at least 0, got nan"),
+    ("learning_rate", "-0.001", "key 'learning_rate': must be a number of at least 0, got -0.001"),
+    ("per_device_train_batch_size", "0", "key 'per_device_train_batch_size': must be at least 1, got 0"),
+    ("gradient_accumulation_steps", "0", "key 'gradient_accumulation_steps': must be at least 1, got 0"),
+    ("max_steps", "0", "key 'max_steps': must be at least 1 (or -1: train num_train_epochs), got 0"),
+    ("max_steps", "-5", "key 'max_steps': must be at least 1 (or -1: train num_train_epochs), got -5"),
+])
+def test_bad_training_numbers_are_refused_before_anything_is_written(tmp_path, capsys, key, value, expected):
+    """The Trainer would fail on them later with a traceback, after output_dir was claimed (and the corrected command
+    was then refused as another recipe), or train silently wrong (max_steps 0: one step; -5: by epochs)."""
+    code, err = run_script_main(capsys, LLAMA_PRETRAIN, f"--{key}", value, "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and err == f"error: {expected}", err
+    assert not (tmp_path / "out").exists()

@@ -275,3 +275,21 @@ def test_push_to_hub_checks_the_hub_before_training(tmp_path, monkeypatch, causa
                            **{**FAST_FT, "train_file": [learnable_csv]}, model_name_or_path=str(causal_run[0]),
                            output_dir=str(out), push_to_hub=True, hub_model_id="someone/pushed")
     assert not out.exists()  # nothing trained, nothing written
+
+
+def test_publish_refuses_symbolic_links_out_of_the_run_folder(tmp_path, causal_run):
+    """A link in the run folder (`vocab.txt` -> a private file, linked weights, a link inside a model subfolder)
+    would put what it points at into the upload: refused in one line naming it, nothing written."""
+    import shutil
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY----- not for the Hub")
+    for name in ("vocab.txt", "model.safetensors", "generator/model.safetensors"):
+        run = tmp_path / name.replace("/", "-") / "run"
+        shutil.copytree(causal_run[0], run, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "hub"))
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(secret)
+        with pytest.raises(lmrecipes.RecipeError, match=f"{run / name} is a symbolic link: publish copies only"):
+            lmrecipes.publish(str(run), "someone/x", dry_run=True)
+        assert not (run / "hub").exists()

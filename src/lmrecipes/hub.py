@@ -22,7 +22,14 @@ from .errors import RecipeError, first_line
 from .lora import export_classifier
 from .model_card import LOCAL, public_values, read_json, write_model_card
 from .objectives import OBJECTIVES
-from .ownership import PUBLISH_MANIFEST, check_deletable, delete_checked, publish_folder_owns, write_publish_manifest
+from .ownership import (
+    PUBLISH_MANIFEST,
+    check_deletable,
+    delete_checked,
+    files_in,
+    publish_folder_owns,
+    write_publish_manifest,
+)
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .values import is_hub_id, looks_like_local_path
 
@@ -50,6 +57,21 @@ def run_kind(model_dir: Path) -> str:
             return objective.name
     raise RecipeError(f"{model_dir}: not a model folder lmrecipes can publish (config.json architectures: "
                       f"{architectures or 'none'})")
+
+
+def refuse_links(model_dir: Path) -> None:
+    """What publishing reads from a run folder must be the run's own regular files: a symbolic link among them
+    (`vocab.txt` -> a private key) would put what it points at into the upload. Refused in one line, naming it."""
+    names = [*TOKENIZER_FILES, *RUN_FILES, *MODEL_FILES, "adapter_config.json", "model.safetensors.index.json",
+             *(p.name for p in model_dir.glob("*.safetensors")),
+             *(folder for objective in OBJECTIVES.values() for folder in objective.saved_folders)]
+    for name in names:
+        path = model_dir / name
+        linked = [path] if path.is_symlink() else \
+            [path / inner for inner in files_in(path) if (path / inner).is_symlink()] if path.is_dir() else []
+        if linked:
+            raise RecipeError(f"{linked[0]} is a symbolic link: publish copies only the run's own files, inside its "
+                              "folder; replace the link with the file it points to, or remove it")
 
 
 def _copy_present(source: Path, target: Path, names) -> None:
@@ -102,6 +124,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
         raise RecipeError(f"model folder not found: {model_dir}")
+    refuse_links(model_dir)
     repo_id = args.repo_id or model_dir.resolve().name
     kind = run_kind(model_dir)
     recipe = read_run_recipe(model_dir)

@@ -31,6 +31,17 @@ class RecipeLoader(yaml.SafeLoader):
     A boolean key still accepts yes/no: `HfArgumentParser` parses those strings as booleans."""
 
 
+def _refuse_aliases(loader: RecipeLoader, parent, index):
+    """A recipe is flat and small: an alias (`*name`) is refused, so that nested aliases cannot expand a few
+    kilobytes of YAML into gigabytes (the "billion laughs")."""
+    if loader.check_event(yaml.AliasEvent):
+        event = loader.peek_event()
+        raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor}) are not allowed in a recipe; write "
+                                          "the value out", event.start_mark)
+    return yaml.SafeLoader.compose_node(loader, parent, index)
+
+
+RecipeLoader.compose_node = _refuse_aliases
 RecipeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -306,8 +317,15 @@ def resolved_recipe(explicit: dict, *own_args) -> dict:
     return {k: v for k, v in out.items() if k not in SECRET_KEYS}
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Values written out in full, never as anchors and aliases (which recipes refuse)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def write_recipe(path: str | Path, recipe: dict, header: str = "") -> None:
-    text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
+    text = yaml.dump(recipe, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
     Path(path).write_text((header + "\n" if header else "") + text, encoding="utf-8")
 
 

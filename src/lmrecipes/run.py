@@ -104,9 +104,10 @@ class Run:
         trainer.add_callback(RunFilesRecorder())
         trainer.add_callback(NoStepPastTheEnd())
         announce_stream_skip(trainer, checkpoint)
+        resumed_at = checkpoint_step(checkpoint) if checkpoint else None  # read now: training may rotate it away
         try:
             metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
-            if checkpoint is not None and trainer.state.global_step == checkpoint_step(checkpoint):
+            if trainer.state.global_step == resumed_at:
                 metrics = complete_training_metrics(trainer, checkpoint)  # an epoch-based run: no step left
         except TrainingWasComplete:
             metrics = finish_complete_training(trainer, checkpoint)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from .. import launch
+from ..errors import RecipeError
 from ..precision import bf16_choice
 from ..values import auto_true_false
 
@@ -33,6 +35,7 @@ class RunArguments(TrainingArguments):
     precision_choice: str = field(init=False, default="", repr=False)
 
     def __post_init__(self):
+        check_training_numbers(self)
         if launch.launched_on_cpu_without_use_cpu(self.use_cpu):
             self.use_cpu = True
         setting = auto_true_false(self.bf16, "bf16")
@@ -42,3 +45,20 @@ class RunArguments(TrainingArguments):
         if self.bf16 and not launch.has_accelerator():  # else transformers stops: "Your setup doesn't support bf16/gpu"
             self.use_cpu = True
         super().__post_init__()
+
+
+def check_training_numbers(args) -> None:
+    """Numbers the Trainer accepts and then fails on with a traceback (a batch of 0) or trains on silently wrong (a
+    NaN or negative learning rate; max_steps 0 trains one step, -5 trains by epochs): refused as the recipe is read,
+    before anything is written, naming the key."""
+    if not (math.isfinite(args.learning_rate) and args.learning_rate >= 0):
+        raise RecipeError(f"key 'learning_rate': must be a number of at least 0, got {args.learning_rate}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, key) < 1:
+            raise RecipeError(f"key '{key}': must be at least 1, got {getattr(args, key)}")
+    if args.max_steps != -1 and args.max_steps < 1:
+        raise RecipeError(f"key 'max_steps': must be at least 1 (or -1: train num_train_epochs), got {args.max_steps}")
+    if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise RecipeError(f"key 'num_train_epochs': must be above 0 when max_steps is not set, got "
+                          f"{args.num_train_epochs}")
+

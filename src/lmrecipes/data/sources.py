@@ -30,15 +30,20 @@ _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
 FILE_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
 
 
+def _files_named(path: str) -> list[str]:
+    """The file of that name when it exists (a literal name may hold glob characters: `c[1].jsonl`), else the
+    files the name matches as a glob pattern."""
+    return [path] if Path(path).is_file() else [m for m in sorted(glob.glob(path)) if Path(m).is_file()]
+
+
 def resolve_data_files(patterns: list[str], key: str) -> list[str]:
     """Expand paths and globs: relative ones from the working directory first, then from the repository root."""
     found = []
     for pattern in patterns:
         expanded = str(Path(pattern).expanduser())
-        matches = sorted(glob.glob(expanded))
+        matches = _files_named(expanded)
         if not matches and not Path(expanded).is_absolute():
-            matches = sorted(glob.glob(str(REPO_ROOT / expanded)))
-        matches = [m for m in matches if Path(m).is_file()]
+            matches = _files_named(str(REPO_ROOT / expanded))
         if not matches:
             raise RecipeError(f"key '{key}': no file matches {pattern!r}")
         found += matches
