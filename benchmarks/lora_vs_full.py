@@ -62,12 +62,13 @@ def main() -> None:
                 rows, first = read_correct(folder, first)
                 correct[arm].append(rows)
                 steps[arm].add(results["steps"])
-                seconds[arm].append(results["train_runtime"])
+                seconds[arm].append(results.get("train_runtime"))  # absent for a run finished from its last checkpoint
         if steps["full"] != steps["lora"]:
             raise SystemExit(f"{name}: full and LoRA trained different step counts {steps}: not the same budget")
         arms = {arm: np.stack(rows) for arm, rows in correct.items()}
         table[name] = {"checkpoint": checkpoint, "seeds": args.seeds, "steps": sorted(steps["full"]),
-                       **{arm: {**arm_summary(rows), "train_seconds": float(np.mean(seconds[arm]))}
+                       **{arm: {**arm_summary(rows),
+                                "train_seconds": float(np.mean([s for s in seconds[arm] if s is not None] or [np.nan]))}
                           for arm, rows in arms.items()},
                        "lora_minus_full": difference_summary(arms["lora"], arms["full"])}
         line = table[name]

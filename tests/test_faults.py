@@ -328,3 +328,30 @@ def test_a_fine_tuning_run_stopped_during_its_final_evaluation_finishes(tmp_path
     for key in ("eval_loss", "test_loss", "test_accuracy"):
         assert abs(results[key] - reference[key]) < 1e-4, key
     assert "train_loss" not in results and read_json(out / ".lmrecipes-run.json")["finished"] is True
+
+
+def test_a_run_selecting_its_best_checkpoint_stopped_at_the_end_finishes_with_the_best(tmp_path, causal_run,
+                                                                                       learnable_csv):
+    """As the label curve's runs: evaluations and saves every 3 steps, the best checkpoint kept (save_total_limit 1)
+    and loaded at the end. Stopped right after the last step's checkpoint is saved, the rerun finishes from it with
+    the Trainer's own end of training: the best checkpoint loaded, the others deleted, the uninterrupted results."""
+    settings = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
+                "label_column": "verdict", "max_length": 32, "max_train_samples": 120, "max_steps": 6,
+                "eval_strategy": "steps", "eval_steps": 3, "save_strategy": "steps", "save_steps": 3,
+                "save_total_limit": 1, "load_best_model_at_end": True, "report_to": "none", "disable_tqdm": True}
+    reference = lmrecipes.finetune(FT_FULL, **settings, output_dir=str(tmp_path / "uninterrupted"))
+
+    class StopAfterTheLastSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == state.max_steps:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        lmrecipes.finetune(FT_FULL, **settings, output_dir=str(out), callbacks=[StopAfterTheLastSave()])
+    assert (out / "checkpoint-6").is_dir() and not (out / "model.safetensors").exists()
+    results = lmrecipes.finetune(FT_FULL, **settings, output_dir=str(out))
+    for key in ("eval_loss", "test_loss", "test_accuracy"):
+        assert abs(results[key] - reference[key]) < 1e-4, key
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted(
+        p.name for p in (tmp_path / "uninterrupted").glob("checkpoint-*"))

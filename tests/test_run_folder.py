@@ -303,3 +303,18 @@ def test_a_run_on_changed_inputs_is_not_reused(tmp_path, causal_run, learnable_c
     os.utime(weights, ns=(time.time_ns(), weights.stat().st_mtime_ns + 10**9))  # whatever the clock's resolution
     with pytest.raises(lmrecipes.RecipeError, match=r"differs in the contents of model_name_or_path"):
         lmrecipes.finetune(FT_FULL, **settings)
+
+
+def test_resuming_a_checkpoint_past_max_steps_is_refused_up_front(tmp_path):
+    """`--resume_from_checkpoint OLD/checkpoint-1000 --max_steps 500` would save the 1000-step model as a 500-step
+    run: refused before anything is written, naming both numbers."""
+    from lmrecipes.run_folder import check_resume_request
+
+    folder = tmp_path / "checkpoint-8"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    with pytest.raises(RecipeError, match=r"checkpoint-8 is at step 8, past max_steps 5; raise max_steps"):
+        check_resume_request(SimpleNamespace(resume_from_checkpoint=str(folder), max_steps=5))
+    for max_steps in (8, 12, -1):
+        check_resume_request(SimpleNamespace(resume_from_checkpoint=str(folder), max_steps=max_steps))

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 from .values import find_file, parse_mapping, yaml_boolean
 
 
@@ -335,4 +335,10 @@ RUN_RECIPE = "recipe.yaml"
 def read_run_recipe(run_dir) -> dict:
     """The resolved recipe a run wrote into its folder ({} when there is none)."""
     path = Path(run_dir) / RUN_RECIPE
-    return (load_yaml(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return load_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: unreadable ({first_line(err)}); a run's recipe.yaml is lmrecipes' own record: "
+                          "restore it or pick another folder") from None

@@ -107,10 +107,10 @@ class Run:
         resumed_at = checkpoint_step(checkpoint) if checkpoint else None  # read now: training may rotate it away
         try:
             metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
-            if trainer.state.global_step == resumed_at:
-                metrics = complete_training_metrics(trainer, checkpoint)  # an epoch-based run: no step left
+            if trainer.state.global_step == resumed_at and resumed_at >= trainer.state.max_steps:
+                metrics = complete_training_metrics(trainer, checkpoint, self.meter)  # epoch-based: no step left
         except TrainingWasComplete:
-            metrics = finish_complete_training(trainer, checkpoint)
+            metrics = finish_complete_training(trainer, checkpoint, self.meter)
         save_final_model(trainer)
         trainer.save_state()
         metrics.update(self.meter.metrics)
@@ -185,6 +185,12 @@ class NoStepPastTheEnd(TrainerCallback):
     Trainer has loaded the checkpoint (weights, optimizer, state) as for any resume; Run.train then finishes the run
     from there (finish_complete_training). Drop it once the Trainer checks max_steps before a step."""
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps < state.global_step:  # e.g. an epoch-based run resumed on more processes
+            raise RecipeError(f"the checkpoint resumed from is at step {state.global_step}, past this run's "
+                              f"{state.max_steps} steps; resume an earlier checkpoint (resume_from_checkpoint) or "
+                              "train longer (max_steps)")
+
     def on_step_begin(self, args, state, control, **kwargs):
         if 0 < state.max_steps <= state.global_step:
             raise TrainingWasComplete
@@ -194,22 +200,23 @@ def checkpoint_step(checkpoint: str) -> int:
     return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
 
 
-def complete_training_metrics(trainer, checkpoint: str) -> dict:
-    """The train metrics of a run resumed from its last step: what the checkpoint's state holds (the loss and speed
-    of the earlier session are not kept in a checkpoint; the Trainer's own figures would be those of no step)."""
+def complete_training_metrics(trainer, checkpoint: str, meter: ThroughputCallback) -> dict:
+    """The train metrics of a run resumed from its last step: what the checkpoint's state holds (the loss, time and
+    speed of the earlier session are not kept in a checkpoint; the Trainer's own figures would be those of no
+    step)."""
     state = trainer.state
     logger.info("%s is the run's last step (%d of %d): training was complete; finishing the run from it",
                 checkpoint, state.global_step, state.max_steps)
-    return {"epoch": state.epoch, "total_flos": state.total_flos}
+    return {"epoch": state.epoch, "total_flos": state.total_flos, "train_tokens": state.num_input_tokens_seen,
+            "hardware": meter.hardware}
 
 
-def finish_complete_training(trainer, checkpoint: str) -> dict:
-    """What the Trainer does at the end of training, for a run stopped by NoStepPastTheEnd: the best checkpoint
-    loaded when the recipe asks for it (load_best_model_at_end), and the train metrics."""
-    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
-        trainer._load_best_model()  # the Trainer's own step at the end of training
-    trainer.is_in_train = False
-    return complete_training_metrics(trainer, checkpoint)
+def finish_complete_training(trainer, checkpoint: str, meter: ThroughputCallback) -> dict:
+    """The end of training, for a run stopped by NoStepPastTheEnd: the Trainer's own (best checkpoint loaded when
+    the recipe asks, checkpoints beyond save_total_limit deleted, on_train_end callbacks), its zero-step figures
+    replaced by the checkpoint's."""
+    trainer._finalize_training(None, 0, time.time())
+    return complete_training_metrics(trainer, checkpoint, meter)
 
 
 class NonFiniteLossGuard(TrainerCallback):

@@ -87,6 +87,10 @@ def check_resume_request(training_args) -> None:
         if not is_complete_checkpoint(Path(explicit)):
             raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
                               "weights missing: the run was killed while saving it)")
+        step = json.loads((Path(explicit) / "trainer_state.json").read_text())["global_step"]
+        if 0 < training_args.max_steps < step:
+            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is at step {step}, past max_steps "
+                              f"{training_args.max_steps}; raise max_steps or resume an earlier checkpoint")
 
 
 def find_checkpoint(training_args) -> str | None:
