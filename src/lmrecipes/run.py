@@ -14,7 +14,6 @@ What lmrecipes sets in the TrainingArguments for every run is set in `Run.__init
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from .run_folder import (
     RunFilesRecorder,
     check_output_dir_is_a_folder,
     check_resume_request,
+    checkpoint_step,
     claim_output_dir,
     find_checkpoint,
     find_last_complete_checkpoint,
@@ -196,10 +196,6 @@ class NoStepPastTheEnd(TrainerCallback):
             raise TrainingWasComplete
 
 
-def checkpoint_step(checkpoint: str) -> int:
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
-
-
 def complete_training_metrics(trainer, checkpoint: str, meter: ThroughputCallback) -> dict:
     """The train metrics of a run resumed from its last step: what the checkpoint's state holds (the loss, time and
     speed of the earlier session are not kept in a checkpoint; the Trainer's own figures would be those of no
@@ -289,7 +285,7 @@ def announce_stream_skip(trainer, checkpoint: str | None) -> None:
             trainer.args.ignore_data_skip:
         return
     args = trainer.args
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    step = checkpoint_step(checkpoint)
     batches = step * args.gradient_accumulation_steps
     # process 0 reads every process's batch (or, split_batches, one batch split between them)
     count = batches * args.train_batch_size * (1 if args.accelerator_config.split_batches else args.world_size)

@@ -78,6 +78,11 @@ def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
         logger.warning("Left %s in place: %s", folder, err)
 
 
+def checkpoint_step(checkpoint) -> int:
+    """The optimizer step a (complete) checkpoint was saved at, from its trainer_state.json."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+
+
 def check_resume_request(training_args) -> None:
     """An explicit `resume_from_checkpoint` must be a complete checkpoint: checked before anything is written."""
     explicit = training_args.resume_from_checkpoint
@@ -87,7 +92,7 @@ def check_resume_request(training_args) -> None:
         if not is_complete_checkpoint(Path(explicit)):
             raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
                               "weights missing: the run was killed while saving it)")
-        step = json.loads((Path(explicit) / "trainer_state.json").read_text())["global_step"]
+        step = checkpoint_step(explicit)
         if 0 < training_args.max_steps < step:
             raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is at step {step}, past max_steps "
                               f"{training_args.max_steps}; raise max_steps or resume an earlier checkpoint")

@@ -4,7 +4,7 @@ module), the base of the recipe keys an objective declares, and the evaluation h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -103,8 +103,6 @@ class Objective:
     @property
     def recipe_keys(self) -> tuple[str, ...]:
         """ModelArguments keys only this objective reads."""
-        from dataclasses import fields
-
         return tuple(f.name for f in fields(self.keys)) if self.keys is not None else ()
 
     def scored_per_block(self, block_size: int) -> int:
