@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TORCH_EXTENSIONS = REPO / ".cache" / "torch_extensions"  # where launched tests build DeepSpeed's ops
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -135,6 +136,7 @@ def launch_env() -> dict:
     """The environment of a user's shell: no ACCELERATE_USE_CPU; one thread per process (2 processes, 2 cores)."""
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     env["OMP_NUM_THREADS"] = "1"
+    env["TORCH_EXTENSIONS_DIR"] = str(TORCH_EXTENSIONS)  # this clone's ops, built once: not the user's cache
     return env
 
 
@@ -148,14 +150,31 @@ def accelerate_launch(launch: str, script, *arguments, flags=()) -> list[str]:
             *own_flags, *flags, "--main_process_port", "0", str(script), *map(str, arguments)]
 
 
+def run_launch(command: list[str], timeout: float, env: dict | None = None, cwd=None):
+    """`subprocess.run(command, capture_output=True, text=True, ...)` for a launcher: on a timeout its processes
+    are killed with it (killing the launcher alone would leave its ranks running under the rest of the suite)."""
+    import subprocess
+
+    import psutil
+
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=cwd) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for each in psutil.Process(process.pid).children(recursive=True):
+                each.kill()
+            process.kill()
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def run_ddp_probe(recipe: str, corpus: str, out, overrides: dict, launch: str = "ddp") -> list[dict]:
     """tests/ddp_probe.py under `accelerate launch` with 2 CPU processes (LAUNCHES; as a user types it, no
     ACCELERATE_USE_CPU): each rank's record, after checking the parallelism the run logged."""
-    import subprocess
-
-    result = subprocess.run(accelerate_launch(launch, REPO / "tests" / "ddp_probe.py", recipe, corpus, out,
-                                              json.dumps(overrides)),
-                            capture_output=True, text=True, timeout=600, env=launch_env())
+    result = run_launch(accelerate_launch(launch, REPO / "tests" / "ddp_probe.py", recipe, corpus, out,
+                                          json.dumps(overrides)), timeout=600, env=launch_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert LAUNCHES[launch][1] in result.stdout, result.stdout[-3000:]
     if launch == "ddp":  # the models of the tests use every weight: DDP's per-step search is off

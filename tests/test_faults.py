@@ -33,6 +33,7 @@ from conftest import (
     plant_half_written_checkpoint,
     read_json,
     run_ddp_probe,
+    run_launch,
     run_script,
     write_recipe,
 )
@@ -205,8 +206,8 @@ def test_slurm_script_on_two_nodes_over_loopback_trains_one_model(tmp_path, smal
            "BASH_FUNC_srun%%": FAKE_SRUN, "BASH_FUNC_scontrol%%": FAKE_SCONTROL,
            "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "GPUS_PER_NODE": "1", "MASTER_PORT": str(port),
            "ACCELERATE_CONFIG": str(tmp_path / "cpu.yaml"), "NODES_DIR": str(tmp_path)}
-    done = subprocess.run(["bash", str(REPO / "accelerate_configs" / "slurm_multi_node.sbatch"), str(recipe)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_launch(["bash", str(REPO / "accelerate_configs" / "slurm_multi_node.sbatch"), str(recipe)],
+                      cwd=REPO, env=env, timeout=300)
     logs = [(tmp_path / f"node{node}.log").read_text() if (tmp_path / f"node{node}.log").exists() else ""
             for node in (0, 1)]
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]

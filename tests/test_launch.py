@@ -10,7 +10,17 @@ from types import SimpleNamespace
 import pytest
 
 import lmrecipes
-from conftest import LLAMA_PRETRAIN, REPO, TINY_LLAMA, accelerate_launch, launch_env, read_json, write_recipe
+from conftest import (
+    LLAMA_PRETRAIN,
+    REPO,
+    TINY_LLAMA,
+    TORCH_EXTENSIONS,
+    accelerate_launch,
+    launch_env,
+    read_json,
+    run_launch,
+    write_recipe,
+)
 from lmrecipes import RecipeError, launch
 from lmrecipes.launch import (
     check_launch,
@@ -99,12 +109,12 @@ def test_a_launch_asking_for_fsdp_that_cannot_run_stops_in_one_line(tmp_path, sm
     out = tmp_path / "fsdp"
     recipe = write_recipe(tmp_path / "pretrain.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                           validation_fraction=0.15, max_steps=2, output_dir=str(out))
-    result = subprocess.run(
+    result = run_launch(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
          str(REPO / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
          "--fsdp_version", "1",
          "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
-        capture_output=True, text=True, timeout=300, env=launch_env())
+        timeout=300, env=launch_env())
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and errors[0] == errors[1], result.stderr[-2000:]  # one line per process
@@ -126,8 +136,8 @@ def test_one_process_started_by_accelerate_launch_trains_on_every_core(tmp_path,
         recipe = write_recipe(tmp_path / f"{name}.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                               validation_fraction=0.15, max_steps=1, output_dir=str(tmp_path / name))
         env = {key: value for key, value in launch_env().items() if key != "OMP_NUM_THREADS"}
-        done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", str(REPO / "scripts" / "pretrain.py"),
-                               str(recipe)], capture_output=True, text=True, timeout=300, env={**env, **chosen})
+        done = run_launch([sys.executable, "-m", "accelerate.commands.launch", str(REPO / "scripts" / "pretrain.py"),
+                           str(recipe)], timeout=300, env={**env, **chosen})
         assert done.returncode == 0, done.stderr[-3000:]
         threads = cores if name == "default" else 1
         assert f"CPU threads per process: {threads} of {cpus} CPUs" in done.stdout, done.stdout[-3000:]
@@ -135,18 +145,24 @@ def test_one_process_started_by_accelerate_launch_trains_on_every_core(tmp_path,
 
 def test_zero3_that_would_save_no_weights_is_refused_before_training(tmp_path, small_corpus):
     """DeepSpeed ZeRO-3 without gathering the weights on save writes a final model folder without weights (only
-    DeepSpeed's shards and zero_to_fp32.py): refused in one line before anything is written."""
+    DeepSpeed's shards and zero_to_fp32.py): refused in one line before anything is written. The launch meets the
+    build lock of DeepSpeed's CPU collective op as a process killed while loading it leaves it, which would make it
+    wait forever: the lock is removed, named in a warning."""
     out = tmp_path / "zero3"
     recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                           validation_fraction=0.15, max_steps=2, output_dir=str(out))
-    done = subprocess.run(accelerate_launch("zero3", REPO / "scripts" / "pretrain.py", recipe,
-                                            flags=["--zero3_save_16bit_model", "false"]),
-                          capture_output=True, text=True, timeout=300, env=launch_env())
+    orphan = TORCH_EXTENSIONS / "deepspeed_shm_comm" / "lock"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.touch()
+    done = run_launch(accelerate_launch("zero3", REPO / "scripts" / "pretrain.py", recipe,
+                                        flags=["--zero3_save_16bit_model", "false"]), timeout=300, env=launch_env())
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "DeepSpeed ZeRO-3 without gathering the weights on save would leave the final " \
         "model without weights" in errors[0], done.stderr[-3000:]
     assert not out.exists()
+    assert f"Removed {orphan}, a build lock left by a process that ended" in done.stdout + done.stderr
+    assert not orphan.exists()
 
 
 def test_processes_that_would_each_train_alone_are_refused(monkeypatch):
@@ -167,10 +183,27 @@ def test_several_processes_on_a_cpu_machine_train_one_ddp_run_without_extra_vari
     out = tmp_path / "multi"
     recipe = write_recipe(tmp_path / "r.yaml", LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus],
                           validation_fraction=0.15, max_steps=2, output_dir=str(out))
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)],
-                          capture_output=True, text=True, timeout=300, env=launch_env())
+    done = run_launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--main_process_port", "0", str(REPO / "scripts" / "pretrain.py"), str(recipe)], timeout=300,
+                      env=launch_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Parallelism: DDP: parameters replicated, gradients averaged; 2 processes on 1 machine, backend gloo" \
         in done.stdout
     assert read_json(out / "all_results.json")["train_tokens"] == 2 * 2 * 8 * 64, "tokens of both processes"
+
+
+def test_a_build_lock_that_a_live_process_holds_is_kept(tmp_path):
+    """Only a build lock no process holds is removed: one that a building process still has open stays, and is
+    removed once that process has ended without deleting it."""
+    lock = tmp_path / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time; os.open(sys.argv[1], os.O_CREAT | "
+                               "os.O_EXCL); print('held', flush=True); time.sleep(60)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert not launch.remove_orphaned_build_lock(lock) and lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert launch.remove_orphaned_build_lock(lock) and not lock.exists()
+    assert not launch.remove_orphaned_build_lock(lock)  # nothing left to remove

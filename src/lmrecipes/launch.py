@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import RecipeError
@@ -123,6 +125,66 @@ def sharding_asked_for() -> str | None:
     config's FSDP / DeepSpeed choice to its processes as these variables."""
     flags = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
     return next((name for name, flag in flags.items() if os.environ.get(flag, "").lower() in ("1", "true")), None)
+
+
+def load_deepspeed_comm_op() -> None:
+    """Load the collective op DeepSpeed compiles on first use on a CPU (ShareMemCommBuilder), before DeepSpeed
+    starts, so that a build lock left by a killed process cannot stop the run.
+
+    Hand-written: torch builds such an op under a lock file `lock` in the op's build folder, which the building
+    process deletes when done, and every process that loads the op takes that lock, even when nothing needs
+    building. A process killed while holding it (a launch preempted or killed as it starts) leaves the file
+    behind, and every later DeepSpeed launch on the machine then waits on it forever, printing nothing. Here the
+    machine's lmrecipes processes take turns through an OS lock that dies with its holder; the turn's holder
+    deletes a build lock that no live process holds (named in a warning), then loads the op, which DeepSpeed
+    reuses instead of loading it again.
+    """
+    if sharding_asked_for() != "DeepSpeed":
+        return
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import _get_build_directory  # torch's own rule for where the op is built
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed does not build it either (an accelerator with its own collectives)
+    folder = Path(_get_build_directory(builder.name, verbose=False))
+    with open(folder / ".lmrecipes-turn", "a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        remove_orphaned_build_lock(folder / "lock")
+        builder.load(verbose=False)
+
+
+def remove_orphaned_build_lock(lock: Path, stale_after_s: float = 600.0) -> bool:
+    """Delete torch's build lock file `lock` if no process holds it; True if deleted. A live holder keeps the
+    file open, which /proc shows on Linux; without /proc, a lock older than `stale_after_s` (a build takes well
+    under a minute) counts as orphaned."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    held = _held_open(lock)
+    if held or (held is None and age < stale_after_s):
+        return False
+    logger.warning("Removed %s, a build lock left by a process that ended while building or loading the op "
+                   "(%.0f s old); without it DeepSpeed would wait forever", lock, age)
+    lock.unlink(missing_ok=True)
+    return True
+
+
+def _held_open(path: Path) -> bool | None:
+    """Whether a process of this machine has `path` open, from /proc/*/fd; None where /proc cannot tell."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    target = str(path.resolve())
+    for pid in filter(str.isdigit, os.listdir(proc)):
+        try:
+            if any(os.readlink(fd) == target for fd in (proc / pid / "fd").iterdir()):
+                return True
+        except OSError:  # the process ended, or belongs to another user (who cannot hold our cache's lock)
+            continue
+    return False
 
 
 @contextlib.contextmanager
