@@ -4,6 +4,7 @@ anything is saved from the diverged model. docs/reliability.md lists every case 
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,7 +38,8 @@ from conftest import (
     run_script,
     write_recipe,
 )
-from lmrecipes.run_folder import is_complete_checkpoint
+from lmrecipes.ownership import check_deletable
+from lmrecipes.run_folder import is_complete_checkpoint, run_owns
 
 # fused_loss false: the launches are compared with one loss (fused_loss auto stays off under FSDP and DeepSpeed;
 # DDP with the fused loss: tests/test_pretrain.py)
@@ -66,14 +68,15 @@ FAKE_SRUN = """() { while [ "$1" != bash ]; do shift; done
 FAKE_SCONTROL = "() { printf '127.0.0.1\\nnode-b\\n'; }"
 
 
-def resume_and_check(script, recipe, out, reference_loss, key):
+def resume_and_check(script, recipe, out, reference_loss, key, resumable=(6, 9)):
     process = run_script(script, recipe)
     log = process.communicate(timeout=300)[0]
     assert process.returncode == 0, log[-3000:]
     resumed_from = [line for line in log.splitlines() if "Resuming from" in line]
     assert resumed_from, log[-2000:]
-    assert int(resumed_from[0].rsplit("checkpoint-", 1)[1]) in (6, 9)  # the last complete one at the kill
-    assert "incomplete (the run was killed while saving it)" in log  # the planted one was skipped and removed
+    assert int(resumed_from[0].rsplit("checkpoint-", 1)[1]) in resumable  # the last complete one at the kill
+    # the planted half-written one was skipped and removed
+    assert "no readable trainer_state.json naming its step (written last: the run stopped while saving" in log
     results = read_json(out / "all_results.json")
     assert abs(results[key] - reference_loss) < 1e-4, (results[key], reference_loss)
     return results
@@ -93,7 +96,13 @@ def test_pretraining_killed_while_saving_resumes_to_the_same_result(tmp_path, sm
     kill_while_saving(run_script("pretrain.py", recipe), out, complete_step=6, next_step=9)
     assert not (out / "all_results.json").exists()
     plant_half_written_checkpoint(out, 11)
-    results = resume_and_check("pretrain.py", recipe, out, reference["eval_loss"], "eval_loss")
+    resumable = (6, 9)
+    if base == LLAMA_PRETRAIN:  # and a power loss cut the newest complete checkpoint's optimizer state short
+        newest = max(step for step in (6, 9) if is_complete_checkpoint(out / f"checkpoint-{step}"))
+        optimizer = out / f"checkpoint-{newest}" / "optimizer.pt"
+        optimizer.write_bytes(optimizer.read_bytes()[:1000])
+        resumable = (newest - 3,)
+    results = resume_and_check("pretrain.py", recipe, out, reference["eval_loss"], "eval_loss", resumable)
     assert not (out / "checkpoint-11").exists(), "the half-written checkpoint was removed"
     assert read_json(out / "trainer_state.json")["global_step"] == 12
     assert results["train_tokens"] == reference["train_tokens"]
@@ -285,6 +294,34 @@ def test_nan_at_the_last_step_without_checkpoints_saves_no_final_model(tmp_path,
     assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
 
 
+class StopAfterStep(TrainerCallback):
+    """A stop after `step` (its checkpoint saved), as a SIGTERM there leaves the run."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_checkpoint_without_optimizer_state_is_resumed_only_when_asked(tmp_path, small_corpus):
+    """save_only_model checkpoints (or a deleted optimizer.pt) hold the weights only: resuming them restarts the
+    optimizer and the learning-rate schedule, so the rerun refuses, naming the key that resumes them anyway."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 6,
+                "save_steps": 2, "save_only_model": True, "eval_strategy": "no"}
+    out = tmp_path / "weights-only"
+    with pytest.raises(KeyboardInterrupt):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out), callbacks=[StopAfterStep(4)])
+    with pytest.raises(lmrecipes.RecipeError, match=r"checkpoint-4 has no optimizer state, scheduler.pt, "
+                       r"rng_state.pth \(save_only_model: true, or deleted\): resuming it would restart the "
+                       r"optimizer and the learning-rate schedule; to do so anyway, pass --resume_from_checkpoint"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out),
+                                 resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert read_json(out / "trainer_state.json")["global_step"] == 6 and "eval_loss" in results
+
+
 def test_a_run_stopped_during_its_final_evaluation_finishes_from_its_last_checkpoint(tmp_path, small_corpus):
     """The last checkpoint is the run's last step (save_steps divides max_steps, as in every shipped recipe): the
     rerun finishes from it, without a step past the schedule, with the uninterrupted run's eval loss."""
@@ -356,3 +393,71 @@ def test_a_run_selecting_its_best_checkpoint_stopped_at_the_end_finishes_with_th
         assert abs(results[key] - reference[key]) < 1e-4, key
     assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted(
         p.name for p in (tmp_path / "uninterrupted").glob("checkpoint-*"))
+
+
+# The fault-injection matrix: a point where the run stops itself (tests/fault_probe.py) and the signal. SIGTERM
+# and SIGKILL end an lmrecipes process alike (neither Python nor the Trainer handles SIGTERM); both are tried.
+FAULT_POINTS = [("tokenizer-cache", "KILL"), ("data-cache", "TERM"), ("checkpoint-weights", "KILL"),
+                ("checkpoint-optimizer", "TERM"), ("checkpoint-scheduler", "KILL"), ("checkpoint-rng", "KILL"),
+                ("checkpoint-state", "TERM"), ("checkpoint-manifest", "KILL"), ("marker-write", "KILL"),
+                ("final-evaluation", "TERM"), ("final-save", "KILL")]
+
+
+def run_two_at_a_time(commands: dict, env_of) -> dict:
+    """Run {name: argv} two at a time (one thread each: 2 cores); {name: (returncode, output)}."""
+    done, waiting, running = {}, list(commands), {}
+    while waiting or running:
+        while waiting and len(running) < 2:
+            name = waiting.pop(0)
+            running[name] = subprocess.Popen(commands[name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             text=True, env=env_of(name))
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                done[name] = (process.returncode, process.stdout.read())
+                del running[name]
+        time.sleep(0.05)
+    return done
+
+
+def test_a_run_stopped_at_any_point_finishes_when_rerun(tmp_path, small_corpus):
+    """Each point of FAULT_POINTS: the run stops itself there (files cut short where the stop comes mid-write),
+    then the same command again finishes with the uninterrupted run's eval loss; a publish stopped midway leaves
+    nothing that blocks publishing again or overwriting the run."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 6,
+                "save_steps": 2, "seed": 7}
+    reference = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "reference"))
+    for point, _ in FAULT_POINTS:
+        (tmp_path / point).mkdir()
+    recipes = {point: write_recipe(tmp_path / point / "r.yaml", LLAMA_PRETRAIN, **settings,
+                                   output_dir=str(tmp_path / point / "run")) for point, _ in FAULT_POINTS}
+
+    def env_of(name):  # the cache points start from an empty cache: they are reached
+        point = name.split(":")[0]
+        own_cache = {"LMRECIPES_CACHE": str(tmp_path / point / "cache")} if point.endswith("cache") else {}
+        return {**os.environ, "OMP_NUM_THREADS": "1", **own_cache}
+
+    stopped = run_two_at_a_time({point: [sys.executable, str(REPO / "tests" / "fault_probe.py"), point, signal_name,
+                                         "pretrain.py", str(recipes[point])] for point, signal_name in FAULT_POINTS},
+                                env_of)
+    for point, signal_name in FAULT_POINTS:
+        code, log = stopped[point]
+        assert code == -getattr(signal, f"SIG{signal_name}"), f"{point}: not stopped there ({code})\n{log[-2000:]}"
+        marker = tmp_path / point / "run" / ".lmrecipes-run.json"
+        assert not marker.exists() or read_json(marker).get("finished") is not True, point
+    reruns = run_two_at_a_time({point: [sys.executable, str(REPO / "scripts" / "pretrain.py"), str(recipes[point])]
+                                for point, _ in FAULT_POINTS}, env_of)
+    for point, _ in FAULT_POINTS:
+        code, log = reruns[point]
+        assert code == 0 and "Traceback" not in log, f"{point}: rerun failed\n{log[-3000:]}"
+        results = read_json(tmp_path / point / "run" / "all_results.json")
+        assert abs(results["eval_loss"] - reference["eval_loss"]) < 1e-4, (point, results["eval_loss"])
+        run = tmp_path / point / "run"
+        check_deletable(run, run_owns(run), "overwrite_output_dir", "this lmrecipes run")  # nothing left behind
+
+    run = tmp_path / "reference"
+    code, log = run_two_at_a_time({"publish": [sys.executable, str(REPO / "tests" / "fault_probe.py"),
+                                               "publish-build", "KILL", "publish.py", str(run), "--dry_run", "true"]},
+                                  env_of)["publish"]
+    assert code == -signal.SIGKILL and list(run.glob(".tmp-hub-*")), log[-2000:]
+    lmrecipes.publish(run, "someone/tiny", dry_run=True)
+    check_deletable(run, run_owns(run), "overwrite_output_dir", "this lmrecipes run")  # overwriting would proceed

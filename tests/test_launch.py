@@ -5,6 +5,7 @@ process on every core, ZeRO-3 that would save no weights, processes that would e
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -154,6 +155,7 @@ def test_zero3_that_would_save_no_weights_is_refused_before_training(tmp_path, s
     orphan = TORCH_EXTENSIONS / "deepspeed_shm_comm" / "lock"
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.touch()
+    os.utime(orphan, (time.time() - 120, time.time() - 120))  # left by a kill two minutes ago
     done = run_launch(accelerate_launch("zero3", REPO / "scripts" / "pretrain.py", recipe,
                                         flags=["--zero3_save_16bit_model", "false"]), timeout=300, env=launch_env())
     assert done.returncode != 0
@@ -205,5 +207,7 @@ def test_a_build_lock_that_a_live_process_holds_is_kept(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert launch.remove_orphaned_build_lock(lock) and not lock.exists()
+    started = time.monotonic()
+    assert launch.remove_orphaned_build_lock(lock, young_s=2.0) and not lock.exists()
+    assert time.monotonic() - started >= 1.0, "a young lock is given time to go away first"
     assert not launch.remove_orphaned_build_lock(lock)  # nothing left to remove

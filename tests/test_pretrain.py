@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
 import lmrecipes
-from conftest import REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
+from conftest import LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
 
 LLAMA_RECIPE = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
 
@@ -280,3 +280,15 @@ def test_ddp_searches_for_unused_parameters_only_when_the_model_has_some():
     assert decided(LlamaForCausalLM(config), loss=lambda model, inputs: model(input_ids=inputs["input_ids"]).loss) \
         is True
 
+
+
+def test_build_model_from_a_recipe_has_the_recipes_vocabulary(causal_run):
+    """Without a tokenizer, the model is sized to the recipe's: the trained tokenizer's vocab_size, or the tokenizer
+    the recipe names (it used to be the config class's default, 32,000 tokens for Llama)."""
+    from transformers import AutoTokenizer
+
+    assert lmrecipes.build_model(LLAMA_PRETRAIN).config.vocab_size == 4096  # the recipe's vocab_size
+    assert lmrecipes.build_model(LLAMA_PRETRAIN, **TINY_LLAMA).config.vocab_size == 512
+    named = lmrecipes.build_model(LLAMA_PRETRAIN, **TINY_LLAMA, tokenizer_name_or_path=str(causal_run[0]))
+    tokenizer = AutoTokenizer.from_pretrained(causal_run[0])
+    assert named.config.vocab_size == len(tokenizer) and named.config.eos_token_id == tokenizer.eos_token_id

@@ -293,3 +293,21 @@ def test_publish_refuses_symbolic_links_out_of_the_run_folder(tmp_path, causal_r
         with pytest.raises(lmrecipes.RecipeError, match=f"{run / name} is a symbolic link: publish copies only"):
             lmrecipes.publish(str(run), "someone/x", dry_run=True)
         assert not (run / "hub").exists()
+
+
+def test_private_folder_names_in_relative_paths_are_not_published(tmp_path, causal_run):
+    """A recipe that named its data `../home/alice/secret-project/corpus.jsonl` (or `secret-project/b.jsonl`, or
+    a home path): the card and the published recipe.yaml say `<local>/corpus.jsonl`; a path inside the repository
+    keeps its name."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(causal_run[0], run_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "hub"))
+    recipe = (run_dir / "recipe.yaml").read_text()
+    recipe = re.sub(r"(?m)^train_file:.*(\n- .*)*", "train_file:\n- ../home/alice/secret-project/corpus.jsonl\n"
+                    "- secret-project/b.jsonl\n- data/*.jsonl\n- ~/secret-project/c.jsonl", recipe)
+    (run_dir / "recipe.yaml").write_text(recipe)
+    lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+    for path in (tmp_path / "hub").rglob("*"):
+        assert path.is_dir() or b"secret-project" not in path.read_bytes(), path.name
+    published = (tmp_path / "hub" / "recipe.yaml").read_text()
+    assert "- <local>/corpus.jsonl\n- <local>/b.jsonl\n- data/*.jsonl\n- <local>/c.jsonl" in published, published
+    assert "`<local>/corpus.jsonl`" in (tmp_path / "hub" / "README.md").read_text()

@@ -5,6 +5,7 @@ finished run is never overwritten without consent, and overwrite deletes only wh
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,10 +25,10 @@ from conftest import (
 from lmrecipes import RecipeError
 from lmrecipes.recipe import RUN_RECIPE, read_run_recipe
 from lmrecipes.run_folder import (
+    RUN_LOCK,
     RUN_MARKER,
     claim_output_dir,
     find_last_complete_checkpoint,
-    is_complete_checkpoint,
     is_run_folder,
     record_run,
     run_record,
@@ -44,7 +45,7 @@ class Arguments(SimpleNamespace):
 
 
 def claim(out: Path, recipe: dict, inputs: dict | None = None, overwrite: bool = False):
-    args = Arguments(output_dir=str(out), overwrite_output_dir=overwrite, should_save=True)
+    args = Arguments(output_dir=str(out), overwrite_output_dir=overwrite, should_save=True, process_index=0)
     return claim_output_dir(args, recipe, "# a test run", inputs if inputs is not None else {"data": "d1"})
 
 
@@ -90,9 +91,7 @@ def test_a_run_of_another_recipe_is_refused_naming_the_keys(tmp_path):
     claim(out, RECIPE)
     with pytest.raises(RecipeError, match=r"holds a started run of another recipe \(differs in learning_rate\)"):
         claim(out, {**RECIPE, "learning_rate": 0.01})
-    (out / "checkpoint-10").mkdir()  # a finished run asked to train longer: told how to go on from its checkpoint
-    (out / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
-    (out / "checkpoint-10" / "model.safetensors").write_bytes(b"weights")
+    save_checkpoint_files(out / "checkpoint-10", 10)  # a finished run asked to train longer: told how to go on
     finish(out, {"eval_loss": 4.2})
     with pytest.raises(RecipeError, match=r"holds a finished run of another recipe \(differs in max_steps\).*"
                                           r"--resume_from_checkpoint .*checkpoint-10 --output_dir NEW_FOLDER"):
@@ -114,7 +113,7 @@ def test_overwrite_deletes_a_run_of_another_recipe_and_starts_over(tmp_path):
     record_run(out, files=["config.json"])
     finish(out, {"eval_loss": 4.2})
     assert claim(out, {**RECIPE, "learning_rate": 0.01}, overwrite=True) is None
-    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER, RUN_RECIPE]
+    assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK, RUN_MARKER, RUN_RECIPE]
     assert read_run_recipe(out)["learning_rate"] == 0.01 and "finished" not in run_record(out)
     (out / "notes.txt").write_text("mine")  # a file the run did not write: overwrite refuses, touches nothing
     with pytest.raises(RecipeError, match=r"holds files this lmrecipes run did not write.*\(notes.txt\)"):
@@ -136,24 +135,71 @@ def test_a_folder_without_the_marker_or_a_file_is_never_claimed(tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == [RUN_RECIPE] and a_file.read_text() == "x"
 
 
-def test_a_checkpoint_is_complete_once_its_state_names_its_step_and_its_weights_are_there(tmp_path):
-    folder = tmp_path / "checkpoint-6"
-    folder.mkdir()
-    assert not is_complete_checkpoint(folder)
-    (folder / "model.safetensors").write_bytes(b"weights")
-    assert not is_complete_checkpoint(folder), "no trainer_state.json (written last)"
-    (folder / "trainer_state.json").write_text('{"global_step": 6')
-    assert not is_complete_checkpoint(folder), "trainer_state.json cut short"
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
-    assert not is_complete_checkpoint(folder), "the state of another step"
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 6}))
-    assert is_complete_checkpoint(folder)
-    sharded = tmp_path / "checkpoint-8"  # FSDP's sharded weights count once their metadata, written last, is there
+def save_checkpoint_files(folder: Path, step: int) -> Path:
+    """The files a single-process Trainer checkpoint holds, small and real (safetensors, torch archives, JSON)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"weight": torch.ones(4, 4)}, folder / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        torch.save({"state": torch.zeros(8)}, folder / name)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_a_checkpoint_is_used_only_when_every_file_the_trainer_reads_is_whole(tmp_path):
+    """What a kill while saving and a power loss leave (files missing, cut short, emptied, sizes changed since the
+    manifest): each is a problem named in a few words, and the last checkpoint without one is resumed."""
+    from lmrecipes.checkpoints import MANIFEST, checkpoint_problem, missing_training_state, write_manifest
+
+    good = save_checkpoint_files(tmp_path / "checkpoint-6", 6)
+    assert checkpoint_problem(good) is None and missing_training_state(good) == []
+    write_manifest(good)
+    assert checkpoint_problem(good) is None and read_json(good / MANIFEST)["sizes"]["optimizer.pt"] > 0
+
+    def broken(change, manifest=True) -> str | None:
+        """The problem found in checkpoint-8 after `change`; without the manifest (a power loss before it was
+        written), the files' formats are all there is to judge by."""
+        folder = tmp_path / "checkpoint-8"
+        if folder.exists():
+            shutil.rmtree(folder)
+        save_checkpoint_files(folder, 8)
+        if manifest:
+            write_manifest(folder)
+        change(folder)
+        return checkpoint_problem(folder)
+
+    def cut(name, keep):
+        return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:keep])
+
+    def zeroed(name):  # the right size, nothing in it
+        return lambda folder: (folder / name).write_bytes(bytes((folder / name).stat().st_size))
+
+    assert "no readable trainer_state.json" in broken(lambda f: (f / "trainer_state.json").unlink())
+    assert "no readable trainer_state.json" in broken(cut("trainer_state.json", 5))
+    assert "no readable trainer_state.json naming its step" in broken(
+        lambda f: (f / "trainer_state.json").write_text('{"global_step": 4}'))
+    assert broken(lambda f: (f / "model.safetensors").unlink()) == "no weights"
+    assert "model.safetensors is 0 bytes" in broken(cut("model.safetensors", 0))
+    assert "optimizer.pt is 100 bytes" in broken(cut("optimizer.pt", 100))
+    assert broken(lambda f: (f / "rng_state.pth").unlink()) is None  # loadable, but not as the run was:
+    assert missing_training_state(tmp_path / "checkpoint-8") == ["rng_state.pth"]  # find_checkpoint refuses it
+    assert "model.safetensors is cut short" in broken(cut("model.safetensors", 40), manifest=False)
+    assert "model.safetensors is cut short" in broken(zeroed("model.safetensors"), manifest=False)
+    assert "scheduler.pt is cut short or not a torch archive" in broken(zeroed("scheduler.pt"), manifest=False)
+    assert "optimizer.pt is cut short or not a torch archive" in broken(cut("optimizer.pt", 300), manifest=False)
+    assert "config.json is cut short or not JSON" in broken(cut("config.json", 3), manifest=False)
+    assert find_last_complete_checkpoint(tmp_path) == str(good), "the newest is bad: the one before it"
+
+    sharded = tmp_path / "checkpoint-9"  # FSDP's sharded weights count once their metadata, written last, is there
     (sharded / "pytorch_model_fsdp_0").mkdir(parents=True)
-    (sharded / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
-    assert not is_complete_checkpoint(sharded)
+    (sharded / "trainer_state.json").write_text(json.dumps({"global_step": 9}))
+    assert checkpoint_problem(sharded) == "no weights"
     (sharded / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"m")
-    assert is_complete_checkpoint(sharded)
+    assert checkpoint_problem(sharded) is None
+    assert missing_training_state(sharded) == ["optimizer state", "scheduler.pt", "rng_state.pth"]
     assert find_last_complete_checkpoint(tmp_path) == str(sharded)
 
 
@@ -219,10 +265,15 @@ def test_a_finished_run_is_never_overwritten_without_consent(tmp_path, small_cor
         assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, f"{name}: something was touched"
         path.unlink()
     assert (elsewhere / "keep.txt").read_text() == "mine"
-    link = tmp_path / "link-to-run"  # a symbolic link to a run folder is not a run folder
+    link = tmp_path / "link-to-run"  # a symbolic link is refused up front, also to a run folder or a new one
     link.symlink_to(out)
-    with pytest.raises(lmrecipes.RecipeError, match="holds files but no lmrecipes run"):
-        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(link), overwrite_output_dir=True)
+    for target in (out, tmp_path / "not-yet"):
+        link.unlink()
+        link.symlink_to(target)
+        with pytest.raises(lmrecipes.RecipeError, match=rf"key 'output_dir': {link} is a symbolic link \(to "
+                                                       rf"{target}\); give the folder it points to, or a new folder"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(link), overwrite_output_dir=True)
+    assert not (tmp_path / "not-yet").exists()
     assert (out / "model.safetensors").is_file()
     lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out), overwrite_output_dir=True)
     assert read_json(out / "trainer_state.json")["global_step"] == 2  # what the run wrote was deleted and redone
@@ -310,11 +361,34 @@ def test_resuming_a_checkpoint_past_max_steps_is_refused_up_front(tmp_path):
     run: refused before anything is written, naming both numbers."""
     from lmrecipes.run_folder import check_resume_request
 
-    folder = tmp_path / "checkpoint-8"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"weights")
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    folder = save_checkpoint_files(tmp_path / "checkpoint-8", 8)
     with pytest.raises(RecipeError, match=r"checkpoint-8 is at step 8, past max_steps 5; raise max_steps"):
         check_resume_request(SimpleNamespace(resume_from_checkpoint=str(folder), max_steps=5))
     for max_steps in (8, 12, -1):
         check_resume_request(SimpleNamespace(resume_from_checkpoint=str(folder), max_steps=max_steps))
+
+
+def test_a_second_command_on_a_folder_in_use_is_refused(tmp_path, small_corpus):
+    """Two identical commands started together used to train into one folder (both exit 0): the process training
+    into output_dir holds its lock (fcntl, released when the process ends, however it ends); a run stopped between
+    writing its marker and its recipe starts afresh."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; handle = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(handle, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(out / ".lmrecipes-lock")], stdout=subprocess.PIPE, text=True)
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 2}
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RecipeError, match=rf"key 'output_dir': another process is training into {out}; wait"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    record_run(out)  # what a stop between the marker and the recipe leaves
+    results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    assert "eval_loss" in results and read_run_recipe(out)["max_steps"] == 2
+    assert lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out)) == results  # this process: again

@@ -25,6 +25,50 @@ def test_flops_per_token_of_a_gpt2_with_tied_head_by_hand():
     assert model_flops_per_token(model, 128) == 6 * matmul_weights + 12 * 2 * 64 * 128 == 1_170_432
 
 
+def counted_flops_per_token(model, seq_len: int, labels) -> float:
+    """Training FLOPs per token as torch counts them (FlopCounterMode over a forward and backward pass)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.randint(1, 500, (2, seq_len))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=labels(ids)).loss.backward()
+    return counter.get_total_flops() / (2 * seq_len)
+
+
+def test_flops_per_token_against_torchs_count_for_full_lora_and_frozen_training():
+    """6 FLOPs per trained weight, 4 per frozen one a gradient flows through (LoRA's base model), 2 per frozen one
+    before anything trains (a frozen body under a trained head); attention of heads x head_dim (a config's own
+    head_dim). Eager attention: torch does not count the CPU's fused attention kernel."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, pad_token_id=0, attn_implementation="eager")
+
+    def as_counted(model, labels):
+        return model_flops_per_token(model, 64) / counted_flops_per_token(model, 64, labels)
+
+    def next_tokens(ids):
+        return ids
+
+    def classes(ids):
+        return torch.zeros(len(ids), dtype=torch.long)
+
+    assert as_counted(LlamaForCausalLM(LlamaConfig(**sizes)), next_tokens) == 1.0
+    assert as_counted(LlamaForCausalLM(LlamaConfig(**sizes, head_dim=32)), next_tokens) == 1.0
+    lora = get_peft_model(LlamaForSequenceClassification(LlamaConfig(**sizes, num_labels=2)), LoraConfig(
+        task_type="SEQ_CLS", r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                  "down_proj"]))
+    assert 1.0 <= as_counted(lora, classes) < 1.05  # the first layer's k and v need no input gradient: counted 4
+    frozen = LlamaForSequenceClassification(LlamaConfig(**sizes, num_labels=2))
+    for name, parameter in frozen.named_parameters():
+        parameter.requires_grad = name.startswith("score")
+    assert 1.0 <= as_counted(frozen, classes) < 1.01
+
+
 def test_mfu_and_tokens_per_second_arithmetic(tmp_path):
     # 2 processes, 8,000 tokens over both in 2 s of step time: 4,000 tokens/s, 2,000 per device;
     # 1e6 FLOPs/token at a 1e10 FLOP/s peak per device -> MFU 0.2

@@ -32,12 +32,20 @@ def train_tokenizer(recipe: str | Path | dict | None = None, *, save_dir: str | 
 
 
 def build_model(recipe: str | Path | dict | None = None, *, tokenizer=None, **overrides):
-    """The recipe's language model from its config class (random weights), sized to `tokenizer` when given."""
+    """The recipe's language model from its config class (random weights), sized to `tokenizer` when given, else to
+    the recipe's: the tokenizer it names (tokenizer_name_or_path), or the `vocab_size` of the one it trains
+    (pretraining sizes the model to the trained tokenizer itself, special-token ids included)."""
     from .arguments import PRETRAIN_ARGUMENTS
     from .modeling import config_and_objective, pretraining_model
+    from .tokenizer import load_tokenizer
 
-    model_args, _, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
+    model_args, tokenizer_args, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
     config, objective = config_and_objective(model_args)
+    if tokenizer is None and tokenizer_args.tokenizer_name_or_path:
+        tokenizer = load_tokenizer(tokenizer_args.tokenizer_name_or_path, key="tokenizer_name_or_path",
+                                   trust_remote_code=model_args.trust_remote_code)
+    if tokenizer is None and "vocab_size" not in model_args.config_overrides:
+        config.get_text_config().vocab_size = tokenizer_args.vocab_size
     return pretraining_model(config, objective, model_args, data_args, tokenizer)
 
 

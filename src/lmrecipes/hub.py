@@ -31,6 +31,7 @@ from .ownership import (
     write_publish_manifest,
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
+from .run_folder import is_run_folder, record_run
 from .values import is_hub_id, looks_like_local_path
 
 logger = logging.getLogger("lmrecipes")
@@ -145,7 +146,10 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
     if target.exists() or target.is_symlink():  # an earlier publish folder is rebuilt; nothing else is deleted
         earlier_publish_folder_files(target)  # refused before anything is built
+    in_run = target.parent.resolve() == model_dir.resolve() and is_run_folder(model_dir)
     with atomic_directory(target, replace=_dispose_of_earlier_folder) as tmp:
+        if in_run:  # the run owns what a publish killed midway leaves (overwrite_output_dir deletes it)
+            record_run(model_dir, pending=[tmp.name])
         if lora_as == "merged":
             export_classifier(model_dir, tmp)
             kind = "classifier"
@@ -164,6 +168,8 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         _make_paths_public(tmp)
         write_model_card(tmp, kind, repo_id, args, base_model)
         write_publish_manifest(tmp)
+    if in_run:
+        record_run(model_dir, done_pending=[tmp.name])
     return target, kind, base_model
 
 

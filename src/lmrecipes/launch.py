@@ -127,7 +127,7 @@ def sharding_asked_for() -> str | None:
     return next((name for name, flag in flags.items() if os.environ.get(flag, "").lower() in ("1", "true")), None)
 
 
-def load_deepspeed_comm_op() -> None:
+def load_deepspeed_comm_op(asked: bool = False) -> None:
     """Load the collective op DeepSpeed compiles on first use on a CPU (ShareMemCommBuilder), before DeepSpeed
     starts, so that a build lock left by a killed process cannot stop the run.
 
@@ -137,9 +137,10 @@ def load_deepspeed_comm_op() -> None:
     behind, and every later DeepSpeed launch on the machine then waits on it forever, printing nothing. Here the
     machine's lmrecipes processes take turns through an OS lock that dies with its holder; the turn's holder
     deletes a build lock that no live process holds (named in a warning), then loads the op, which DeepSpeed
-    reuses instead of loading it again.
+    reuses instead of loading it again. `asked`: the recipe names a DeepSpeed config (`deepspeed` key, e.g. under
+    torchrun, where no launch config says so).
     """
-    if sharding_asked_for() != "DeepSpeed":
+    if sharding_asked_for() != "DeepSpeed" and not asked:
         return
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
@@ -155,17 +156,22 @@ def load_deepspeed_comm_op() -> None:
         builder.load(verbose=False)
 
 
-def remove_orphaned_build_lock(lock: Path, stale_after_s: float = 600.0) -> bool:
+def remove_orphaned_build_lock(lock: Path, young_s: float = 60.0, stale_after_s: float = 600.0) -> bool:
     """Delete torch's build lock file `lock` if no process holds it; True if deleted. A live holder keeps the
-    file open, which /proc shows on Linux; without /proc, a lock older than `stale_after_s` (a build takes well
-    under a minute) counts as orphaned."""
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    held = _held_open(lock)
-    if held or (held is None and age < stale_after_s):
-        return False
+    file open, which /proc shows for the processes of this machine; a lock younger than `young_s` is given that
+    long to go away first (a holder on another machine sharing the folder, or one between closing and deleting
+    it). Without /proc, a lock older than `stale_after_s` (a build takes well under a minute) counts as orphaned."""
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        held = _held_open(lock)
+        if held or (held is None and age < stale_after_s):
+            return False
+        if age >= young_s:
+            break
+        time.sleep(1.0)
     logger.warning("Removed %s, a build lock left by a process that ended while building or loading the op "
                    "(%.0f s old); without it DeepSpeed would wait forever", lock, age)
     lock.unlink(missing_ok=True)

@@ -28,15 +28,25 @@ PATH_KEYS = {"model_name_or_path", "tokenizer_name_or_path", "config_name", "tra
              "deepspeed", "fsdp_config", "accelerator_config", "dataset_name"}
 
 
-def public_path(value: str) -> str:
+# Of PATH_KEYS, those whose values are always local paths (never a Hub id).
+LOCAL_ONLY_KEYS = PATH_KEYS - {"model_name_or_path", "tokenizer_name_or_path", "config_name", "base_model",
+                               "dataset_name"}
+
+
+def public_path(value: str, local: bool = False) -> str:
     """What a published file may say of a local path: relative to the repository when inside it (data/...),
-    else `<local>/NAME`; absolute paths of this machine (home folders, temp folders) are never published."""
+    else `<local>/NAME`: folders of this machine (home folders, temp folders, a project's name in `../NAME/...`)
+    are never published. `local`: the value is a path even when it reads like a Hub id (NAME or OWNER/NAME)."""
     try:
         path = Path(value).expanduser()
     except RuntimeError:  # ~user of an unknown user: not a path of this machine
         return value
     if not path.is_absolute():
-        return value
+        if not (local or looks_like_local_path(value)):
+            return value  # a Hub id
+        path = (REPO_ROOT / path).resolve()  # relative paths in shipped recipes are relative to the repository
+        if not path.parent.is_dir():  # not the repository's (its folder is not there): a folder of this machine
+            return f"{LOCAL}/{path.name}"
     if path.is_relative_to(REPO_ROOT):
         return str(path.relative_to(REPO_ROOT))
     return f"{LOCAL}/{path.name}"
@@ -44,12 +54,12 @@ def public_path(value: str) -> str:
 
 def public_values(record: dict) -> dict:
     """`public_path` applied to the values of PATH_KEYS (nothing else: a label such as '/r/science' stays)."""
-    def public(value):
+    def public(value, local):
         if isinstance(value, str):
-            return public_path(value)
-        return [public(v) for v in value] if isinstance(value, list) else value
+            return public_path(value, local)
+        return [public(v, local) for v in value] if isinstance(value, list) else value
 
-    return {key: public(value) if key in PATH_KEYS else value for key, value in record.items()}
+    return {key: public(value, key in LOCAL_ONLY_KEYS) if key in PATH_KEYS else value for key, value in record.items()}
 
 
 def count_safetensors_parameters(paths) -> int:
@@ -83,7 +93,8 @@ def data_provenance(recipe: dict) -> list[str]:
         matches = [c for c in cells if len(c) >= 4 and fnmatch.fnmatch(f"data/{c[0]}", str(path))]
         lines += [f"- `data/{c[0]}`: {c[1]} ({c[2]}); licence / source: {c[3]}" for c in matches]
         if not matches:
-            lines.append(f"- local file(s) `{public_path(pattern)}` (provenance and licence: not recorded by "
+            shown = public_path(pattern, local=True)
+            lines.append(f"- local file(s) `{shown}` (provenance and licence: not recorded by "
                          "lmrecipes)")
     return lines or ["- not recorded"]
 

@@ -47,15 +47,17 @@ def check_deletable(folder: Path, owns: Callable[[str], bool], key: str, owner: 
     return files
 
 
-def delete_checked(folder: Path, files: list[str], last: str | None = None) -> None:
+def delete_checked(folder: Path, files: list[str], last: str | None = None, keep_folder: bool = False) -> None:
     """Delete the files `check_deletable` accounted for (`last`, the record of ownership, at the end: a folder left
-    half-deleted by a failure keeps its proof), then the folders they leave empty, then `folder`."""
+    half-deleted by a failure keeps its proof), then the folders they leave empty, then `folder` (unless
+    `keep_folder`)."""
     for name in sorted(files, key=lambda name: name == last):
         (folder / name).unlink()
     for root, dirs, _ in os.walk(folder, topdown=False):
         for name in dirs:
             (Path(root) / name).rmdir()  # fails if anything unaccounted for appeared meanwhile
-    folder.rmdir()
+    if not keep_folder:
+        folder.rmdir()
 
 
 def write_json_atomically(path: Path, record: dict) -> None:
@@ -63,6 +65,8 @@ def write_json_atomically(path: Path, record: dict) -> None:
     try:
         with os.fdopen(handle, "w") as out:
             json.dump(record, out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())  # on disk before it replaces the old record: never an empty record after a crash
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from . import hub
+from .checkpoints import checkpoint_step
 from .errors import RecipeError
 from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
@@ -32,11 +33,11 @@ from .run_folder import (
     RunFilesRecorder,
     check_output_dir_is_a_folder,
     check_resume_request,
-    checkpoint_step,
     claim_output_dir,
     find_checkpoint,
     find_last_complete_checkpoint,
     record_saved_files,
+    unlock_run_folder,
 )
 from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
 
@@ -52,6 +53,7 @@ class Run:
         setup_logging(training_args)
         use_the_cpus(training_args)
         check_launch(training_args, data_parallel=data_parallel)
+        check_output_dir_is_a_folder(Path(training_args.output_dir))
         check_resume_request(training_args)
         warn_remote_code(model_args)
         set_seed(training_args.seed)  # the initial weights (of the model, or of a new head) depend on it
@@ -99,7 +101,8 @@ class Run:
         if self.meter is None:
             raise RuntimeError("Run.throughput(model, seq_len) comes before Run.train (its callback goes to the "
                                "Trainer)")
-        checkpoint = find_checkpoint(self.args)
+        with self.args.main_process_first(local=False, desc="checkpoint check"):  # process 0 removes bad ones first
+            checkpoint = find_checkpoint(self.args)
         trainer.add_callback(NonFiniteLossGuard())
         trainer.add_callback(RunFilesRecorder())
         trainer.add_callback(NoStepPastTheEnd())
@@ -130,6 +133,7 @@ class Run:
         if self.args.should_log:
             print(summary, flush=True)
         publish_if_asked(self.args, self.hub)
+        unlock_run_folder(Path(self.args.output_dir))
         return results
 
 

@@ -6,15 +6,25 @@ even when a killed save left it half-written; this module stays until the Traine
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
 import logging
 import time
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import TrainerCallback
 
 from .cache import path_fingerprint, tokenizer_fingerprint
+from .checkpoints import (
+    checkpoint_problem,
+    checkpoint_step,
+    folder_step,
+    missing_training_state,
+    write_manifest,
+    written_whole,
+)
 from .errors import RecipeError
 from .ownership import (
     PUBLISH_MANIFEST,
@@ -31,13 +41,16 @@ logger = logging.getLogger("lmrecipes")
 
 
 def check_output_dir_is_a_folder(out: Path) -> None:
+    """A folder, or nothing yet. Not a symbolic link: a run's marker proves what it wrote only in the folder itself
+    (a link could be pointed at another folder between a stop and the rerun), so a linked folder could never be
+    resumed or overwritten."""
+    if out.is_symlink():
+        raise RecipeError(f"key 'output_dir': {out} is a symbolic link (to {out.readlink()}); give the folder it "
+                          "points to, or a new folder")
     if out.exists() and not out.is_dir():
         raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
 
 
-CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                      "pytorch_model_fsdp_0/.metadata",  # FSDP's sharded weights: the metadata is written last
-                      "latest")  # DeepSpeed's: names its global_stepN folder once that is written
 # Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
 COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
                  "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
@@ -45,25 +58,24 @@ COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir",
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
-    """A checkpoint the Trainer finished writing: its trainer_state.json (written last) parses and names its step,
-    and its weights are there. A run killed while saving leaves a folder that fails this."""
-    try:
-        state = json.loads((folder / "trainer_state.json").read_text())
-        step = int(folder.name.rsplit("-", 1)[1])
-    except (OSError, ValueError, IndexError):
-        return False
-    return state.get("global_step") == step and any((folder / name).is_file() for name in CHECKPOINT_WEIGHTS)
+    """A checkpoint the Trainer finished writing and can load (checkpoints.checkpoint_problem finds nothing)."""
+    return folder.is_dir() and checkpoint_problem(folder) is None
 
 
 def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) -> str | None:
-    """The highest-numbered complete checkpoint-N in `out`; newer incomplete ones are removed if asked (warned)."""
-    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    for folder in sorted(folders, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if is_complete_checkpoint(folder):
+    """The highest-numbered checkpoint-N in `out` the Trainer can load; newer ones it cannot are skipped with a
+    warning naming what is wrong: those the Trainer never finished writing (killed while saving) are removed if
+    asked and the run wrote them; damaged ones (files cut short or emptied by a power loss) are left as they are
+    (the Trainer writes that step's checkpoint again when it gets there)."""
+    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and folder_step(p) is not None]
+    for folder in sorted(folders, key=folder_step, reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return str(folder)
-        logger.warning("%s %s: incomplete (the run was killed while saving it)",
-                       "Removing" if remove_incomplete else "Skipping", folder)
-        if remove_incomplete:
+        remove = remove_incomplete and not written_whole(folder)
+        logger.warning("%s %s: %s; an earlier checkpoint is tried", "Removing" if remove else "Skipping", folder,
+                       problem)
+        if remove:
             _remove_incomplete_checkpoint(out, folder)
     return None
 
@@ -78,20 +90,16 @@ def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
         logger.warning("Left %s in place: %s", folder, err)
 
 
-def checkpoint_step(checkpoint) -> int:
-    """The optimizer step a (complete) checkpoint was saved at, from its trainer_state.json."""
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
-
-
 def check_resume_request(training_args) -> None:
-    """An explicit `resume_from_checkpoint` must be a complete checkpoint: checked before anything is written."""
+    """An explicit `resume_from_checkpoint` must be a checkpoint the Trainer can load, at most at max_steps:
+    checked before anything is written."""
     explicit = training_args.resume_from_checkpoint
     if explicit:
         if not Path(explicit).is_dir():
             raise RecipeError(f"key 'resume_from_checkpoint': no checkpoint folder at {explicit}")
-        if not is_complete_checkpoint(Path(explicit)):
-            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is incomplete (trainer_state.json or "
-                              "weights missing: the run was killed while saving it)")
+        problem = checkpoint_problem(Path(explicit))
+        if problem:
+            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} cannot be resumed: {problem}")
         step = checkpoint_step(explicit)
         if 0 < training_args.max_steps < step:
             raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is at step {step}, past max_steps "
@@ -102,7 +110,9 @@ def find_checkpoint(training_args) -> str | None:
     """The checkpoint to resume from: `resume_from_checkpoint`, else the last complete one in `output_dir`.
 
     Hand-written beside `transformers.trainer_utils.get_last_checkpoint`, which takes the highest-numbered folder
-    even when a killed save left it half-written. Such folders are removed (main process), with a warning.
+    even when a killed save left it half-written. Such folders are removed (main process), with a warning. A
+    checkpoint without optimizer, scheduler or random states (save_only_model, or deleted files) is resumed only
+    when named in resume_from_checkpoint: the Trainer would restart the optimizer and the learning-rate schedule.
     """
     explicit = training_args.resume_from_checkpoint
     if explicit:
@@ -111,6 +121,14 @@ def find_checkpoint(training_args) -> str | None:
     else:
         checkpoint = find_last_complete_checkpoint(Path(training_args.output_dir),
                                                    remove_incomplete=training_args.should_save)
+    missing = missing_training_state(Path(checkpoint)) if checkpoint else []
+    if missing and not explicit:
+        raise RecipeError(f"{checkpoint} has no {', '.join(missing)} (save_only_model: true, or deleted): resuming "
+                          "it would restart the optimizer and the learning-rate schedule; to do so anyway, pass "
+                          f"--resume_from_checkpoint {checkpoint}, or start over with --overwrite_output_dir true")
+    if missing:
+        logger.warning("%s has no %s: the optimizer and the learning-rate schedule start afresh from its weights",
+                       checkpoint, ", ".join(missing))
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     return checkpoint
@@ -121,6 +139,42 @@ def find_checkpoint(training_args) -> str | None:
 # the files the run wrote, the checkpoint being written ("pending"), and whether the run finished.
 # overwrite_output_dir deletes what it records and nothing else.
 RUN_MARKER = ".lmrecipes-run.json"
+# Held (fcntl.flock, which dies with its process) by the process that trains into the folder, from the claim to the
+# end of the run: a second command on the same output_dir is refused instead of training into the same files.
+RUN_LOCK = ".lmrecipes-lock"
+_held_locks: dict[Path, object] = {}  # output_dir -> the open lock file of this process's run there
+
+
+def lock_run_folder(out: Path) -> None:
+    """Take `out`'s run lock for this process (a run before it in this process, e.g. in a notebook, gives its lock
+    up); a RecipeError when another process holds it."""
+    out = out.resolve()
+    earlier = _held_locks.pop(out, None)
+    if earlier is not None:
+        earlier.close()
+    handle = open(out / RUN_LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RecipeError(f"key 'output_dir': another process is training into {out}; wait for it to end, or pick "
+                          "another output_dir") from None
+    _held_locks[out] = handle
+
+
+def unlock_run_folder(out: Path) -> None:
+    """Give up this process's lock on `out` (the run there ended, or found nothing to do)."""
+    handle = _held_locks.pop(Path(out).resolve(), None)
+    if handle is not None:
+        handle.close()
+
+
+def _own_leftover(name: str) -> bool:
+    """A top-level name only lmrecipes' own writes leave in a run folder: its lock, and the temporary file of a
+    marker or recipe update a stop cut short (an atomic write's)."""
+    return name == RUN_LOCK or any(fnmatch.fnmatch(name, f".{own}.*.tmp") for own in (RUN_MARKER, RUN_RECIPE))
+
+
 # Top-level names a run writes when it saves the model and its results (Trainer, tokenizer, peft, lmrecipes). Only
 # files of these names written during this session of the run are recorded, never the user's older ones.
 SAVED_NAMES = ("*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
@@ -209,6 +263,12 @@ class RunFilesRecorder(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         out, folder = Path(args.output_dir), f"checkpoint-{state.global_step}"
+        PartialState().wait_for_everyone()  # each process writes its own random state: wait for all of them
+        if args.should_save and (out / folder).is_dir():
+            try:
+                write_manifest(out / folder)
+            except OSError as err:  # the checkpoint is still checked by its files' formats when resumed
+                logger.warning("Could not flush %s to disk and write its manifest: %s", out / folder, err)
         self._update(args, files=self._files_under(out, folder) + self._files_under(out, "runs", "tfevents"),
                      done_pending=[folder])
 
@@ -238,7 +298,7 @@ def run_owns(out: Path):
         top, _, rest = name.partition("/")
         if top in published:
             return published[top](rest)
-        return name in recorded or name.startswith(pending)
+        return name in recorded or name.startswith(pending) or (not rest and _own_leftover(top))
 
     return owns
 
@@ -247,7 +307,7 @@ def remove_run_folder(out: Path) -> None:
     """Delete a run folder (proven by its marker) when it holds only what the run wrote (run_owns); anything else
     is refused untouched, naming it. The marker goes last, so a folder left half-deleted is still a run."""
     files = check_deletable(out, run_owns(out), "overwrite_output_dir", "this lmrecipes run")
-    delete_checked(out, files, last=RUN_MARKER)
+    delete_checked(out, [name for name in files if name != RUN_LOCK], last=RUN_MARKER, keep_folder=True)
 
 
 def _comparable(recipe: dict) -> dict:
@@ -281,11 +341,17 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
     previous_file, results_file = out / RUN_RECIPE, out / "all_results.json"
     with training_args.main_process_first(local=False, desc="output_dir check"):  # all machines: after process 0
         check_output_dir_is_a_folder(out)
-        if out.is_dir() and any(out.iterdir()) and not is_run_folder(out):
+        if out.is_dir() and any(not _own_leftover(p.name) for p in out.iterdir()) and not is_run_folder(out):
             raise RecipeError(f"key 'output_dir': {out} holds files but no lmrecipes run ({RUN_MARKER}); pick a new "
                               "or empty folder (runs of lmrecipes before the marker existed: move them away)")
+        if training_args.process_index == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            lock_run_folder(out)
         finished = results_file.is_file() and run_record(out).get("finished") is True
-        if is_run_folder(out):
+        # the marker is written before the recipe: a run stopped between the two never trained, and starts afresh
+        never_started = is_run_folder(out) and not previous_file.is_file() and \
+            set(run_record(out).get("files", [])) <= {RUN_MARKER} and not any(out.glob("checkpoint-*"))
+        if is_run_folder(out) and not never_started:
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
                              if previous.get(k) != recipe.get(k))
@@ -302,14 +368,16 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
                 if finished:
                     print(f"{out} holds a finished run of this recipe: nothing to do (results in {results_file}; "
                           "--overwrite_output_dir true trains it again)", flush=True)
+                    unlock_run_folder(out)
                     return json.loads(results_file.read_text())
             elif training_args.should_save:
                 logger.warning("overwrite_output_dir: deleting the run in %s and starting over", out)
                 remove_run_folder(out)
         if training_args.should_save:
             out.mkdir(parents=True, exist_ok=True)
-            if not is_run_folder(out):
+            if not is_run_folder(out) or never_started:
+                record_run(out, inputs=inputs or {})  # first: from here on the folder is this run's
                 write_recipe(previous_file, recipe, header)
-                record_run(out, files=[RUN_RECIPE], inputs=inputs or {})
+                record_run(out, files=[RUN_RECIPE])
             record_run(out, session_start=time.time())
     return None

@@ -1,7 +1,9 @@
 """Tokens per second and model FLOPs utilisation (MFU) of a training run.
 
 FLOPs per token follow the PaLM appendix / nanoGPT estimate: 6 x (weights used in matrix multiplies) for
-forward+backward, plus 12 x layers x hidden x sequence length for the attention scores and weighted sum.
+forward+backward, plus 12 x layers x (heads x head_dim) x sequence length for the attention scores and weighted
+sum. A weight that is not trained (LoRA's base model, a frozen body) costs less: 2 for the forward pass, 2 more
+when a gradient flows through it to something trained before it, and never the 2 of its own gradient.
 """
 
 from __future__ import annotations
@@ -50,21 +52,54 @@ def flops_per_token(matmul_weights: int, num_layers: int, hidden_size: int, seq_
     return 6.0 * matmul_weights + 12.0 * num_layers * hidden_size * seq_len
 
 
-def _layers_and_hidden(config) -> tuple[int, int]:
+def _layers_and_attention_width(config) -> tuple[int, int]:
+    """(layers, heads x head_dim): the width of the attention's scores and weighted sum, which is the hidden size
+    unless the config sets its own head_dim (Gemma, Qwen3)."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return (getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0),
-            getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0))
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    head_dim = getattr(config, "head_dim", None)
+    return layers, heads * head_dim if heads and head_dim else hidden
+
+
+def _is_attention(module) -> bool:
+    """An attention block of a transformers model (LlamaAttention, BertSelfAttention, GPT2Attention, ...): the
+    innermost module whose class name ends in Attention."""
+    return type(module).__name__.endswith("Attention") and \
+        not any(type(child).__name__.endswith("Attention") for child in module.children())
+
+
+def _trained_flops(model, seq_len: int) -> float:
+    """Training FLOPs per token of the matrix multiplies and the attention, going through the modules in
+    registration order, which stands for the forward order (embeddings, layers, head): a weight or an attention
+    block that nothing trained comes before costs its forward pass only (2 per weight, 4 x width x seq_len), one
+    that a gradient flows through 2 per weight more and twice the attention's forward, a trained weight 6."""
+    layers, width = _layers_and_attention_width(model.config)
+    flops, trained_before, blocks = 0.0, False, 0
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            flops += module.weight.numel() * (6 if module.weight.requires_grad else 4 if trained_before else 2)
+        elif _is_attention(module):
+            inside = any(p.requires_grad for p in module.parameters())  # LoRA on the query projection
+            flops += (12.0 if trained_before or inside else 4.0) * width * seq_len
+            blocks += 1
+        trained_before = trained_before or any(p.requires_grad for p in module.parameters(recurse=False))
+    if blocks != layers:  # attention blocks not recognised: every layer's attention, forward and backward
+        flops = sum(module.weight.numel() * (6 if module.weight.requires_grad else 4) for module in model.modules()
+                    if isinstance(module, (torch.nn.Linear, Conv1D))) + 12.0 * layers * width * seq_len
+    return flops
 
 
 def model_flops_per_token(model, seq_len: int) -> float:
-    """A model made of several transformers (ELECTRA's discriminator and generator: `generator` attribute) counts
-    the attention of each."""
+    """Training FLOPs per token (module docstring). A model made of several transformers, whose layers do not all
+    run on every token (ELECTRA's discriminator and generator: `generator` attribute, `matmul_weights_per_token`),
+    trains all its weights and counts the attention of each."""
+    if not hasattr(model, "matmul_weights_per_token"):
+        return _trained_flops(model, seq_len)
     configs = [model.config] + [sub.config for sub in (getattr(model, "generator", None),) if sub is not None]
-    attention = sum(12.0 * layers * hidden * seq_len for layers, hidden in map(_layers_and_hidden, configs))
-    # a model whose layers do not all run on every token says how many weights do per token on average
-    weights = model.matmul_weights_per_token() if hasattr(model, "matmul_weights_per_token") else \
-        matmul_weight_count(model)
-    return flops_per_token(weights, 0, 0, seq_len) + attention
+    return 6.0 * model.matmul_weights_per_token() + sum(
+        12.0 * layers * width * seq_len for layers, width in map(_layers_and_attention_width, configs))
 
 
 def table_peak_flops(device_name: str, dtype_name: str) -> float | None:

@@ -44,7 +44,7 @@ class RunArguments(TrainingArguments):
         self.bf16, self.precision_choice = bf16_choice(setting, on_cpu=launch.trains_on_cpu(self.use_cpu))
         if self.bf16 and not launch.has_accelerator():  # else transformers stops: "Your setup doesn't support bf16/gpu"
             self.use_cpu = True
-        launch.load_deepspeed_comm_op()  # before the Trainer's arguments start DeepSpeed
+        launch.load_deepspeed_comm_op(bool(self.deepspeed))  # before the Trainer's arguments start DeepSpeed
         super().__post_init__()
 
 
