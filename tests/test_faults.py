@@ -461,3 +461,27 @@ def test_a_run_stopped_at_any_point_finishes_when_rerun(tmp_path, small_corpus):
     assert code == -signal.SIGKILL and list(run.glob(".tmp-hub-*")), log[-2000:]
     lmrecipes.publish(run, "someone/tiny", dry_run=True)
     check_deletable(run, run_owns(run), "overwrite_output_dir", "this lmrecipes run")  # overwriting would proceed
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_rerun_finishes(tmp_path, small_corpus, monkeypatch):
+    """torch.save on a full disk fails with `basic_ios::clear: iostream error` (a traceback, before): the run stops
+    in one line saying to free space; the same command then resumes from the last complete checkpoint."""
+    settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 6,
+                "save_steps": 2}
+    out = tmp_path / "full-disk"
+    save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if str(path).endswith("checkpoint-4/optimizer.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1024\n"
+                               "basic_ios::clear: iostream error")
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(lmrecipes.RecipeError, match=rf"writing into {out} failed \(\[enforce fail at inline_container"
+                                                   r".*\): free some space \(the disk or quota is full\), then run "
+                                                   r"the same command again"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    monkeypatch.setattr(torch, "save", save)
+    assert "eval_loss" in lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    assert read_json(out / "trainer_state.json")["global_step"] == 6

@@ -243,3 +243,19 @@ def test_regression_refuses_label_smoothing_and_the_no_label_value(tmp_path):
     write_jsonl(tmp_path / "r.jsonl", rows)
     with pytest.raises(lmrecipes.RecipeError, match="holds -100, which transformers reads as 'no label'"):
         load_classification_data(data_args, "regression", finetune_args)
+
+
+def test_per_class_results_are_bounded_for_many_classes():
+    """1,200 classes wrote a 43 MB all_results.json (per-class lists, a 1,200 x 1,200 confusion matrix): above
+    PER_CLASS_LIMIT classes only the averages are kept (test_predictions.json holds every row to compute more)."""
+    from lmrecipes.tasks.single_label import PER_CLASS_LIMIT, SingleLabelClassification
+
+    rng = np.random.default_rng(0)
+    for classes in (3, PER_CLASS_LIMIT + 1):
+        task = SingleLabelClassification([f"c{i}" for i in range(classes)], "label")
+        targets = rng.integers(0, classes, 200)
+        metrics = task.metrics(rng.normal(size=(200, classes)), targets)
+        assert {"accuracy", "f1", "f1_weighted", "precision", "recall"} <= metrics.keys()
+        few = classes <= PER_CLASS_LIMIT
+        assert ("f1_per_class" in metrics) is few and ("confusion_matrix" in metrics) is few, classes
+        assert len(json.dumps(metrics)) < 2000 + (classes * classes * 4 if few else 0)

@@ -60,3 +60,38 @@ def test_train_tokenizer_script_saves_a_loadable_tokenizer(tmp_path, small_corpu
     assert "saved to" in result.stdout
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == 700 and tokenizer.mask_token == "[MASK]"
+
+
+def test_a_cached_tokenizer_is_reused_only_whole(tmp_path, texts, caplog):
+    """A cache entry is complete once its manifest (written last) is there and its files still have the sizes it
+    records: a tokenizer missing tokenizer_config.json (it used to be reused without its special tokens), a
+    truncated tokenizer.json or an entry without manifest is trained again, with a warning naming it; the
+    `.tmp-*` folder of a killed write is removed."""
+    from lmrecipes.cache import CACHE_MANIFEST
+    from lmrecipes.tokenizer import get_or_train_tokenizer
+
+    args = TokenizerArguments(vocab_size=300)
+    trainings = []
+
+    def texts_factory():
+        trainings.append(1)
+        return texts[:20]
+
+    def tokenizer():
+        return get_or_train_tokenizer(args, OBJECTIVES["causal_lm"], texts_factory, "corpus", tmp_path)
+
+    first = tokenizer()
+    [entry] = [p for p in (tmp_path / "tokenizers").iterdir() if p.is_dir()]
+    assert (entry / CACHE_MANIFEST).is_file() and len(trainings) == 1
+    assert tokenizer().get_vocab() == first.get_vocab() and len(trainings) == 1  # reused
+    killed = tmp_path / "tokenizers" / f".tmp-{entry.name}-abc"
+    killed.mkdir()
+    for damage, expected in ((lambda: (entry / "tokenizer_config.json").unlink(), "tokenizer_config.json is missing"),
+                             (lambda: (entry / "tokenizer.json").write_text("{"), "tokenizer.json is 1 bytes"),
+                             (lambda: (entry / CACHE_MANIFEST).unlink(), f"no readable {CACHE_MANIFEST}")):
+        damage()
+        caplog.clear()
+        again = tokenizer()
+        assert f"The cached tokenizer at {entry} is damaged ({expected}" in caplog.text
+        assert again.get_vocab() == first.get_vocab() and again.eos_token == first.eos_token
+    assert len(trainings) == 4 and not killed.exists()

@@ -1,15 +1,20 @@
-"""Atomic folders and content fingerprints: the preprocessing cache (tokenizers, tokenized data) and what a run's
-marker records of its inputs (run_folder.run_inputs)."""
+"""Atomic folders, cache entries and content fingerprints: the preprocessing cache (tokenizers, tokenized data) and
+what a run's marker records of its inputs (run_folder.run_inputs)."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+logger = logging.getLogger("lmrecipes")
 
 
 @contextlib.contextmanager
@@ -38,6 +43,54 @@ def atomic_directory(target: Path, replace=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# Written last into every cache entry: the size of each of its files. An entry without it, or whose files differ
+# from it, is built again.
+CACHE_MANIFEST = ".lmrecipes-cache.json"
+
+
+def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
+    """Make sure the cache entry `folder` is there whole: True if it was (reused), else `build(tmp)` fills a new
+    one, which replaces a damaged one (warned), and False.
+
+    Hand-written: neither `tokenizers` nor `datasets` keeps a cache keyed on the corpus that checks itself. The
+    processes of a machine take turns on an entry through a lock file beside it (fcntl: it dies with its holder),
+    so an entry is built once and a `.tmp-*` folder found while holding the lock is a killed build's (removed).
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in folder.parent.glob(f".tmp-{folder.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        problem = cache_entry_problem(folder)
+        if problem is None:
+            return True
+        if folder.exists():
+            logger.warning("The %s at %s is damaged (%s): building it again", what, folder, problem)
+        with atomic_directory(folder, replace=lambda aside: shutil.rmtree(aside, ignore_errors=True)) as tmp:
+            build(tmp)
+            sizes = {str(path.relative_to(tmp)): path.stat().st_size for path in sorted(tmp.rglob("*"))
+                     if path.is_file()}
+            for name in sizes:
+                with open(tmp / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+            (tmp / CACHE_MANIFEST).write_text(json.dumps({"written_by": "lmrecipes", "sizes": sizes}))
+        return False
+
+
+def cache_entry_problem(folder: Path) -> str | None:
+    """What is wrong with a cache entry (missing, no manifest: a killed or older build, a file missing or of
+    another size); None when it is whole."""
+    try:
+        sizes = json.loads((folder / CACHE_MANIFEST).read_text())["sizes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "not there" if not folder.exists() else f"no readable {CACHE_MANIFEST}"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return f"{name} is {'missing' if not path.is_file() else f'{path.stat().st_size} bytes, {size} when saved'}"
+    return None
 
 
 def files_fingerprint(paths: list[str]) -> str:

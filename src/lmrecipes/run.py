@@ -14,6 +14,7 @@ What lmrecipes sets in the TrainingArguments for every run is set in `Run.__init
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from transformers import TrainerCallback, set_seed
 
 from . import hub
 from .checkpoints import checkpoint_step
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
 from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
@@ -107,6 +108,24 @@ class Run:
         trainer.add_callback(RunFilesRecorder())
         trainer.add_callback(NoStepPastTheEnd())
         announce_stream_skip(trainer, checkpoint)
+        try:
+            metrics = self._train_and_save(trainer, checkpoint)
+        except (OSError, RuntimeError) as err:
+            if not out_of_space(err):
+                raise
+            raise RecipeError(f"writing into {self.args.output_dir} failed ({first_line(err)}): free some space (the "
+                              "disk or quota is full), then run the same command again (it resumes from the last "
+                              "complete checkpoint)") from None
+        metrics.update(self.meter.metrics)
+        metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
+        # the Trainer's table formats every value as a number: unknown ones (null) are saved, not printed
+        trainer.log_metrics("train", {key: value for key, value in metrics.items() if value is not None})
+        trainer.save_metrics("train", metrics)
+        if self.args.should_save:
+            record_saved_files(Path(self.args.output_dir))  # the final model, tokenizer, state and train results
+        return metrics
+
+    def _train_and_save(self, trainer, checkpoint) -> dict:
         resumed_at = checkpoint_step(checkpoint) if checkpoint else None  # read now: training may rotate it away
         try:
             metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
@@ -116,13 +135,6 @@ class Run:
             metrics = finish_complete_training(trainer, checkpoint, self.meter)
         save_final_model(trainer)
         trainer.save_state()
-        metrics.update(self.meter.metrics)
-        metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
-        # the Trainer's table formats every value as a number: unknown ones (null) are saved, not printed
-        trainer.log_metrics("train", {key: value for key, value in metrics.items() if value is not None})
-        trainer.save_metrics("train", metrics)
-        if self.args.should_save:
-            record_saved_files(Path(self.args.output_dir))  # the final model, tokenizer, state and train results
         return metrics
 
     def finish(self, results: dict, summary: str, folders: tuple[str, ...] = ()) -> dict:
@@ -176,6 +188,14 @@ def publish_if_asked(training_args, target: dict | None) -> str | None:
     result = hub.publish(training_args.output_dir, target["repo_id"], private=target["private"], token=target["token"])
     print(f"Published to {result['url']}", flush=True)
     return result["url"]
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether a failed write means a full disk (or quota): the OS error, or what torch.save reports of it."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return any(sign in text for sign in ("No space left", "iostream error", "file write failed", "Disk quota"))
 
 
 class TrainingWasComplete(Exception):

