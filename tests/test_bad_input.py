@@ -408,7 +408,7 @@ def test_bad_finetuning_input_fails_in_one_line_with_nothing_written(tmp_path, c
             "a score set problem_type: regression"),
         "a validation split of one row to choose the best checkpoint by": (
             {"validation_file": [str(one_row)], "load_best_model_at_end": True, "eval_strategy": "epoch",
-             "save_strategy": "epoch"}, "the validation split has 1 row(s), too few to choose the best checkpoint"),
+             "save_strategy": "epoch"}, "the validation split has 1 row(s) to evaluate, too few to choose the best"),
     }
     for name, (change, expected) in cases.items():
         out = tmp_path / name.replace(" ", "-")

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -84,14 +85,19 @@ def test_a_cached_tokenizer_is_reused_only_whole(tmp_path, texts, caplog):
     [entry] = [p for p in (tmp_path / "tokenizers").iterdir() if p.is_dir()]
     assert (entry / CACHE_MANIFEST).is_file() and len(trainings) == 1
     assert tokenizer().get_vocab() == first.get_vocab() and len(trainings) == 1  # reused
-    killed = tmp_path / "tokenizers" / f".tmp-{entry.name}-abc"
-    killed.mkdir()
+    import socket
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / "tokenizers" / f".tmp-{entry.name}-{socket.gethostname()}-{ended.stdout.strip()}-abc"
+    killed.mkdir()  # what a build killed midway leaves
+    alive = tmp_path / "tokenizers" / f".tmp-{entry.name}-{socket.gethostname()}-{os.getpid()}-def"
+    alive.mkdir()  # a build going on: kept
     for damage, expected in ((lambda: (entry / "tokenizer_config.json").unlink(), "tokenizer_config.json is missing"),
                              (lambda: (entry / "tokenizer.json").write_text("{"), "tokenizer.json is 1 bytes"),
-                             (lambda: (entry / CACHE_MANIFEST).unlink(), f"no readable {CACHE_MANIFEST}")):
+                             (lambda: (entry / CACHE_MANIFEST).unlink(), f"no {CACHE_MANIFEST}")):
         damage()
         caplog.clear()
         again = tokenizer()
-        assert f"The cached tokenizer at {entry} is damaged ({expected}" in caplog.text
+        assert f"The cached tokenizer at {entry} is built again: {expected}" in caplog.text
         assert again.get_vocab() == first.get_vocab() and again.eos_token == first.eos_token
-    assert len(trainings) == 4 and not killed.exists()
+    assert len(trainings) == 4 and not killed.exists() and alive.exists()

@@ -55,7 +55,7 @@ def pretrain(recipe: str | Path | dict | None = None, *, callbacks=(), **overrid
     from .pretraining import run_pretraining
 
     *args, explicit = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
-    return run_pretraining(*args, explicit=explicit, callbacks=callbacks)
+    return _unlocking(run_pretraining, args, explicit=explicit, callbacks=callbacks)
 
 
 def finetune(recipe: str | Path | dict | None = None, *, callbacks=(), **overrides) -> dict:
@@ -64,7 +64,20 @@ def finetune(recipe: str | Path | dict | None = None, *, callbacks=(), **overrid
     from .finetuning import run_finetuning
 
     *args, explicit = load_recipe(recipe, FINETUNE_ARGUMENTS, **overrides)
-    return run_finetuning(*args, explicit=explicit, callbacks=callbacks)
+    return _unlocking(run_finetuning, args, explicit=explicit, callbacks=callbacks)
+
+
+def _unlocking(job, args, **kwargs):
+    """`job(*args, **kwargs)`, then this process's lock on the run's output_dir given up however the job ended: a
+    notebook that goes on after an error does not keep other processes out of the folder."""
+    from transformers import TrainingArguments
+
+    from .run_folder import unlock_run_folder
+
+    try:
+        return job(*args, **kwargs)
+    finally:
+        unlock_run_folder(Path(next(a for a in args if isinstance(a, TrainingArguments)).output_dir))
 
 
 def predict(model_dir: str | Path, texts: list, *, batch_size: int = 32, max_length: int | None = None):

@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,11 +30,11 @@ def atomic_directory(target: Path, replace=None):
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{_writer()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists() and not target.is_symlink() and replace is not None:
-            aside = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+            aside = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-{_writer()}-", dir=target.parent))
             os.replace(target, aside)  # over the empty folder mkdtemp made: a name nobody else holds
             os.replace(tmp, target)
             replace(aside)
@@ -50,6 +52,27 @@ def atomic_directory(target: Path, replace=None):
 CACHE_MANIFEST = ".lmrecipes-cache.json"
 
 
+def _writer() -> str:
+    """Who writes a temporary folder, in its name: this machine and process (HOST-PID)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _abandoned(folder: Path, day_s: float = 86400.0) -> bool:
+    """A temporary folder of atomic_directory whose writer is gone: a process of this machine that has ended, or
+    any writer a day ago (one on another machine sharing the folder cannot be asked)."""
+    try:
+        host, pid, _ = folder.name.rsplit("-", 2)
+        host = host.split("-", 2)[2]  # .tmp-NAME-HOST or .old-NAME-HOST: NAME is a cache key, no dash
+        if host == socket.gethostname():
+            os.kill(int(pid), 0)
+            return False
+        return time.time() - folder.stat().st_mtime > day_s
+    except ProcessLookupError:
+        return True
+    except (ValueError, IndexError, OSError):
+        return False
+
+
 def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
     """Make sure the cache entry `folder` is there whole: True if it was (reused), else `build(tmp)` fills a new
     one, which replaces a damaged one (warned), and False.
@@ -58,16 +81,18 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
     processes of a machine take turns on an entry through a lock file beside it (fcntl: it dies with its holder),
     so an entry is built once and a `.tmp-*` folder found while holding the lock is a killed build's (removed).
     """
+    if cache_entry_problem(folder) is None:  # the manifest is written last: an entry that has one is whole
+        return True
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for stale in folder.parent.glob(f".tmp-{folder.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    with _turn(folder.parent / f".{folder.name}.lock"):
+        for left in [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]:
+            if _abandoned(left):
+                shutil.rmtree(left, ignore_errors=True)
         problem = cache_entry_problem(folder)
-        if problem is None:
+        if problem is None:  # built by another process while this one waited
             return True
         if folder.exists():
-            logger.warning("The %s at %s is damaged (%s): building it again", what, folder, problem)
+            logger.warning("The %s at %s is built again: %s", what, folder, problem)
         with atomic_directory(folder, replace=lambda aside: shutil.rmtree(aside, ignore_errors=True)) as tmp:
             build(tmp)
             sizes = {str(path.relative_to(tmp)): path.stat().st_size for path in sorted(tmp.rglob("*"))
@@ -79,13 +104,32 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _turn(path: Path):
+    """This process's turn on a cache entry (fcntl lock). Where the file cannot be locked (a read-only or another
+    user's cache, a filesystem without locks), the entry is built without one: atomic_directory still keeps the
+    first one finished."""
+    try:
+        handle = open(path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError as err:
+        logger.warning("Building %s without a lock (%s)", path.name.removesuffix(".lock").lstrip("."), err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        handle.close()
+
+
 def cache_entry_problem(folder: Path) -> str | None:
     """What is wrong with a cache entry (missing, no manifest: a killed or older build, a file missing or of
     another size); None when it is whole."""
     try:
         sizes = json.loads((folder / CACHE_MANIFEST).read_text())["sizes"]
     except (OSError, ValueError, KeyError, TypeError):
-        return "not there" if not folder.exists() else f"no readable {CACHE_MANIFEST}"
+        return "not there" if not folder.exists() else \
+            f"no {CACHE_MANIFEST} (a build that was stopped, or one by an earlier lmrecipes)"
     for name, size in sizes.items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != size:

@@ -95,13 +95,16 @@ def check_model_selection(finetune_args: FinetuneArguments, training_args) -> No
 MIN_SELECTION_ROWS = 10
 
 
-def check_validation_size(training_args, finetune_args: FinetuneArguments, validation_rows: int) -> None:
-    """A validation split too small for what is chosen on it (the best checkpoint, when to stop early)."""
-    chooses = training_args.load_best_model_at_end or finetune_args.early_stopping_patience is not None
-    if chooses and validation_rows < MIN_SELECTION_ROWS:
-        raise RecipeError(f"the validation split has {validation_rows} row(s), too few to choose the best checkpoint "
-                          f"by (load_best_model_at_end needs at least {MIN_SELECTION_ROWS}): raise "
-                          "validation_fraction, give a larger validation_file, or set load_best_model_at_end: false")
+def check_validation_size(training_args, finetune_args: FinetuneArguments, data_args, validation_rows: int) -> None:
+    """A validation split too small for what is chosen on it (the best checkpoint, when to stop early), counted as
+    evaluated (max_eval_samples)."""
+    chooses = training_args.load_best_model_at_end or training_args.save_strategy == "best" or \
+        finetune_args.early_stopping_patience is not None
+    rows = min(validation_rows, data_args.max_eval_samples or validation_rows)
+    if chooses and rows < MIN_SELECTION_ROWS:
+        raise RecipeError(f"the validation split has {rows} row(s) to evaluate, too few to choose the best checkpoint "
+                          f"by (at least {MIN_SELECTION_ROWS}): raise validation_fraction or max_eval_samples, or give "
+                          "a larger validation_file (or choose no best checkpoint: load_best_model_at_end: false)")
 
 
 def architecture_summary(model) -> dict:
@@ -222,7 +225,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     with training_args.main_process_first(desc="classification data"):
         splits, task = load_classification_data(data_args, finetune_args.problem_type, finetune_args,
                                                 training_args.label_smoothing_factor)
-        check_validation_size(training_args, finetune_args, len(splits["validation"]))
+        check_validation_size(training_args, finetune_args, data_args, len(splits["validation"]))
         encoded, documents = tokenize_for_classification(splits, tokenizer, task, data_args, training_args.seed)
     model = classifier_to_train(model_args, finetune_args, tokenizer, task, encoded)
     choose_best_metric(training_args, task, finetune_args, explicit)

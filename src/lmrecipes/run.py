@@ -113,9 +113,10 @@ class Run:
         except (OSError, RuntimeError) as err:
             if not out_of_space(err):
                 raise
-            raise RecipeError(f"writing into {self.args.output_dir} failed ({first_line(err)}): free some space (the "
-                              "disk or quota is full), then run the same command again (it resumes from the last "
-                              "complete checkpoint)") from None
+            where = getattr(err, "filename", None) or f"into {self.args.output_dir}"
+            raise RecipeError(f"writing {where} failed ({first_line(err)}): free some space (the disk or quota is "
+                              "full), then run the same command again (it resumes from the last complete checkpoint, "
+                              "if any)") from None
         metrics.update(self.meter.metrics)
         metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
         # the Trainer's table formats every value as a number: unknown ones (null) are saved, not printed
@@ -191,11 +192,14 @@ def publish_if_asked(training_args, target: dict | None) -> str | None:
 
 
 def out_of_space(err: BaseException) -> bool:
-    """Whether a failed write means a full disk (or quota): the OS error, or what torch.save reports of it."""
+    """Whether a failed write means a full disk (or quota): the OS error (its file named), or torch.save's report
+    of a write its archive writer could not finish. Not a full shared memory (/dev/shm) under data-loader workers,
+    which torch reports as `unable to write to file </torch_...>`: that is no disk of the run's."""
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
     text = str(err)
-    return any(sign in text for sign in ("No space left", "iostream error", "file write failed", "Disk quota"))
+    return "</torch_" not in text and any(sign in text for sign in ("inline_container", "PytorchStreamWriter",
+                                                                    "file write failed", "iostream error"))
 
 
 class TrainingWasComplete(Exception):

@@ -152,13 +152,21 @@ def lock_run_folder(out: Path) -> None:
     earlier = _held_locks.pop(out, None)
     if earlier is not None:
         earlier.close()
-    handle = open(out / RUN_LOCK, "a")
+    try:
+        handle = open(out / RUN_LOCK, "a")
+    except OSError as err:
+        logger.warning("output_dir is not locked against a second command (%s)", err)
+        return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise RecipeError(f"key 'output_dir': another process is training into {out}; wait for it to end, or pick "
                           "another output_dir") from None
+    except OSError as err:  # a filesystem without locks
+        handle.close()
+        logger.warning("output_dir is not locked against a second command (%s)", err)
+        return
     _held_locks[out] = handle
 
 

@@ -77,7 +77,9 @@ def _trained_flops(model, seq_len: int) -> float:
     that a gradient flows through 2 per weight more and twice the attention's forward, a trained weight 6."""
     layers, width = _layers_and_attention_width(model.config)
     flops, trained_before, blocks = 0.0, False, 0
-    for module in model.modules():
+    # peft's modules_to_save keep a frozen original beside the trained copy that runs: the original does not run
+    running = [module for name, module in model.named_modules() if "original_module" not in name.split(".")]
+    for module in running:
         if isinstance(module, (torch.nn.Linear, Conv1D)):
             flops += module.weight.numel() * (6 if module.weight.requires_grad else 4 if trained_before else 2)
         elif _is_attention(module):
@@ -86,7 +88,7 @@ def _trained_flops(model, seq_len: int) -> float:
             blocks += 1
         trained_before = trained_before or any(p.requires_grad for p in module.parameters(recurse=False))
     if blocks != layers:  # attention blocks not recognised: every layer's attention, forward and backward
-        flops = sum(module.weight.numel() * (6 if module.weight.requires_grad else 4) for module in model.modules()
+        flops = sum(module.weight.numel() * (6 if module.weight.requires_grad else 4) for module in running
                     if isinstance(module, (torch.nn.Linear, Conv1D))) + 12.0 * layers * width * seq_len
     return flops
 

