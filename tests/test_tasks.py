@@ -247,7 +247,7 @@ def test_regression_refuses_label_smoothing_and_the_no_label_value(tmp_path):
 
 def test_per_class_results_are_bounded_for_many_classes():
     """1,200 classes wrote a 43 MB all_results.json (per-class lists, a 1,200 x 1,200 confusion matrix): above
-    PER_CLASS_LIMIT classes only the averages are kept (test_predictions.json holds every row to compute more)."""
+    PER_CLASS_LIMIT classes the results keep the averages; the per-class lists and the matrix go to their own file."""
     from lmrecipes.tasks.single_label import PER_CLASS_LIMIT, SingleLabelClassification
 
     rng = np.random.default_rng(0)
@@ -259,3 +259,7 @@ def test_per_class_results_are_bounded_for_many_classes():
         few = classes <= PER_CLASS_LIMIT
         assert ("f1_per_class" in metrics) is few and ("confusion_matrix" in metrics) is few, classes
         assert len(json.dumps(metrics)) < 2000 + (classes * classes * 4 if few else 0)
+        details = task.detailed_metrics(rng.normal(size=(200, classes)), targets)  # test_details.json, not uploaded
+        assert (details == {}) is few
+        if not few:
+            assert len(details["f1_per_class"]) == classes and len(details["confusion_matrix"]) == classes

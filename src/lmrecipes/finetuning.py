@@ -33,6 +33,7 @@ logger = logging.getLogger("lmrecipes")
 
 LABELS_FILE = "labels.json"
 TEST_PREDICTIONS = "test_predictions.json"
+TEST_DETAILS = "test_details.json"  # metrics too large for the results (Task.detailed_metrics)
 
 
 def head_parameters(model) -> list:
@@ -256,6 +257,9 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     eval_metrics, test_metrics, (test_logits, test_targets) = evaluate_classifier(trainer, task, encoded, documents)
     if training_args.should_save:  # per row, for paired comparisons of runs on the same test split (label_curve)
         save_test_predictions(out, task, test_logits, test_targets, encoded["test"])
+        detailed = task.detailed_metrics(test_logits, test_targets)
+        if detailed:
+            (out / TEST_DETAILS).write_text(json.dumps(detailed))
     if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
         merge_adapter(training_args.output_dir, out / "merged")
     return run.finish({**train_metrics, **eval_metrics, **test_metrics},

@@ -189,7 +189,7 @@ SAVED_NAMES = ("*.safetensors", "model.safetensors.index.json", "config.json", "
                "adapter_config.json", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
                "training_args.bin", "trainer_state.json", "train_results.json", "eval_results.json",
-               "test_results.json", "all_results.json", "test_predictions.json", "merged/*",
+               "test_results.json", "all_results.json", "test_predictions.json", "test_details.json", "merged/*",
                "runs/*tfevents*")  # TensorBoard's files grow after training too (the final evaluations' logs)
 
 

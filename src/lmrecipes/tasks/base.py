@@ -73,6 +73,11 @@ class Task:
         """Fit what is chosen on the validation split after training (a decision threshold); a log line or None."""
         return None
 
+    def detailed_metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict:
+        """Metrics too large for the results (e.g. per-class lists of many classes), written to their own file
+        beside them, never uploaded; {} when the results hold everything."""
+        return {}
+
     def baseline(self, train_targets: np.ndarray, test_targets: np.ndarray) -> dict:
         """What a predictor that ignores the text scores on the test split (test_* keys)."""
         return {}

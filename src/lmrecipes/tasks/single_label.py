@@ -87,17 +87,17 @@ class SingleLabelClassification(Task):
             return losses
         return losses * torch.tensor(self.weights, dtype=losses.dtype, device=losses.device)[targets.long()]
 
-    def metrics(self, logits, targets):
+    def metrics(self, logits, targets, per_class: bool | None = None):
         """accuracy; F1, precision and recall macro-averaged (`f1`...), weighted by class frequency (`f1_weighted`)
         and per class (`f1_per_class`...: lists in the order of the labels); the confusion matrix. With more than
         PER_CLASS_LIMIT classes the per-class lists and the matrix are left out (1,200 classes made a 43 MB
-        all_results.json): test_predictions.json holds every test row's prediction to compute them."""
+        all_results.json): the test split's go to their own file (detailed_metrics)."""
         if self._metrics is None:
             self._metrics = {name: load_metric(name) for name in ("accuracy", *AVERAGED, "confusion_matrix")}
         predictions, references = np.argmax(logits, axis=-1), np.asarray(targets).astype(np.int64)
         result = self._metrics["accuracy"].compute(predictions=predictions, references=references)
         every_class = list(range(len(self.labels)))
-        per_class = len(self.labels) <= PER_CLASS_LIMIT
+        per_class = len(self.labels) <= PER_CLASS_LIMIT if per_class is None else per_class
         averages = (("macro", ""), ("weighted", "_weighted")) + (((None, "_per_class"),) if per_class else ())
         for name in AVERAGED:
             for average, suffix in averages:
@@ -109,6 +109,13 @@ class SingleLabelClassification(Task):
             result.update(self._metrics["confusion_matrix"].compute(predictions=predictions, references=references,
                                                                     num_labels=len(self.labels)))
         return result
+
+    def detailed_metrics(self, logits, targets):
+        """Above PER_CLASS_LIMIT classes: the per-class lists and the confusion matrix the results leave out."""
+        if len(self.labels) <= PER_CLASS_LIMIT:
+            return {}
+        every = self.metrics(logits, targets, per_class=True)
+        return {"labels": self.labels, **{key: value for key, value in every.items() if isinstance(value, list)}}
 
     def baseline(self, train_targets, test_targets):
         """Accuracy of always predicting the most frequent training label: what chance is on this test split."""
