@@ -464,12 +464,16 @@ def test_a_run_stopped_at_any_point_finishes_when_rerun(tmp_path, small_corpus):
 
 
 def test_a_full_disk_while_saving_is_one_line_and_the_rerun_finishes(tmp_path, small_corpus, monkeypatch):
-    """torch.save on a full disk fails with `basic_ios::clear: iostream error` (a traceback, before): the run stops
-    in one line saying to free space; the same command then resumes from the last complete checkpoint."""
+    """A full disk while saving (torch.save's `basic_ios::clear: iostream error`, safetensors' `I/O error: No space
+    left on device`: tracebacks, before) stops the run in one line saying to free space; the same command then
+    resumes from the last complete checkpoint. An output_dir that cannot be written (a disk remounted read-only) is
+    one line too."""
+    from transformers import modeling_utils
+
     settings = {**TINY_LLAMA, "train_file": [small_corpus], "validation_fraction": 0.15, "max_steps": 6,
                 "save_steps": 2}
     out = tmp_path / "full-disk"
-    save = torch.save
+    save, save_weights = torch.save, modeling_utils.safe_save_file
 
     def full_disk(obj, path, *args, **kwargs):
         if str(path).endswith("checkpoint-4/optimizer.pt"):
@@ -477,11 +481,32 @@ def test_a_full_disk_while_saving_is_one_line_and_the_rerun_finishes(tmp_path, s
                                "basic_ios::clear: iostream error")
         return save(obj, path, *args, **kwargs)
 
+    def full_disk_for_weights(tensors, path, *args, **kwargs):
+        if str(path).endswith("checkpoint-6/model.safetensors"):
+            raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save_weights(tensors, path, *args, **kwargs)
+
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(lmrecipes.RecipeError, match=rf"writing into {out} failed \(\[enforce fail at inline_container"
                                                    r".*\): free some space \(the disk or quota is full\), then run "
                                                    r"the same command again"):
         lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_disk_for_weights)
+    with pytest.raises(lmrecipes.RecipeError, match=r"failed \(Error while serializing: I/O error: No space left"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_weights)
+
+    import errno
+
+    from lmrecipes import run_folder
+
+    def read_only(out, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(out))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(run_folder, "record_run", read_only)
+        with pytest.raises(lmrecipes.RecipeError, match=rf"key 'output_dir': cannot write into {out} \(Read-only"):
+            lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     assert "eval_loss" in lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     assert read_json(out / "trainer_state.json")["global_step"] == 6

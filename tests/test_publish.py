@@ -311,3 +311,16 @@ def test_private_folder_names_in_relative_paths_are_not_published(tmp_path, caus
     published = (tmp_path / "hub" / "recipe.yaml").read_text()
     assert "- <local>/corpus.jsonl\n- <local>/b.jsonl\n- data/*.jsonl\n- <local>/c.jsonl" in published, published
     assert "`<local>/corpus.jsonl`" in (tmp_path / "hub" / "README.md").read_text()
+
+
+def test_a_run_that_has_not_finished_is_not_published(tmp_path, causal_run):
+    """A run stopped after its final save, before its final evaluation, has a model but no evaluation: publishing
+    it is refused (it built a card without results, before), naming how to finish it."""
+    run_dir = tmp_path / "stopped"
+    shutil.copytree(causal_run[0], run_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "hub"))
+    marker = run_dir / ".lmrecipes-run.json"
+    marker.write_text(json.dumps({**read_json(marker), "finished": False}))
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds a run that has not finished .*: run the same command "
+                                                   r"again to finish it, then publish"):
+        lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+    assert not (tmp_path / "hub").exists()

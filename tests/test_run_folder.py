@@ -392,3 +392,22 @@ def test_a_second_command_on_a_folder_in_use_is_refused(tmp_path, small_corpus):
     results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     assert "eval_loss" in results and read_run_recipe(out)["max_steps"] == 2
     assert lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out)) == results  # this process: again
+
+
+def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tmp_path, caplog):
+    """An emptied marker (what the run wrote is unknown), a started run whose recipe.yaml was deleted: each refused
+    naming what is wrong (both said "another recipe" before). A checkpoint copied in from another run is not
+    resumed (it was, silently, ending at another run's loss)."""
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    save_checkpoint_files(out / "checkpoint-4", 4)
+    record_run(out, files=[f"checkpoint-4/{name}" for name in ("trainer_state.json", "model.safetensors")])
+    save_checkpoint_files(out / "checkpoint-6", 6)  # copied from elsewhere: not in the marker
+    assert find_last_complete_checkpoint(out) == str(out / "checkpoint-4")
+    assert f"Skipping {out / 'checkpoint-6'}: this run did not write it" in caplog.text
+    (out / RUN_RECIPE).unlink()
+    with pytest.raises(RecipeError, match=rf"holds a started run whose {RUN_RECIPE} is missing: put it back"):
+        claim(out, RECIPE)
+    (out / RUN_MARKER).write_text("")
+    with pytest.raises(RecipeError, match=r"the run marker .* cannot be read \(emptied or damaged\)"):
+        claim(out, RECIPE, overwrite=True)

@@ -101,3 +101,35 @@ def test_a_cached_tokenizer_is_reused_only_whole(tmp_path, texts, caplog):
         assert f"The cached tokenizer at {entry} is built again: {expected}" in caplog.text
         assert again.get_vocab() == first.get_vocab() and again.eos_token == first.eos_token
     assert len(trainings) == 4 and not killed.exists() and alive.exists()
+
+
+def test_a_cache_that_cannot_be_read_or_written_is_one_line(tmp_path, texts, monkeypatch):
+    """A cached tokenizer damaged without a change of size (a vocabulary entry altered): one line naming the
+    folder (a traceback of the tokenizers library, before); a cache on a read-only disk: one line naming the keys
+    that move it."""
+    import errno
+
+    from lmrecipes import RecipeError, cache
+    from lmrecipes.tokenizer import get_or_train_tokenizer
+
+    def tokenizer(root):
+        return get_or_train_tokenizer(TokenizerArguments(vocab_size=300), OBJECTIVES["causal_lm"],
+                                      lambda: texts[:20], "corpus", root)
+
+    tokenizer(tmp_path)
+    [entry] = [p for p in (tmp_path / "tokenizers").iterdir() if p.is_dir()]
+    text = (entry / "tokenizer.json").read_text()
+    merge = json.loads(text)["model"]["merges"][-1]
+    first = merge[0] if isinstance(merge, list) else merge.split()[0]
+    at = text.index(f'"{first}":', text.index('"vocab"'))  # the vocabulary entry a merge needs, same length
+    (entry / "tokenizer.json").write_text(text[:at] + '"' + "Q" * len(first.encode()) + text[at + len(first) + 1:])
+    with pytest.raises(RecipeError, match=rf"the cached tokenizer at {entry} cannot be read \(.*\); delete that"):
+        tokenizer(tmp_path)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache, "_build_entry", read_only)
+    with pytest.raises(RecipeError, match=r"cannot write the cached tokenizer at .* \(Read-only file system\): set "
+                                          r"LMRECIPES_CACHE or data_cache_dir to a writable folder"):
+        tokenizer(tmp_path / "read-only")

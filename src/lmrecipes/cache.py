@@ -4,6 +4,7 @@ what a run's marker records of its inputs (run_folder.run_inputs)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -15,6 +16,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import RecipeError
 
 logger = logging.getLogger("lmrecipes")
 
@@ -83,6 +86,16 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
     """
     if cache_entry_problem(folder) is None:  # the manifest is written last: an entry that has one is whole
         return True
+    try:
+        return _build_entry(folder, build, what)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise RecipeError(f"cannot write the {what} at {folder} ({err.strerror}): set LMRECIPES_CACHE or "
+                          "data_cache_dir to a writable folder with space") from None
+
+
+def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _turn(folder.parent / f".{folder.name}.lock"):
         for left in [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]:

@@ -31,7 +31,7 @@ from .ownership import (
     write_publish_manifest,
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
-from .run_folder import is_run_folder, record_run
+from .run_folder import is_run_folder, record_run, run_record
 from .values import is_hub_id, looks_like_local_path
 
 logger = logging.getLogger("lmrecipes")
@@ -126,6 +126,9 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     if not model_dir.is_dir():
         raise RecipeError(f"model folder not found: {model_dir}")
     refuse_links(model_dir)
+    if is_run_folder(model_dir) and run_record(model_dir).get("finished") is not True:
+        raise RecipeError(f"{model_dir} holds a run that has not finished (no final evaluation in its results): run "
+                          "the same command again to finish it, then publish")
     repo_id = args.repo_id or model_dir.resolve().name
     kind = run_kind(model_dir)
     recipe = read_run_recipe(model_dir)

@@ -94,7 +94,11 @@ class Run:
     def claim(self, recipe: dict, inputs: dict) -> dict | None:
         """output_dir for this recipe and these inputs (run_folder.claim_output_dir): None to go on, or the
         results of a finished run of the same recipe (nothing to do)."""
-        return claim_output_dir(self.args, recipe, f"# Resolved recipe of this run (lmrecipes {self.job})", inputs)
+        try:
+            return claim_output_dir(self.args, recipe, f"# Resolved recipe of this run (lmrecipes {self.job})", inputs)
+        except OSError as err:  # a read-only disk (remounted after I/O errors), no permission
+            raise RecipeError(f"key 'output_dir': cannot write into {self.args.output_dir} ({err.strerror or err})")\
+                from None
 
     def train(self, trainer) -> dict:
         """Train from the last complete checkpoint (or `resume_from_checkpoint`), save the final model, tokenizer and
@@ -110,7 +114,7 @@ class Run:
         announce_stream_skip(trainer, checkpoint)
         try:
             metrics = self._train_and_save(trainer, checkpoint)
-        except (OSError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError is a plain Exception
             if not out_of_space(err):
                 raise
             where = getattr(err, "filename", None) or f"into {self.args.output_dir}"
@@ -196,10 +200,11 @@ def out_of_space(err: BaseException) -> bool:
     of a write its archive writer could not finish. Not a full shared memory (/dev/shm) under data-loader workers,
     which torch reports as `unable to write to file </torch_...>`: that is no disk of the run's."""
     if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     text = str(err)
-    return "</torch_" not in text and any(sign in text for sign in ("inline_container", "PytorchStreamWriter",
-                                                                    "file write failed", "iostream error"))
+    return "</torch_" not in text and any(sign in text for sign in (
+        "inline_container", "PytorchStreamWriter", "file write failed", "iostream error",  # torch.save
+        "No space left on device", "Disk quota exceeded", "File too large"))  # safetensors: "I/O error: ..."
 
 
 class TrainingWasComplete(Exception):

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from .cache import path_fingerprint, tokenizer_fingerprint
 from .checkpoints import (
+    MANIFEST,
     checkpoint_problem,
     checkpoint_step,
     folder_step,
@@ -68,7 +69,12 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
     asked and the run wrote them; damaged ones (files cut short or emptied by a power loss) are left as they are
     (the Trainer writes that step's checkpoint again when it gets there)."""
     folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and folder_step(p) is not None]
+    owns = run_owns(out) if is_run_folder(out) else None
     for folder in sorted(folders, key=folder_step, reverse=True):
+        if owns is not None and not any(owns(f"{folder.name}/{name}") for name in ("trainer_state.json", MANIFEST)):
+            logger.warning("Skipping %s: this run did not write it (to resume a checkpoint of another run, name it "
+                           "in resume_from_checkpoint)", folder)
+            continue
         problem = checkpoint_problem(folder)
         if problem is None:
             return str(folder)
@@ -357,8 +363,16 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
             lock_run_folder(out)
         finished = results_file.is_file() and run_record(out).get("finished") is True
         # the marker is written before the recipe: a run stopped between the two never trained, and starts afresh
+        if is_run_folder(out) and not run_record(out):
+            raise RecipeError(f"key 'output_dir': the run marker {out / RUN_MARKER} cannot be read (emptied or "
+                              "damaged), so what the run wrote is not known: move the folder away, or pick another "
+                              "output_dir")
         never_started = is_run_folder(out) and not previous_file.is_file() and \
             set(run_record(out).get("files", [])) <= {RUN_MARKER} and not any(out.glob("checkpoint-*"))
+        if is_run_folder(out) and not never_started and not previous_file.is_file() and \
+                not training_args.overwrite_output_dir:
+            raise RecipeError(f"key 'output_dir': {out} holds a started run whose {RUN_RECIPE} is missing: put it "
+                              "back to resume, or pass --overwrite_output_dir true to delete the run and start over")
         if is_run_folder(out) and not never_started:
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))

@@ -131,7 +131,7 @@ def get_or_train_tokenizer(args: TokenizerArguments, objective: Objective, texts
     reused = cached(folder, build, "cached tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - the tokenizers library raises plain Exceptions for a bad file
         raise RecipeError(f"the cached tokenizer at {folder} cannot be read ({first_line(err)}); delete that folder "
                           "and run again") from None
     logger.info("%s %s (%d tokens)", "Reusing the tokenizer trained earlier on this corpus:" if reused else

@@ -212,7 +212,7 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
         logger.info("%s %s", "Reusing tokenized and packed data from" if reused else "Tokenized data saved to", folder)
         try:
             packed = load_from_disk(str(folder))
-        except (OSError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - pyarrow raises its own errors for a damaged file
             raise RecipeError(f"the tokenized data cached at {folder} cannot be read ({first_line(err)}); delete "
                               "that folder and run again") from None
         train, evaluation = packed["train"].remove_columns(["block_bytes"]), packed["validation"]
