@@ -92,6 +92,7 @@ def test_a_run_of_another_recipe_is_refused_naming_the_keys(tmp_path):
     with pytest.raises(RecipeError, match=r"holds a started run of another recipe \(differs in learning_rate\)"):
         claim(out, {**RECIPE, "learning_rate": 0.01})
     save_checkpoint_files(out / "checkpoint-10", 10)  # a finished run asked to train longer: told how to go on
+    record_run(out, files=["checkpoint-10/trainer_state.json"])
     finish(out, {"eval_loss": 4.2})
     with pytest.raises(RecipeError, match=r"holds a finished run of another recipe \(differs in max_steps\).*"
                                           r"--resume_from_checkpoint .*checkpoint-10 --output_dir NEW_FOLDER"):
