@@ -8,7 +8,9 @@ The result loads with `AutoTokenizer.from_pretrained(save_dir)`; point `tokenize
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from lmrecipes import RecipeError
 from lmrecipes.arguments import PRETRAIN_ARGUMENTS
 from lmrecipes.launch import exit_on_recipe_error, setup_logging
 from lmrecipes.pretraining import recipe_tokenizer
@@ -18,6 +20,10 @@ from lmrecipes.recipe import parse_recipe
 @dataclass
 class SaveArguments:
     save_dir: str = field(metadata={"help": "Folder the tokenizer is saved to (save_pretrained)."})
+
+    def __post_init__(self):
+        if Path(self.save_dir).exists() and not Path(self.save_dir).is_dir():
+            raise RecipeError(f"key 'save_dir': {self.save_dir} is a file, not a folder")
 
 
 @exit_on_recipe_error

@@ -355,7 +355,7 @@ def bad_pretraining_inputs(tmp_path, small_corpus):
             "key 'validation_fraction': 0.05 of 3 rows leaves the validation split empty"),
         "resume_from_checkpoint at a half-written checkpoint": (
             *llama, {"resume_from_checkpoint": str(half_written)}, "key 'resume_from_checkpoint': "
-            f"{half_written} cannot be resumed: no readable trainer_state.json"),
+            f"{half_written} cannot be resumed: trainer_state.json missing, cut short or of another step"),
         "corpus with a null document": (*llama, {"train_file": [str(null_doc)]},
                                         f"{null_doc} row 11: column 'text' (text_column) is empty (null)"),
         "block_size above max_position_embeddings": (*llama, {"block_size": 256},

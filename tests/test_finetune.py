@@ -138,6 +138,15 @@ def test_merged_lora_checkpoint_matches_the_adapter_without_peft(tmp_path, learn
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (merged / "adapter_config.json").exists()
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "merge_lora.py"), str(out), str(causal_run[0])],
+                           capture_output=True, text=True, timeout=300)  # into a folder that holds something
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: {causal_run[0]} is not empty; give a new or empty folder for the checkpoint"], again.stderr[-2000:]
+    texts_file = tmp_path / "texts.txt"
+    texts_file.write_text("it was good\n")
+    not_a_classifier = run_predict(causal_run[0], texts_file)  # a pretraining run: it has no classifier head
+    assert not_a_classifier.returncode == 2 and "holds no classifier (its model: LlamaForCausalLM)" in \
+        not_a_classifier.stderr, not_a_classifier.stderr
 
     texts = ["the king went to the town and it was good", "and it was poor", "the lady sat by the fire"]
     model, tokenizer = load_classifier(out)

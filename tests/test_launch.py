@@ -100,6 +100,15 @@ def test_a_script_reports_a_recipe_error_in_one_line_with_exit_2(capsys, monkeyp
     assert exit_info.value.code == 2 and capsys.readouterr().err == "error: key 'x': bad value\n"
     assert exit_on_recipe_error(lambda: 7)() == 7
 
+    @exit_on_recipe_error
+    def interrupted():  # Ctrl-C: one line too (it was a KeyboardInterrupt traceback), the shell's code 130
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        interrupted()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith("error: interrupted (Ctrl-C); the same command goes on from where")
+
 
 # ---------------------------------------------------------------- whole launches
 

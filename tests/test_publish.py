@@ -324,3 +324,16 @@ def test_a_run_that_has_not_finished_is_not_published(tmp_path, causal_run):
                                                    r"again to finish it, then publish"):
         lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
     assert not (tmp_path / "hub").exists()
+
+
+def test_a_publish_dir_inside_another_run_is_refused(tmp_path, causal_run):
+    """--publish_dir inside another run's folder replaced that run's own publish folder (or was deleted with it):
+    refused, naming the run."""
+    from lmrecipes.run_folder import record_run
+
+    other = tmp_path / "other-run"
+    other.mkdir()
+    record_run(other)  # a run folder: its marker
+    with pytest.raises(lmrecipes.RecipeError, match=rf"key 'publish_dir': .* is inside another run \({other}\)"):
+        lmrecipes.publish(causal_run[0], "someone/tiny", dry_run=True, publish_dir=str(other / "hub"))
+    assert sorted(p.name for p in other.iterdir()) == [".lmrecipes-run.json"]

@@ -25,7 +25,6 @@ from conftest import (
 from lmrecipes import RecipeError
 from lmrecipes.recipe import RUN_RECIPE, read_run_recipe
 from lmrecipes.run_folder import (
-    RUN_LOCK,
     RUN_MARKER,
     claim_output_dir,
     find_last_complete_checkpoint,
@@ -33,6 +32,7 @@ from lmrecipes.run_folder import (
     record_run,
     run_record,
 )
+from lmrecipes.run_lock import RUN_LOCK
 
 # ---------------------------------------------------------------- claiming a run folder, case by case
 
@@ -45,7 +45,8 @@ class Arguments(SimpleNamespace):
 
 
 def claim(out: Path, recipe: dict, inputs: dict | None = None, overwrite: bool = False):
-    args = Arguments(output_dir=str(out), overwrite_output_dir=overwrite, should_save=True, process_index=0)
+    args = Arguments(output_dir=str(out), overwrite_output_dir=overwrite, should_save=True, process_index=0,
+                     world_size=1, per_device_train_batch_size=8, gradient_accumulation_steps=1)
     return claim_output_dir(args, recipe, "# a test run", inputs if inputs is not None else {"data": "d1"})
 
 
@@ -178,9 +179,9 @@ def test_a_checkpoint_is_used_only_when_every_file_the_trainer_reads_is_whole(tm
     def zeroed(name):  # the right size, nothing in it
         return lambda folder: (folder / name).write_bytes(bytes((folder / name).stat().st_size))
 
-    assert "no readable trainer_state.json" in broken(lambda f: (f / "trainer_state.json").unlink())
-    assert "no readable trainer_state.json" in broken(cut("trainer_state.json", 5))
-    assert "no readable trainer_state.json naming its step" in broken(
+    assert "trainer_state.json missing, cut short" in broken(lambda f: (f / "trainer_state.json").unlink())
+    assert "trainer_state.json missing, cut short" in broken(cut("trainer_state.json", 5))
+    assert "trainer_state.json missing, cut short or of another step" in broken(
         lambda f: (f / "trainer_state.json").write_text('{"global_step": 4}'))
     assert broken(lambda f: (f / "model.safetensors").unlink()) == "no weights"
     assert "model.safetensors is 0 bytes" in broken(cut("model.safetensors", 0))
@@ -395,20 +396,44 @@ def test_a_second_command_on_a_folder_in_use_is_refused(tmp_path, small_corpus):
     assert lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out)) == results  # this process: again
 
 
-def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tmp_path, caplog):
+def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tmp_path):
     """An emptied marker (what the run wrote is unknown), a started run whose recipe.yaml was deleted: each refused
-    naming what is wrong (both said "another recipe" before). A checkpoint copied in from another run is not
-    resumed (it was, silently, ending at another run's loss)."""
+    naming what is wrong (both said "another recipe" before). A checkpoint copied in from another run (it was
+    resumed, silently, ending at another run's loss) or renamed by the user (the Trainer's rotation deleted it) is
+    refused before training."""
     out = tmp_path / "run"
     claim(out, RECIPE)
     save_checkpoint_files(out / "checkpoint-4", 4)
     record_run(out, files=[f"checkpoint-4/{name}" for name in ("trainer_state.json", "model.safetensors")])
+    from lmrecipes.run_folder import check_no_foreign_checkpoints
+
+    check_no_foreign_checkpoints(out)
     save_checkpoint_files(out / "checkpoint-6", 6)  # copied from elsewhere: not in the marker
-    assert find_last_complete_checkpoint(out) == str(out / "checkpoint-4")
-    assert f"Skipping {out / 'checkpoint-6'}: this run did not write it" in caplog.text
+    with pytest.raises(RecipeError, match=r"holds checkpoint-6, which this run did not write: the Trainer would "
+                                          r"resume it or delete it when it rotates checkpoints; move it out"):
+        check_no_foreign_checkpoints(out)
+    shutil.rmtree(out / "checkpoint-6")
+    (out / "checkpoint-4").rename(out / "checkpoint-4.bak")  # the user's copy: rotation would have deleted it
+    with pytest.raises(RecipeError, match=r"holds checkpoint-4.bak, which this run did not write"):
+        check_no_foreign_checkpoints(out)
+    (out / "checkpoint-4.bak").rename(out / "checkpoint-4")
     (out / RUN_RECIPE).unlink()
     with pytest.raises(RecipeError, match=rf"holds a started run whose {RUN_RECIPE} is missing: put it back"):
         claim(out, RECIPE)
     (out / RUN_MARKER).write_text("")
     with pytest.raises(RecipeError, match=r"the run marker .* cannot be read \(emptied or damaged\)"):
         claim(out, RECIPE, overwrite=True)
+
+
+def test_a_started_run_resumed_with_another_global_batch_is_refused(tmp_path):
+    """Killed on 1 process, rerun on 2: the resumed steps would train on twice the rows per step, ending at a loss
+    neither launch gives. Refused, naming both; a finished run is still "nothing to do"."""
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    args = Arguments(output_dir=str(out), overwrite_output_dir=False, should_save=True, process_index=0,
+                     world_size=2, per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    with pytest.raises(RecipeError, match=r"trained on 8 rows per step \(processes x batch x gradient accumulation\), "
+                                          r"this launch would train on 16 \(2 process\(es\)\): resume it with as many"):
+        claim_output_dir(args, RECIPE, "# a test run", {"data": "d1"})
+    finish(out, {"eval_loss": 4.2})
+    assert claim_output_dir(args, RECIPE, "# a test run", {"data": "d1"}) == {"eval_loss": 4.2}

@@ -133,3 +133,18 @@ def test_a_cache_that_cannot_be_read_or_written_is_one_line(tmp_path, texts, mon
     with pytest.raises(RecipeError, match=r"cannot write the cached tokenizer at .* \(Read-only file system\): set "
                                           r"LMRECIPES_CACHE or data_cache_dir to a writable folder"):
         tokenizer(tmp_path / "read-only")
+
+
+def test_train_tokenizer_refuses_a_save_dir_that_is_a_file(tmp_path):
+    """It printed "saved to FILE" and saved nothing."""
+    from importlib import util
+
+    from lmrecipes import RecipeError
+
+    spec = util.spec_from_file_location("train_tokenizer_script", REPO / "scripts" / "train_tokenizer.py")
+    script = util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    with pytest.raises(RecipeError, match=rf"key 'save_dir': {taken} is a file, not a folder"):
+        script.SaveArguments(save_dir=str(taken))

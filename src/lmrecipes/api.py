@@ -72,7 +72,7 @@ def _unlocking(job, args, **kwargs):
     notebook that goes on after an error does not keep other processes out of the folder."""
     from transformers import TrainingArguments
 
-    from .run_folder import unlock_run_folder
+    from .run_lock import unlock_run_folder
 
     try:
         return job(*args, **kwargs)

@@ -58,7 +58,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     torch archives' directories, JSON files). Missing optimizer, scheduler or random states are not a problem
     here: see `missing_training_state`."""
     if not written_whole(folder):
-        return "no readable trainer_state.json naming its step (written last: the run stopped while saving it)"
+        return "trainer_state.json missing, cut short or of another step (written last: the run stopped while " \
+            "saving it)"
     if not any((folder / name).is_file() for name in WEIGHTS):
         return "no weights"
     recorded = _manifest(folder) or {}

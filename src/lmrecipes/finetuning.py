@@ -261,6 +261,6 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         if detailed:
             (out / TEST_DETAILS).write_text(json.dumps(detailed))
     if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
-        merge_adapter(training_args.output_dir, out / "merged")
+        merge_adapter(training_args.output_dir, out / "merged", replace=True)  # a merge a stop cut short
     return run.finish({**train_metrics, **eval_metrics, **test_metrics},
                       f"Fine-tuning done: {task.summary(test_metrics)}. Model in {training_args.output_dir}")

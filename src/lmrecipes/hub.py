@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from .arguments import PublishArguments
 from .cache import atomic_directory
 from .errors import RecipeError, first_line
-from .lora import export_classifier
+from .lora import write_classifier
 from .model_card import LOCAL, public_values, read_json, write_model_card
 from .objectives import OBJECTIVES
 from .ownership import (
@@ -147,6 +147,10 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
+    inside = next((p for p in target.resolve().parents if is_run_folder(p) and p != model_dir.resolve()), None)
+    if inside is not None:
+        raise RecipeError(f"key 'publish_dir': {target} is inside another run ({inside}), which owns what is there; "
+                          "pick a folder outside it")
     if target.exists() or target.is_symlink():  # an earlier publish folder is rebuilt; nothing else is deleted
         earlier_publish_folder_files(target)  # refused before anything is built
     in_run = target.parent.resolve() == model_dir.resolve() and is_run_folder(model_dir)
@@ -154,7 +158,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         if in_run:  # the run owns what a publish killed midway leaves (overwrite_output_dir deletes it)
             record_run(model_dir, pending=[tmp.name])
         if lora_as == "merged":
-            export_classifier(model_dir, tmp)
+            write_classifier(model_dir, tmp)
             kind = "classifier"
         else:
             names = ["adapter_model.safetensors"] if kind == "adapter" else \

@@ -288,15 +288,18 @@ def exit_on_recipe_error(main):
     def wrapper(*args, **kwargs):
         try:
             result = main(*args, **kwargs)
-        except RecipeError as err:
+        except (RecipeError, KeyboardInterrupt) as err:
             close_process_group()
-            message = " ".join(str(err).split())  # always one line
+            message = " ".join(str(err).split()) if isinstance(err, RecipeError) else \
+                "interrupted (Ctrl-C); the same command goes on from where the run stopped (its last complete " \
+                "checkpoint)"
             # one write, newline included: print's text and newline are two writes, and the lines of processes
             # failing together would interleave
             sys.stderr.write(f"error: {message}\n")
             sys.stderr.flush()
-            end_launched_process(2)
-            raise SystemExit(2) from None
+            code = 2 if isinstance(err, RecipeError) else 130  # 130: the shell's code for an interrupt
+            end_launched_process(code)
+            raise SystemExit(code) from None
         close_process_group()
         end_launched_process(0)
         return result

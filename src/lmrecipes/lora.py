@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .arguments import FinetuneArguments
+from .cache import atomic_directory
 from .errors import RecipeError
 
 logger = logging.getLogger("lmrecipes")
@@ -51,9 +53,16 @@ def load_classifier(model_dir):
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise RecipeError(f"model folder not found: {model_dir}")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not is_adapter_dir(model_dir):
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True), tokenizer
+        architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or [] \
+            if (model_dir / "config.json").is_file() else []
+        if not (model_dir / "labels.json").is_file() and \
+                not any(name.endswith("ForSequenceClassification") for name in architectures):
+            raise RecipeError(f"{model_dir} holds no classifier (its model: {', '.join(architectures) or 'none'}): "
+                              "fine-tune it first (scripts/finetune.py) and give that run's folder")
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True), \
+            AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     from peft import PeftModel
 
     base_path = json.loads((model_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
@@ -69,24 +78,37 @@ def load_classifier(model_dir):
     return PeftModel.from_pretrained(base, model_dir), tokenizer
 
 
-def export_classifier(model_dir, output_dir) -> Path:
+def export_classifier(model_dir, output_dir, replace: bool = False) -> Path:
     """A plain checkpoint (model.safetensors, config, tokenizer, labels, recipe) from a fine-tuning folder; LoRA
-    weights are folded into the base, so no peft is needed to load it."""
-    model, tokenizer = load_classifier(model_dir)
-    if is_adapter_dir(model_dir):
-        model = model.merge_and_unload()
+    weights are folded into the base, so no peft is needed to load it. Written whole or not at all, into a new or
+    empty folder; `replace`: a folder there is replaced (the run's own merged/ folder)."""
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    for extra in ("labels.json", "recipe.yaml", "all_results.json"):
-        if (Path(model_dir) / extra).is_file():
-            (output_dir / extra).write_text((Path(model_dir) / extra).read_text())
+    if output_dir.is_symlink() or output_dir.exists() and not output_dir.is_dir():
+        raise RecipeError(f"{output_dir} is a file or a link; give a new folder for the checkpoint")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not replace:
+        raise RecipeError(f"{output_dir} is not empty; give a new or empty folder for the checkpoint")
+    if output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()  # atomic_directory puts the finished folder in its place
+    with atomic_directory(output_dir, replace=lambda aside: shutil.rmtree(aside, ignore_errors=True)) as tmp:
+        write_classifier(model_dir, tmp)
     logger.info("Exported %s to %s", model_dir, output_dir)
     return output_dir
 
 
-def merge_adapter(adapter_dir, output_dir) -> Path:
-    """Fold a LoRA adapter into its base model and save a plain safetensors checkpoint."""
+def write_classifier(model_dir, folder: Path) -> None:
+    """The plain checkpoint of export_classifier, written into the existing folder `folder`."""
+    model, tokenizer = load_classifier(model_dir)
+    if is_adapter_dir(model_dir):
+        model = model.merge_and_unload()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for extra in ("labels.json", "recipe.yaml", "all_results.json"):
+        if (Path(model_dir) / extra).is_file():
+            (folder / extra).write_text((Path(model_dir) / extra).read_text())
+
+
+def merge_adapter(adapter_dir, output_dir, replace: bool = False) -> Path:
+    """Fold a LoRA adapter into its base model and save a plain safetensors checkpoint (export_classifier)."""
     if not is_adapter_dir(adapter_dir):
         raise RecipeError(f"{adapter_dir} holds no LoRA adapter ({ADAPTER_CONFIG} missing)")
-    return export_classifier(adapter_dir, output_dir)
+    return export_classifier(adapter_dir, output_dir, replace)

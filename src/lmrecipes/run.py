@@ -22,24 +22,27 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 
 from . import hub
-from .checkpoints import checkpoint_step
+from .checkpoints import checkpoint_step, write_manifest
 from .errors import RecipeError, first_line
 from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
+from .ownership import files_in
 from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
 from .run_folder import (
-    RunFilesRecorder,
+    RUN_MARKER,
     check_output_dir_is_a_folder,
     check_resume_request,
     claim_output_dir,
     find_checkpoint,
     find_last_complete_checkpoint,
+    record_run,
     record_saved_files,
-    unlock_run_folder,
 )
+from .run_lock import unlock_run_folder
 from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
 
 logger = logging.getLogger("lmrecipes")
@@ -246,6 +249,50 @@ def finish_complete_training(trainer, checkpoint: str, meter: ThroughputCallback
     replaced by the checkpoint's."""
     trainer._finalize_training(None, 0, time.time())
     return complete_training_metrics(trainer, checkpoint, meter)
+
+
+class RunFilesRecorder(TrainerCallback):
+    """Keeps the run's marker up to date as the Trainer writes: the checkpoint it is about to write (pending), then
+    that checkpoint's files and the TensorBoard event files. A failure to record only makes a later
+    overwrite_output_dir refuse, so it is a warning, never the end of the run."""
+
+    @staticmethod
+    def _update(args, **changes):
+        if not args.should_save:
+            return
+        try:
+            record_run(Path(args.output_dir), **changes)
+        except OSError as err:
+            logger.warning("Could not update %s: %s", RUN_MARKER, err)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._update(args, pending=[f"checkpoint-{state.global_step}"])
+
+    on_epoch_end = on_step_end  # save_strategy: epoch decides there
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if args.save_strategy == "best":  # decided after the evaluation, right before the save: may be saved
+            self._update(args, pending=[f"checkpoint-{state.global_step}"])
+
+    @staticmethod
+    def _files_under(out: Path, folder: str, only: str = "") -> list[str]:
+        return [f"{folder}/{name}" for name in files_in(out / folder) if only in name] if (out / folder).is_dir() \
+            else []
+
+    def on_save(self, args, state, control, **kwargs):
+        out, folder = Path(args.output_dir), f"checkpoint-{state.global_step}"
+        PartialState().wait_for_everyone()  # each process writes its own random state: wait for all of them
+        if args.should_save and (out / folder).is_dir():
+            try:
+                write_manifest(out / folder)
+            except OSError as err:  # the checkpoint is still checked by its files' formats when resumed
+                logger.warning("Could not flush %s to disk and write its manifest: %s", out / folder, err)
+        self._update(args, files=self._files_under(out, folder) + self._files_under(out, "runs", "tfevents"),
+                     done_pending=[folder])
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._update(args, files=self._files_under(Path(args.output_dir), "runs", "tfevents"))
 
 
 class NonFiniteLossGuard(TrainerCallback):

@@ -6,24 +6,19 @@ even when a killed save left it half-written; this module stays until the Traine
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
-from accelerate import PartialState
-from transformers import TrainerCallback
-
 from .cache import path_fingerprint, tokenizer_fingerprint
 from .checkpoints import (
-    MANIFEST,
     checkpoint_problem,
     checkpoint_step,
     folder_step,
     missing_training_state,
-    write_manifest,
     written_whole,
 )
 from .errors import RecipeError
@@ -36,6 +31,7 @@ from .ownership import (
     write_json_atomically,
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
+from .run_lock import RUN_LOCK, lock_run_folder, unlock_run_folder
 from .values import resolve_model_path
 
 logger = logging.getLogger("lmrecipes")
@@ -69,12 +65,7 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
     asked and the run wrote them; damaged ones (files cut short or emptied by a power loss) are left as they are
     (the Trainer writes that step's checkpoint again when it gets there)."""
     folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and folder_step(p) is not None]
-    owns = run_owns(out) if is_run_folder(out) else None
     for folder in sorted(folders, key=folder_step, reverse=True):
-        if owns is not None and not any(owns(f"{folder.name}/{name}") for name in ("trainer_state.json", MANIFEST)):
-            logger.warning("Skipping %s: this run did not write it (to resume a checkpoint of another run, name it "
-                           "in resume_from_checkpoint)", folder)
-            continue
         problem = checkpoint_problem(folder)
         if problem is None:
             return str(folder)
@@ -84,6 +75,22 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
         if remove:
             _remove_incomplete_checkpoint(out, folder)
     return None
+
+
+def check_no_foreign_checkpoints(out: Path) -> None:
+    """A run folder holds only the checkpoints its run wrote (recorded in the marker, or being written when it
+    stopped): the Trainer would resume any other `checkpoint-N...` folder, or delete it when it rotates
+    checkpoints (save_total_limit: its pattern also takes `checkpoint-4.bak`)."""
+    if not is_run_folder(out):
+        return
+    record = run_record(out)
+    written = {name.split("/", 1)[0] for name in record.get("files", [])} | set(record.get("pending", []))
+    foreign = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir() and re.match(r"checkpoint-\d+", p.name)
+                     and p.name not in written)
+    if foreign:
+        raise RecipeError(f"key 'output_dir': {out} holds {', '.join(foreign[:3])}, which this run did not write: "
+                          "the Trainer would resume it or delete it when it rotates checkpoints; move it out of the "
+                          "folder (to resume another run's checkpoint, name it in resume_from_checkpoint)")
 
 
 def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
@@ -121,6 +128,7 @@ def find_checkpoint(training_args) -> str | None:
     when named in resume_from_checkpoint: the Trainer would restart the optimizer and the learning-rate schedule.
     """
     explicit = training_args.resume_from_checkpoint
+    check_no_foreign_checkpoints(Path(training_args.output_dir))
     if explicit:
         check_resume_request(training_args)
         checkpoint = explicit
@@ -145,44 +153,6 @@ def find_checkpoint(training_args) -> str | None:
 # the files the run wrote, the checkpoint being written ("pending"), and whether the run finished.
 # overwrite_output_dir deletes what it records and nothing else.
 RUN_MARKER = ".lmrecipes-run.json"
-# Held (fcntl.flock, which dies with its process) by the process that trains into the folder, from the claim to the
-# end of the run: a second command on the same output_dir is refused instead of training into the same files.
-RUN_LOCK = ".lmrecipes-lock"
-_held_locks: dict[Path, object] = {}  # output_dir -> the open lock file of this process's run there
-
-
-def lock_run_folder(out: Path) -> None:
-    """Take `out`'s run lock for this process (a run before it in this process, e.g. in a notebook, gives its lock
-    up); a RecipeError when another process holds it."""
-    out = out.resolve()
-    earlier = _held_locks.pop(out, None)
-    if earlier is not None:
-        earlier.close()
-    try:
-        handle = open(out / RUN_LOCK, "a")
-    except OSError as err:
-        logger.warning("output_dir is not locked against a second command (%s)", err)
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise RecipeError(f"key 'output_dir': another process is training into {out}; wait for it to end, or pick "
-                          "another output_dir") from None
-    except OSError as err:  # a filesystem without locks
-        handle.close()
-        logger.warning("output_dir is not locked against a second command (%s)", err)
-        return
-    _held_locks[out] = handle
-
-
-def unlock_run_folder(out: Path) -> None:
-    """Give up this process's lock on `out` (the run there ended, or found nothing to do)."""
-    handle = _held_locks.pop(Path(out).resolve(), None)
-    if handle is not None:
-        handle.close()
-
-
 def _own_leftover(name: str) -> bool:
     """A top-level name only lmrecipes' own writes leave in a run folder: its lock, and the temporary file of a
     marker or recipe update a stop cut short (an atomic write's)."""
@@ -212,7 +182,7 @@ def is_run_folder(out: Path) -> bool:
 
 
 def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
-               finished: bool | None = None, inputs: dict | None = None) -> None:
+               finished: bool | None = None, inputs: dict | None = None, global_batch: int | None = None) -> None:
     """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
     that no longer exist (rotated checkpoints) are dropped."""
     record = run_record(out)
@@ -227,6 +197,8 @@ def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: 
         record["finished"] = finished
     if inputs is not None:
         record["inputs"] = inputs
+    if global_batch is not None:
+        record["global_batch"] = global_batch
     write_json_atomically(out / RUN_MARKER, record)
 
 
@@ -250,44 +222,6 @@ def record_saved_files(out: Path, finished: bool | None = None, folders: tuple[s
     since = run_record(out).get("session_start", float("inf"))
     patterns = SAVED_NAMES + tuple(f"{folder}/*" for folder in folders)
     record_run(out, files_written_since(out, since - 1.0, patterns), finished=finished)
-
-
-class RunFilesRecorder(TrainerCallback):
-    """Keeps the run's marker up to date as the Trainer writes: the checkpoint it is about to write (pending), then
-    that checkpoint's files and the TensorBoard event files. A failure to record only makes a later
-    overwrite_output_dir refuse, so it is a warning, never the end of the run."""
-
-    @staticmethod
-    def _update(args, **changes):
-        if not args.should_save:
-            return
-        try:
-            record_run(Path(args.output_dir), **changes)
-        except OSError as err:
-            logger.warning("Could not update %s: %s", RUN_MARKER, err)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:
-            self._update(args, pending=[f"checkpoint-{state.global_step}"])
-
-    @staticmethod
-    def _files_under(out: Path, folder: str, only: str = "") -> list[str]:
-        return [f"{folder}/{name}" for name in files_in(out / folder) if only in name] if (out / folder).is_dir() \
-            else []
-
-    def on_save(self, args, state, control, **kwargs):
-        out, folder = Path(args.output_dir), f"checkpoint-{state.global_step}"
-        PartialState().wait_for_everyone()  # each process writes its own random state: wait for all of them
-        if args.should_save and (out / folder).is_dir():
-            try:
-                write_manifest(out / folder)
-            except OSError as err:  # the checkpoint is still checked by its files' formats when resumed
-                logger.warning("Could not flush %s to disk and write its manifest: %s", out / folder, err)
-        self._update(args, files=self._files_under(out, folder) + self._files_under(out, "runs", "tfevents"),
-                     done_pending=[folder])
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._update(args, files=self._files_under(Path(args.output_dir), "runs", "tfevents"))
 
 
 def run_inputs(model_args, tokenizer, data_fingerprint: str) -> dict:
@@ -339,6 +273,35 @@ def _train_on_hint(out: Path, changed: list[str]) -> str:
             if checkpoint else "")
 
 
+def global_batch(training_args) -> int:
+    """Rows per optimizer step over all processes: what a resumed run must keep to go on as it was."""
+    return training_args.world_size * training_args.per_device_train_batch_size * \
+        training_args.gradient_accumulation_steps
+
+
+def _check_started_run(out: Path, training_args, finished: bool) -> bool:
+    """What a run folder's marker and recipe allow; True if the run never started (stopped between writing its
+    marker and its recipe, written in that order: it starts afresh)."""
+    record = run_record(out)
+    if not record:
+        raise RecipeError(f"key 'output_dir': the run marker {out / RUN_MARKER} cannot be read (emptied or damaged),"
+                          " so what the run wrote is not known: move the folder away, or pick another output_dir")
+    if not (out / RUN_RECIPE).is_file():
+        if set(record.get("files", [])) <= {RUN_MARKER} and not any(out.glob("checkpoint-*")):
+            return True
+        if not training_args.overwrite_output_dir:
+            raise RecipeError(f"key 'output_dir': {out} holds a started run whose {RUN_RECIPE} is missing: put it "
+                              "back to resume, or pass --overwrite_output_dir true to delete the run and start over")
+    started_with = record.get("global_batch")
+    if started_with and started_with != global_batch(training_args) and not finished and \
+            not training_args.overwrite_output_dir:
+        raise RecipeError(f"key 'output_dir': the run in {out} trained on {started_with} rows per step (processes x "
+                          f"batch x gradient accumulation), this launch would train on {global_batch(training_args)}"
+                          f" ({training_args.world_size} process(es)): resume it with as many processes as before, "
+                          "or pass --overwrite_output_dir true to start over")
+    return False
+
+
 def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None) -> dict | None:
     """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
 
@@ -362,17 +325,7 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
             out.mkdir(parents=True, exist_ok=True)
             lock_run_folder(out)
         finished = results_file.is_file() and run_record(out).get("finished") is True
-        # the marker is written before the recipe: a run stopped between the two never trained, and starts afresh
-        if is_run_folder(out) and not run_record(out):
-            raise RecipeError(f"key 'output_dir': the run marker {out / RUN_MARKER} cannot be read (emptied or "
-                              "damaged), so what the run wrote is not known: move the folder away, or pick another "
-                              "output_dir")
-        never_started = is_run_folder(out) and not previous_file.is_file() and \
-            set(run_record(out).get("files", [])) <= {RUN_MARKER} and not any(out.glob("checkpoint-*"))
-        if is_run_folder(out) and not never_started and not previous_file.is_file() and \
-                not training_args.overwrite_output_dir:
-            raise RecipeError(f"key 'output_dir': {out} holds a started run whose {RUN_RECIPE} is missing: put it "
-                              "back to resume, or pass --overwrite_output_dir true to delete the run and start over")
+        never_started = is_run_folder(out) and _check_started_run(out, training_args, finished)
         if is_run_folder(out) and not never_started:
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
@@ -398,7 +351,8 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
         if training_args.should_save:
             out.mkdir(parents=True, exist_ok=True)
             if not is_run_folder(out) or never_started:
-                record_run(out, inputs=inputs or {})  # first: from here on the folder is this run's
+                record_run(out, inputs=inputs or {}, global_batch=global_batch(training_args))  # first: from here
+                # on the folder is this run's
                 write_recipe(previous_file, recipe, header)
                 record_run(out, files=[RUN_RECIPE])
             record_run(out, session_start=time.time())
