@@ -85,6 +85,7 @@ def install(point: str) -> None:
     import lmrecipes.checkpoints
     import lmrecipes.hub
     import lmrecipes.ownership
+    import lmrecipes.run
     import lmrecipes.run_folder
 
     def torch_file(ending):
@@ -114,7 +115,7 @@ def install(point: str) -> None:
         "checkpoint-rng": torch_file("rng_state.pth"),
         "checkpoint-state": lambda: file_cut_short(transformers.TrainerState, "save_to_json",
                                                    lambda self, path: path, f"{STOP_AT}/trainer_state.json"),
-        "checkpoint-manifest": lambda: wrap(lmrecipes.run_folder, "write_manifest",
+        "checkpoint-manifest": lambda: wrap(lmrecipes.run, "write_manifest",
                                             before=lambda folder: stop() if folder.name == STOP_AT else None),
         "marker-write": marker_write_cut_short,
         "final-evaluation": final_evaluation,

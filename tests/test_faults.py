@@ -510,3 +510,18 @@ def test_a_full_disk_while_saving_is_one_line_and_the_rerun_finishes(tmp_path, s
             lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     assert "eval_loss" in lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     assert read_json(out / "trainer_state.json")["global_step"] == 6
+
+
+def test_what_counts_as_a_full_disk():
+    """The errors out_of_space turns into the one-line message, and those it leaves alone."""
+    import errno
+
+    from lmrecipes.run import out_of_space
+
+    assert out_of_space(OSError(errno.ENOSPC, "No space left on device", "x"))
+    assert out_of_space(OSError(errno.EFBIG, "File too large", "x"))  # ulimit -f, a filesystem's file size limit
+    assert out_of_space(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert out_of_space(RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1088 vs 1024"))
+    assert not out_of_space(RuntimeError("unable to write to file </torch_1234_5678_0>: No space left on device (28)"))
+    assert not out_of_space(OSError(errno.EACCES, "Permission denied", "x"))
+    assert not out_of_space(RuntimeError("expected scalar type Float but found BFloat16"))
