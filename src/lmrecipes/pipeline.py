@@ -182,7 +182,7 @@ def run_pipeline(args: PipelineArguments) -> dict:
     pre, results = _run_stages(args, task_data, train_split, runs)
     total = 2 + len(runs)
     print(f"== [{total}/{total}] export and summary -> {out / 'model'}", flush=True)
-    export_classifier(out / "finetune", out / "model")
+    export_classifier(out / "finetune", out / "model", replace=True)  # the pipeline's own export, rebuilt on a rerun
     summary = _summary(args, pre, results, runs, arms, len(train_split))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_recipe(out / "pipeline.yaml", _resolved_pipeline(args),  # written only now: it describes the stages that ran
