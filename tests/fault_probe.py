@@ -99,6 +99,13 @@ def install(point: str) -> None:
                 stop()
         wrap(lmrecipes.run_folder, "write_json_atomically", before=before)
 
+    def results_cut_short():  # the Trainer's save_metrics("train") adds to all_results.json: left empty
+        def after(self, split, *args, **kwargs):
+            if split == "train":
+                (Path(self.args.output_dir) / "all_results.json").write_text("")
+                stop()
+        wrap(transformers.Trainer, "save_metrics", after=after)
+
     def final_evaluation():
         def before(self, *args, **kwargs):
             if self.state.global_step >= self.state.max_steps:
@@ -119,6 +126,7 @@ def install(point: str) -> None:
                                             before=lambda folder: stop() if folder.name == STOP_AT else None),
         "marker-write": marker_write_cut_short,
         "final-evaluation": final_evaluation,
+        "results-write": results_cut_short,
         "final-save": lambda: file_cut_short(modeling_utils, "safe_save_file", lambda t, f, *a, **k: f,
                                              "run/model.safetensors"),
         "publish-build": lambda: wrap(lmrecipes.hub, "write_publish_manifest", before=lambda folder: stop()),

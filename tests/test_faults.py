@@ -400,7 +400,7 @@ def test_a_run_selecting_its_best_checkpoint_stopped_at_the_end_finishes_with_th
 FAULT_POINTS = [("tokenizer-cache", "KILL"), ("data-cache", "TERM"), ("checkpoint-weights", "KILL"),
                 ("checkpoint-optimizer", "TERM"), ("checkpoint-scheduler", "KILL"), ("checkpoint-rng", "KILL"),
                 ("checkpoint-state", "TERM"), ("checkpoint-manifest", "KILL"), ("marker-write", "KILL"),
-                ("final-evaluation", "TERM"), ("final-save", "KILL")]
+                ("final-evaluation", "TERM"), ("final-save", "KILL"), ("results-write", "KILL")]
 
 
 def run_two_at_a_time(commands: dict, env_of) -> dict:

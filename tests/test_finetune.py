@@ -165,6 +165,13 @@ def test_merged_lora_checkpoint_matches_the_adapter_without_peft(tmp_path, learn
     merged_logits = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
     assert torch.allclose(adapter_logits, merged_logits, atol=1e-4), (adapter_logits, merged_logits)
 
+    weights = merged / "model.safetensors"  # cut short: predicting and publishing say so in one line (tracebacks)
+    weights.write_bytes(weights.read_bytes()[:1000])
+    damaged = run_predict(merged, texts_file)
+    assert damaged.returncode == 2 and f"cannot load the classifier in {merged}" in damaged.stderr, damaged.stderr
+    with pytest.raises(lmrecipes.RecipeError, match=r"model.safetensors cannot be read \(.*\): its weights are damaged"):
+        lmrecipes.publish(merged, "someone/x", dry_run=True, publish_dir=str(tmp_path / "hub"))
+
 
 def expected_predictions(model_dir, texts, pairs=None):
     """(label, probability) per text from the model's own logits: id2label[argmax], softmax max."""

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .arguments import FinetuneArguments
 from .cache import atomic_directory
-from .errors import RecipeError
+from .errors import RecipeError, first_line
 
 logger = logging.getLogger("lmrecipes")
 
@@ -60,8 +60,12 @@ def load_classifier(model_dir):
                 not any(name.endswith("ForSequenceClassification") for name in architectures):
             raise RecipeError(f"{model_dir} holds no classifier (its model: {', '.join(architectures) or 'none'}): "
                               "fine-tune it first (scripts/finetune.py) and give that run's folder")
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True), \
-            AutoTokenizer.from_pretrained(model_dir)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        except Exception as err:  # noqa: BLE001 - also SafetensorError (a plain Exception): weights cut short
+            raise RecipeError(f"cannot load the classifier in {model_dir} ({first_line(err)}): its weights are "
+                              "missing or damaged") from None
+        return model, AutoTokenizer.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     from peft import PeftModel
 

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from .errors import RecipeError, first_line
 from .objectives import OBJECTIVES
 from .objectives.base import pipeline_snippet
 from .recipe import read_run_recipe
@@ -68,8 +69,11 @@ def count_safetensors_parameters(paths) -> int:
 
     total = 0
     for path in paths:
-        with safe_open(str(path), framework="pt") as handle:
-            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+        except Exception as err:  # noqa: BLE001 - SafetensorError is a plain Exception
+            raise RecipeError(f"{path} cannot be read ({first_line(err)}): its weights are damaged") from None
     return total
 
 

@@ -187,7 +187,7 @@ def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArgument
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, config=config, use_safetensors=True, output_loading_info=True, revision=model_args.model_revision,
             **kwargs)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - also safetensors' SafetensorError (a plain Exception): weights cut short
         raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r} (safetensors "
                           f"weights only): {first_line(err)}") from None
     logger.info("Loaded the body of %s; newly initialised: %s; not used: %s", model_args.model_name_or_path,

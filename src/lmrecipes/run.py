@@ -15,6 +15,7 @@ What lmrecipes sets in the TrainingArguments for every run is set in `Run.__init
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -134,6 +135,10 @@ class Run:
         return metrics
 
     def _train_and_save(self, trainer, checkpoint) -> dict:
+        results = Path(self.args.output_dir) / "all_results.json"  # the Trainer adds each split's metrics to it
+        if self.args.should_save and results.is_file() and not _readable_json(results):
+            logger.warning("Removing %s, cut short by a stop while it was written; it is written again", results)
+            results.unlink()
         resumed_at = checkpoint_step(checkpoint) if checkpoint else None  # read now: training may rotate it away
         try:
             metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
@@ -143,6 +148,8 @@ class Run:
             metrics = finish_complete_training(trainer, checkpoint, self.meter)
         save_final_model(trainer)
         trainer.save_state()
+        if self.args.should_save:  # recorded now: a stop before the results still leaves them the run's
+            record_saved_files(Path(self.args.output_dir))
         return metrics
 
     def finish(self, results: dict, summary: str, folders: tuple[str, ...] = ()) -> dict:
@@ -196,6 +203,14 @@ def publish_if_asked(training_args, target: dict | None) -> str | None:
     result = hub.publish(training_args.output_dir, target["repo_id"], private=target["private"], token=target["token"])
     print(f"Published to {result['url']}", flush=True)
     return result["url"]
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def out_of_space(err: BaseException) -> bool:
