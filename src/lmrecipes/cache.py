@@ -108,12 +108,7 @@ def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool
             logger.warning("The %s at %s is built again: %s", what, folder, problem)
         with atomic_directory(folder, replace=lambda aside: shutil.rmtree(aside, ignore_errors=True)) as tmp:
             build(tmp)
-            sizes = {str(path.relative_to(tmp)): path.stat().st_size for path in sorted(tmp.rglob("*"))
-                     if path.is_file()}
-            for name in sizes:
-                with open(tmp / name, "rb") as handle:
-                    os.fsync(handle.fileno())
-            (tmp / CACHE_MANIFEST).write_text(json.dumps({"written_by": "lmrecipes", "sizes": sizes}))
+            (tmp / CACHE_MANIFEST).write_text(json.dumps({"written_by": "lmrecipes", "sizes": flushed_sizes(tmp)}))
         return False
 
 
@@ -133,6 +128,19 @@ def _turn(path: Path):
         yield
     finally:
         handle.close()
+
+
+def flushed_sizes(folder: Path, leave_out: str = "") -> dict[str, int]:
+    """Flush every file below `folder` (no symbolic links, not `leave_out`) to disk; their sizes by relative path:
+    what a manifest written after them records (a cache entry's, a checkpoint's)."""
+    sizes = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and not path.is_symlink() and name != leave_out:
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+            sizes[name] = path.stat().st_size
+    return sizes
 
 
 def cache_entry_problem(folder: Path) -> str | None:

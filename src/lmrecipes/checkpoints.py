@@ -15,6 +15,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+from .cache import flushed_sizes
 from .ownership import files_in, write_json_atomically
 
 # Written by lmrecipes into a checkpoint after every file of it is on disk (fsync): the size of each file then.
@@ -92,12 +93,7 @@ def missing_training_state(folder: Path) -> list[str]:
 def write_manifest(folder: Path) -> None:
     """Flush every file of the checkpoint to disk, then record their sizes in the manifest (itself flushed): a
     checkpoint with a manifest survived a power loss as it was saved."""
-    names = [name for name in files_in(folder) if name != MANIFEST and not (folder / name).is_symlink()]
-    for name in names:
-        with open(folder / name, "rb") as handle:
-            os.fsync(handle.fileno())
-    write_json_atomically(folder / MANIFEST, {"written_by": "lmrecipes",
-                                              "sizes": {name: (folder / name).stat().st_size for name in names}})
+    write_json_atomically(folder / MANIFEST, {"written_by": "lmrecipes", "sizes": flushed_sizes(folder, MANIFEST)})
     directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -60,17 +60,25 @@ def delete_checked(folder: Path, files: list[str], last: str | None = None, keep
         folder.rmdir()
 
 
-def write_json_atomically(path: Path, record: dict) -> None:
+def write_text_atomically(path: Path, text: str, mode: int | None = None) -> None:
+    """Written whole or not at all: a temporary file `.NAME.*.tmp` beside `path`, flushed to disk, then renamed
+    into place (never an empty file after a crash). `mode`: the file's permissions, instead of mkstemp's 0600."""
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(record, out, indent=2)
+        if mode is not None:
+            os.fchmod(handle, mode)
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
             out.flush()
-            os.fsync(out.fileno())  # on disk before it replaces the old record: never an empty record after a crash
+            os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomically(path: Path, record: dict) -> None:
+    write_text_atomically(path, json.dumps(record, indent=2))
 
 
 # Written last into every publish folder (hub.py): the files publish wrote there, with their hashes. A folder is

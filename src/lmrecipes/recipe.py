@@ -13,10 +13,8 @@ import dataclasses
 import difflib
 import enum
 import json
-import os
 import re
 import sys
-import tempfile
 import typing
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .errors import RecipeError, first_line
+from .ownership import write_text_atomically
 from .values import find_file, parse_mapping, yaml_boolean
 
 
@@ -329,16 +328,7 @@ class _NoAliasDumper(yaml.SafeDumper):
 def write_recipe(path: str | Path, recipe: dict, header: str = "") -> None:
     """Written whole or not at all (a temporary file `.NAME.*.tmp` beside it, renamed into place)."""
     text = yaml.dump(recipe, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(handle, 0o644)  # a recipe file's usual mode, not mkstemp's private 0600
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write((header + "\n" if header else "") + text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(Path(path), (header + "\n" if header else "") + text, mode=0o644)  # a recipe's usual mode
 
 
 RUN_RECIPE = "recipe.yaml"
