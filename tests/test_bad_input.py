@@ -683,6 +683,12 @@ def test_a_literal_file_name_with_glob_characters_is_that_file(tmp_path):
     assert resolve_data_files([str(tmp_path / "c[1].jsonl")], "train_file") == [str(tmp_path / "c[1].jsonl")]
     assert resolve_data_files([str(tmp_path / "c[12].jsonl")], "train_file") == [str(tmp_path / "c1.jsonl"),
                                                                                  str(tmp_path / "c2.jsonl")]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "moved.jsonl")
+    for name, expected in [("folder", "is a folder; name its files, e.g. "), ("gone.jsonl", "is a link to "),
+                           ("nope.jsonl", "no file matches")]:
+        with pytest.raises(RecipeError, match=f"^key 'train_file': .*{expected}"):
+            resolve_data_files([str(tmp_path / name)], "train_file")
 
 
 def test_a_recipe_of_nested_aliases_is_refused_in_one_line(tmp_path, capsys):

@@ -3,6 +3,7 @@ and whole launches as users type them: a launch asking for sharding that cannot 
 process on every core, ZeRO-3 that would save no weights, processes that would each train alone."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -108,6 +109,17 @@ def test_a_script_reports_a_recipe_error_in_one_line_with_exit_2(capsys, monkeyp
         interrupted()
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.startswith("error: interrupted (Ctrl-C); the same command goes on from where")
+
+    @exit_on_recipe_error
+    def terminated():  # SIGTERM (a preemption notice): it ended the process without a word, exit -15
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        terminated()
+    assert exit_info.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    assert capsys.readouterr().err.startswith("error: stopped (SIGTERM); the same command goes on from where")
 
 
 # ---------------------------------------------------------------- whole launches

@@ -73,7 +73,8 @@ def test_a_started_run_of_the_same_recipe_is_claimed_again_to_resume(tmp_path):
     out = tmp_path / "run"
     claim(out, RECIPE)
     first = run_record(out)["session_start"]
-    cosmetic = {**RECIPE, "logging_steps": 5, "report_to": "none", "output_dir": "elsewhere"}  # watched, not trained
+    cosmetic = {**RECIPE, "logging_steps": 5, "report_to": "none", "output_dir": "elsewhere",
+                "save_total_limit": 1}  # watched, not trained
     assert claim(out, cosmetic) is None
     assert read_run_recipe(out) == RECIPE, "the recipe the run started with stays"
     assert run_record(out)["session_start"] >= first
@@ -203,6 +204,25 @@ def test_a_checkpoint_is_used_only_when_every_file_the_trainer_reads_is_whole(tm
     assert checkpoint_problem(sharded) is None
     assert missing_training_state(sharded) == ["optimizer state", "scheduler.pt", "rng_state.pth"]
     assert find_last_complete_checkpoint(tmp_path) == str(sharded)
+
+
+def test_a_run_started_from_another_runs_checkpoint_goes_on_from_its_own(tmp_path):
+    """`resume_from_checkpoint: OLD/checkpoint-4` in a recipe is where the run started: once its own folder holds a
+    later checkpoint, the same command resumes that (it went back to step 4 on every rerun); a checkpoint named
+    inside output_dir is taken as asked (going back on purpose)."""
+    from lmrecipes.run_folder import find_checkpoint
+
+    start = save_checkpoint_files(tmp_path / "first" / "checkpoint-4", 4)
+    out = tmp_path / "longer"
+    claim(out, RECIPE)
+    args = SimpleNamespace(output_dir=str(out), resume_from_checkpoint=str(start), max_steps=8, should_save=True)
+    assert find_checkpoint(args) == str(start)
+    for step in (6, 7):
+        save_checkpoint_files(out / f"checkpoint-{step}", step)
+        record_run(out, files=[f"checkpoint-{step}/trainer_state.json"])
+    assert find_checkpoint(args) == str(out / "checkpoint-7")
+    args.resume_from_checkpoint = str(out / "checkpoint-6")
+    assert find_checkpoint(args) == str(out / "checkpoint-6")
 
 
 # ---------------------------------------------------------------- in whole runs
@@ -394,6 +414,33 @@ def test_a_second_command_on_a_folder_in_use_is_refused(tmp_path, small_corpus):
     results = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out))
     assert "eval_loss" in results and read_run_recipe(out)["max_steps"] == 2
     assert lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out)) == results  # this process: again
+
+
+def test_the_run_lock_ends_with_the_run_not_with_its_forked_workers(tmp_path):
+    """Data-loader workers are forked with the lock's file open: they let go of it, so a rerun right after a
+    SIGKILL is not refused while the orphaned workers wind down."""
+    import fcntl
+
+    from lmrecipes.run_lock import lock_run_folder, unlock_run_folder
+
+    lock_run_folder(tmp_path)
+    worker = os.fork()
+    if worker == 0:  # the worker lives on while its parent's run ends
+        time.sleep(6)
+        os._exit(0)
+    try:
+        unlock_run_folder(tmp_path)
+        with open(tmp_path / RUN_LOCK, "a") as rerun:
+            for _ in range(20):  # the worker closes its copy as it starts
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(rerun, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the lock is still held by the forked worker")
+    finally:
+        os.kill(worker, 9)
+        os.waitpid(worker, 0)
 
 
 def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tmp_path):

@@ -14,7 +14,9 @@ import fcntl
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -279,25 +281,62 @@ def end_launched_process(code: int) -> None:
     os._exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a preemption notice, `kill`, a launcher passing its own on): unwinds like Ctrl-C, so that locks and
+    temporary files are let go and the run ends in one line."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """Python's default for SIGTERM ends the process silently; while a script's main runs, its process raises
+    `Terminated` instead. Processes forked from it (data-loader workers) inherit the handler and end the default
+    way, silently. The previous handler is back afterwards (a script's main called from a notebook)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_message(err: BaseException) -> tuple[str, int]:
+    """The one line and the exit code (the shell's 128 + signal number for a stop) for an error or a stop."""
+    if isinstance(err, RecipeError):
+        return " ".join(str(err).split()), 2
+    resume = "the same command goes on from where the run stopped (its last complete checkpoint)"
+    if isinstance(err, Terminated):
+        return f"stopped (SIGTERM); {resume}", 128 + signal.SIGTERM
+    return f"interrupted (Ctrl-C); {resume}", 128 + signal.SIGINT
+
+
 def exit_on_recipe_error(main):
-    """Decorate a script's `main` so that a `RecipeError` prints `error: ...` on stderr and exits with 2; a
-    distributed process group the run opened is closed at the end (left open, a gloo process could abort at exit
-    and fail a finished run)."""
+    """Decorate a script's `main` so that a `RecipeError` prints `error: ...` on stderr and exits with 2, and Ctrl-C
+    or SIGTERM prints one line and exits with 130 or 143; a distributed process group the run opened is closed at the
+    end (left open, a gloo process could abort at exit and fail a finished run)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            result = main(*args, **kwargs)
+            with _stop_on_sigterm():
+                result = main(*args, **kwargs)
         except (RecipeError, KeyboardInterrupt) as err:
             close_process_group()
-            message = " ".join(str(err).split()) if isinstance(err, RecipeError) else \
-                "interrupted (Ctrl-C); the same command goes on from where the run stopped (its last complete " \
-                "checkpoint)"
+            message, code = _stop_message(err)
             # one write, newline included: print's text and newline are two writes, and the lines of processes
             # failing together would interleave
             sys.stderr.write(f"error: {message}\n")
             sys.stderr.flush()
-            code = 2 if isinstance(err, RecipeError) else 130  # 130: the shell's code for an interrupt
             end_launched_process(code)
             raise SystemExit(code) from None
         close_process_group()

@@ -48,10 +48,12 @@ def check_output_dir_is_a_folder(out: Path) -> None:
         raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
 
 
-# Keys that change how a run is watched, not what it trains: a rerun that differs only in these is the same run.
+# Keys that change how a run is watched, fed or pruned, not what it trains: a rerun differing only in these is the
+# same run.
 COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
-                 "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo",
-                 "dataloader_num_workers", "per_device_eval_batch_size", "preprocessing_num_workers"}
+                 "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo", "save_total_limit",
+                 "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+                 "dataloader_prefetch_factor", "per_device_eval_batch_size", "preprocessing_num_workers"}
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
@@ -126,15 +128,19 @@ def find_checkpoint(training_args) -> str | None:
     even when a killed save left it half-written. Such folders are removed (main process), with a warning. A
     checkpoint without optimizer, scheduler or random states (save_only_model, or deleted files) is resumed only
     when named in resume_from_checkpoint: the Trainer would restart the optimizer and the learning-rate schedule.
+    A `resume_from_checkpoint` outside `output_dir` is where the run started: once the run has saved checkpoints of
+    its own, the same command goes on from the newest of them.
     """
-    explicit = training_args.resume_from_checkpoint
-    check_no_foreign_checkpoints(Path(training_args.output_dir))
+    out, explicit = Path(training_args.output_dir), training_args.resume_from_checkpoint
+    check_no_foreign_checkpoints(out)
+    own = find_last_complete_checkpoint(out, remove_incomplete=training_args.should_save)
     if explicit:
         check_resume_request(training_args)
-        checkpoint = explicit
-    else:
-        checkpoint = find_last_complete_checkpoint(Path(training_args.output_dir),
-                                                   remove_incomplete=training_args.should_save)
+    if explicit and own and out.resolve() not in Path(explicit).resolve().parents and \
+            checkpoint_step(own) > checkpoint_step(explicit):
+        logger.info("%s is where this run started (resume_from_checkpoint); it has saved %s since", explicit, own)
+        explicit = None
+    checkpoint = explicit or own
     missing = missing_training_state(Path(checkpoint)) if checkpoint else []
     if missing and not explicit:
         raise RecipeError(f"{checkpoint} has no {', '.join(missing)} (save_only_model: true, or deleted): resuming "
@@ -153,6 +159,8 @@ def find_checkpoint(training_args) -> str | None:
 # the files the run wrote, the checkpoint being written ("pending"), and whether the run finished.
 # overwrite_output_dir deletes what it records and nothing else.
 RUN_MARKER = ".lmrecipes-run.json"
+
+
 def _own_leftover(name: str) -> bool:
     """A top-level name only lmrecipes' own writes leave in a run folder: its lock, and the temporary file of a
     marker or recipe update a stop cut short (an atomic write's)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from pathlib import Path
 
 from .errors import RecipeError
@@ -15,6 +16,17 @@ logger = logging.getLogger("lmrecipes")
 # The lock file, in the run folder (fcntl.flock: it dies with its holding process).
 RUN_LOCK = ".lmrecipes-lock"
 _held_locks: dict[Path, object] = {}  # output_dir -> the open lock file of this process's run there
+
+
+def _let_go_in_child() -> None:
+    """A forked process (a data-loader worker) shares its parent's flock; it closes its copies, so that the lock
+    ends with the run's process and not with the last of its workers (which outlive a SIGKILL by a few seconds)."""
+    for handle in _held_locks.values():
+        handle.close()
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def lock_run_folder(out: Path) -> None:

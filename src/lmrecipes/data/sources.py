@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -36,6 +37,15 @@ def _files_named(path: str) -> list[str]:
     return [path] if Path(path).is_file() else [m for m in sorted(glob.glob(path)) if Path(m).is_file()]
 
 
+def _why_no_file(expanded: str, pattern: str) -> str:
+    for candidate in (Path(expanded), REPO_ROOT / expanded):
+        if candidate.is_dir():
+            return f"{pattern!r} is a folder; name its files, e.g. '{pattern.rstrip('/')}/*.txt'"
+        if candidate.is_symlink():
+            return f"{pattern!r} is a link to {os.readlink(candidate)!r}, which does not exist"
+    return f"no file matches {pattern!r}"
+
+
 def resolve_data_files(patterns: list[str], key: str) -> list[str]:
     """Expand paths and globs: relative ones from the working directory first, then from the repository root."""
     found = []
@@ -45,7 +55,7 @@ def resolve_data_files(patterns: list[str], key: str) -> list[str]:
         if not matches and not Path(expanded).is_absolute():
             matches = _files_named(str(REPO_ROOT / expanded))
         if not matches:
-            raise RecipeError(f"key '{key}': no file matches {pattern!r}")
+            raise RecipeError(f"key '{key}': {_why_no_file(expanded, pattern)}")
         found += matches
     return found
 
