@@ -29,6 +29,8 @@ if ! $PY -c "import datasets, transformers, accelerate" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# one process, one GPU: plain python on a multi-GPU node would drive them all through nn.DataParallel (refused)
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 $PY -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0))"
 $PY scripts/pretrain.py recipes/llama-125m/pretrain-gpu-benchmark.yaml --overwrite_output_dir true "$@"

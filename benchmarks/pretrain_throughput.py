@@ -134,8 +134,8 @@ def main():
         print(json.dumps(run_one(args.child, args.recipe, args.steps, json.loads(args.overrides))))
         return
 
+    from lmrecipes.peak_flops import cpu_model_name
     from lmrecipes.precision import bf16_choice
-    from lmrecipes.throughput import cpu_model_name
 
     bf16, why = bf16_choice("auto", on_cpu=True)
     limits = {name: os.environ[name] for name in ISA_LIMITS if name in os.environ}

@@ -36,13 +36,17 @@ from lmrecipes.launch import (
 # ---------------------------------------------------------------- launch checks, case by case
 
 
-def test_one_process_driving_several_gpus_is_refused_where_the_job_asks():
+def test_one_process_driving_several_gpus_is_refused():
+    """Plain `python scripts/pretrain.py` on a 4-GPU node: the Trainer would wrap the model in nn.DataParallel and
+    the throughput callback would report one device's tokens/s and MFU for four (up to 4x too high)."""
     several_gpus = SimpleNamespace(world_size=1, n_gpu=4)
-    check_launch(several_gpus)  # pretraining: nn.DataParallel is the Trainer's to run
-    with pytest.raises(RecipeError, match=r"fine-tuning does not drive 4 GPUs from one process \(nn.DataParallel\): "
-                                          "launch one process per GPU, accelerate launch --num_processes 4"):
-        check_launch(several_gpus, data_parallel=False)
-    check_launch(SimpleNamespace(world_size=1, n_gpu=1), data_parallel=False)
+    for job in ("pretrain", "finetune"):
+        with pytest.raises(RecipeError, match=rf"^{job} does not drive 4 GPUs from one process \(nn.DataParallel\): "
+                                              f"launch one process per GPU, accelerate launch --num_processes 4 "
+                                              f"scripts/{job}.py ..., or pick one GPU with CUDA_VISIBLE_DEVICES=0"):
+            check_launch(several_gpus, job)
+    check_launch(SimpleNamespace(world_size=1, n_gpu=1), "pretrain")
+    check_launch(SimpleNamespace(world_size=4, n_gpu=1), "pretrain")  # a launch: one device per process
 
 
 def test_the_sharding_a_launch_asked_for_is_read_from_accelerates_variables(monkeypatch):

@@ -93,9 +93,9 @@ def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_p
     assert not set(ranks[0]["batches"]) & set(ranks[1]["batches"]), "each rank saw different data"
     assert ranks[0]["params"] == ranks[1]["params"], "parameters identical on both ranks"
     assert all(r["fused_calls"] == [True] * 6 for r in ranks), "fused_loss auto: on for CPU training, DDP included"
-    assert ranks[0]["tokens"] == 6 * 2 * 8 * 64, "tokens counted over both processes"
+    assert ranks[0]["tokens"] == 0, "the Trainer's count (a gather and a sync per micro-batch) is off"
     results = read_json(out / "all_results.json")
-    assert results["train_tokens"] == 6 * 2 * 8 * 64
+    assert results["train_tokens"] == 6 * 2 * 8 * 64, "tokens counted on the host, over both processes"
     assert results["eval_scored_tokens"] == 37 * 63, "every held-out block scored once"
     # the same weights evaluated by one process (continued at learning rate 0 for one step: unchanged)
     alone = lmrecipes.pretrain(LLAMA_RECIPE, **{**settings, "max_steps": 1, "learning_rate": 0.0},

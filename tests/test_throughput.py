@@ -3,7 +3,8 @@
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, TrainerState, TrainingArguments
 
-from lmrecipes.throughput import ThroughputCallback, model_flops_per_token, table_peak_flops
+from lmrecipes.peak_flops import table_peak_flops
+from lmrecipes.throughput import ThroughputCallback, model_flops_per_token
 
 
 def test_flops_per_token_of_a_llama_by_hand():
@@ -76,26 +77,124 @@ def test_mfu_and_tokens_per_second_arithmetic(tmp_path):
     args, state = TrainingArguments(output_dir=str(tmp_path), report_to="none"), TrainerState()
     state.num_input_tokens_seen = 0
     callback.on_train_begin(args, state, None)
-    callback.step_seconds = 2.0
+    callback.train_seconds = 2.0
     state.num_input_tokens_seen = 8000
     callback.on_train_end(args, state, None)
     assert callback.metrics["train_tokens_per_second"] == pytest.approx(4000)
     assert callback.metrics["train_tokens_per_second_per_device"] == pytest.approx(2000)
     assert callback.metrics["mfu"] == pytest.approx(0.2)
     assert callback.metrics["hardware"] == "2 x test"
+    assert callback.metrics["mfu_flops_per_token"] == 1e6 and callback.metrics["mfu_peak_flops_per_device"] == 1e10
+    assert callback.metrics["throughput_steady_state"] is False  # no complete window: the whole loop, said so
+
+    # steady state: the median of the windows (warm-up apart), with p10 and p90; MFU from the median
+    callback.windows = [(4000.0, 1.0), (8000.0, 1.0), (6000.0, 1.0), (5000.0, 1.0), (7000.0, 1.0)]
+    callback.on_train_end(args, state, None)
+    assert callback.metrics["train_tokens_per_second"] == pytest.approx(6000)
+    assert callback.metrics["train_tokens_per_second_p10"] == pytest.approx(4400)
+    assert callback.metrics["train_tokens_per_second_p90"] == pytest.approx(7600)
+    assert callback.metrics["train_tokens_per_second_whole_loop"] == pytest.approx(4000)
+    assert callback.metrics["mfu"] == pytest.approx(3000 * 1e6 / 1e10)
 
     unknown = ThroughputCallback(flops_per_token=1e6, peak_flops=None, world_size=1)
     unknown.on_train_begin(args, TrainerState(), None)
-    unknown.step_seconds, state.num_input_tokens_seen = 1.0, 100
+    unknown.train_seconds, state.num_input_tokens_seen = 1.0, 100
     unknown.on_train_end(args, state, None)
     assert unknown.metrics["mfu"] is None  # stated as unknown, never guessed
 
 
-def test_peak_flops_table():
-    assert table_peak_flops("NVIDIA H200", "bf16") == 989e12
-    assert table_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
-    assert table_peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
-    assert table_peak_flops("Some Future Accelerator", "bf16") is None
+def test_tokens_of_packed_blocks_are_counted_on_the_host_from_the_step():
+    """10-token rows, 5 rows a micro-batch, 2 micro-batches a step; 23 rows: 5 micro-batches an epoch, so an epoch
+    is 3 steps, its last of one micro-batch. One process feeds the epoch's last micro-batch short (3 rows); two
+    fill it from the start of the data (accelerate's even_batches). No device sync per micro-batch (the Trainer's
+    count gathers one)."""
+    from types import SimpleNamespace
+
+    loader = type("Loader", (), {"dataset": list(range(23)), "__len__": lambda self: 5})()
+    alone = ThroughputCallback(flops_per_token=1.0, peak_flops=None, world_size=1, tokens_per_row=10,
+                               rows_per_batch=5, accumulation=2)
+    alone.on_train_begin(SimpleNamespace(), TrainerState(), None, train_dataloader=loader)
+    expected = {0: 0, 1: 100, 2: 200, 3: 230, 4: 330, 6: 460, 7: 560}
+    assert {step: alone.tokens(TrainerState(global_step=step)) for step in expected} == expected
+    two = ThroughputCallback(flops_per_token=1.0, peak_flops=None, world_size=2, tokens_per_row=10,
+                             rows_per_batch=5, accumulation=2)
+    two.on_train_begin(SimpleNamespace(), TrainerState(), None, train_dataloader=loader)
+    assert two.tokens(TrainerState(global_step=3)) == 2 * 250 and two.tokens(TrainerState(global_step=4)) == 2 * 350
+    stream = ThroughputCallback(flops_per_token=1.0, peak_flops=None, world_size=1, tokens_per_row=10,
+                                rows_per_batch=5, accumulation=2)
+    stream.on_train_begin(SimpleNamespace(), TrainerState(), None, train_dataloader=iter(()))  # no length
+    assert stream.tokens(TrainerState(global_step=7)) == 700
+
+
+def test_the_host_count_of_packed_tokens_is_the_trainers_count(tmp_path):
+    """A real Trainer over 23 rows of 16 tokens, 5 rows a micro-batch, 2 micro-batches a step, 7 steps (epochs end
+    short): the host count equals the Trainer's own count of every token it fed."""
+    import torch
+    from transformers import Trainer
+
+    rows = [{"input_ids": torch.arange(16) % 50, "labels": torch.arange(16) % 50} for _ in range(23)]
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=50))
+    callback = ThroughputCallback(flops_per_token=1.0, peak_flops=None, world_size=1, tokens_per_row=16,
+                                  rows_per_batch=5, accumulation=2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", max_steps=7, per_device_train_batch_size=5,
+                             gradient_accumulation_steps=2, use_cpu=True, include_num_input_tokens_seen="all",
+                             save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
+    trainer.train()
+    assert callback.tokens(trainer.state) == trainer.state.num_input_tokens_seen == (23 + 23 + 10) * 16
+
+
+def test_the_attention_kernel_is_named_from_the_ops_that_ran():
+    from lmrecipes.throughput import attention_kernels
+
+    assert attention_kernels(["aten::linear", "aten::_scaled_dot_product_flash_attention_for_cpu"]) == \
+        "SDPA flash (CPU)"
+    assert attention_kernels(["aten::_scaled_dot_product_flash_attention", "aten::_flash_attention_forward"]) == \
+        "SDPA flash"
+    assert attention_kernels(["aten::_scaled_dot_product_efficient_attention"]) == "SDPA memory-efficient"
+    assert attention_kernels(["flash_attn::_flash_attn_varlen_forward"]) == "flash-attn"
+    assert attention_kernels(["aten::bmm", "aten::_softmax"]) == "eager (matmul + softmax)"
+
+
+@pytest.mark.parametrize("name, bf16, tf32, fp32", [
+    ("NVIDIA H100 80GB HBM3", 989.4, 494.7, 67),  # the SXM part's name
+    ("NVIDIA H100 PCIe", 756, 378, 51),  # a substring match gave it the SXM figure: MFU 1.3x too low
+    ("NVIDIA H100 NVL", 835.5, 417.5, 60),
+    ("NVIDIA H200", 989.4, 494.7, 67),
+    ("NVIDIA H200 NVL", 835.5, 417.5, 60),
+    ("NVIDIA A100-SXM4-80GB", 312, 156, 19.5),
+    ("NVIDIA A100-PCIE-40GB", 312, 156, 19.5),
+    ("NVIDIA A100 80GB PCIe", 312, 156, 19.5),
+    ("NVIDIA L4", 121, 60, 30.3),
+    ("NVIDIA L40", 181.05, 90.5, 90.5),  # "L4" in "NVIDIA L40" gave it the L4's figure
+    ("NVIDIA L40S", 362.05, 183, 91.6),
+    ("NVIDIA A10", 125, 62.5, 31.2),
+    ("AMD Instinct MI300X", 1307.4, 653.7, 163.4),
+])
+def test_peak_flops_by_exact_model_and_tf32_setting(name, bf16, tf32, fp32):
+    assert table_peak_flops(name, "bf16")[0] == pytest.approx(bf16 * 1e12)
+    assert table_peak_flops(name, "fp16")[0] == pytest.approx(bf16 * 1e12)
+    assert table_peak_flops(name, "fp32", tf32=True)[0] == pytest.approx(tf32 * 1e12)
+    peak, source = table_peak_flops(name, "fp32", tf32=False)
+    assert peak == pytest.approx(fp32 * 1e12) and "fp32 without TF32" in source and "data sheet" in source
+
+
+def test_an_accelerator_not_in_the_table_has_no_peak_and_tf32_is_read_from_torch():
+    import torch
+
+    from lmrecipes.peak_flops import tf32_allowed
+
+    for name in ("NVIDIA GH200 480GB", "NVIDIA A10G", "NVIDIA GeForce RTX 4090", "Some Future Accelerator"):
+        peak, source = table_peak_flops(name, "bf16")
+        assert peak is None and f"unknown accelerator {name!r}" in source
+    assert not tf32_allowed()  # torch's default: fp32 matmuls are not TF32, and the fp32 peak says so
+    assert table_peak_flops("NVIDIA H100 PCIe", "fp32")[0] == pytest.approx(51e12)
+    torch.backends.cuda.matmul.allow_tf32 = True  # what `tf32: true` in a recipe sets
+    try:
+        assert tf32_allowed() and table_peak_flops("NVIDIA H100 PCIe", "fp32")[0] == pytest.approx(378e12)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def test_tokens_per_second_counts_the_time_the_data_loader_takes(tmp_path):
@@ -131,9 +230,12 @@ def test_tokens_per_second_counts_the_time_the_data_loader_takes(tmp_path):
         started = time.perf_counter()
         Trainer(model=model, args=args, train_dataset=Blocks(delay), eval_dataset=Blocks(delay),
                 callbacks=[callback]).train()
-        measured[delay] = (callback.metrics["train_tokens_per_second"], callback.step_seconds,
-                           time.perf_counter() - started)
-    slow_rate, slow_seconds, slow_wall = measured[0.04]
+        measured[delay] = (callback.metrics["train_tokens_per_second"], callback.train_seconds,
+                           time.perf_counter() - started, callback.metrics)
+    slow_rate, slow_seconds, slow_wall, slow = measured[0.04]
+    assert slow["throughput_windows"] == 4 and slow["warmup_steps"] == 2  # steps 3-6, one step a window
+    assert slow["data_wait_fraction"] > 0.8 > measured[0.0][3]["data_wait_fraction"], measured  # the fetch sleeps
+    assert slow["attention_kernel"] == "SDPA flash (CPU)" and slow["tf32"] is False
     assert slow_rate <= 400 * 1.02, measured  # 6 steps x 64 tokens over at least 6 x 0.16 s
     assert slow_seconds >= 6 * 0.16 and measured[0.0][0] > 2 * slow_rate, measured
     # two evaluations of 64 rows sleep 2 x 2.56 s: outside the clock
@@ -141,7 +243,7 @@ def test_tokens_per_second_counts_the_time_the_data_loader_takes(tmp_path):
 
 
 def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path):
-    from lmrecipes.throughput import cpu_peak_flops
+    from lmrecipes.peak_flops import cpu_peak_flops
 
     cache = tmp_path / "peaks.json"
     peak, source = cpu_peak_flops("fp32", cache)
@@ -155,6 +257,6 @@ def test_mfu_is_never_above_one(tmp_path):
     args, state = TrainingArguments(output_dir=str(tmp_path), report_to="none"), TrainerState()
     state.num_input_tokens_seen = 0
     callback.on_train_begin(args, state, None)
-    callback.step_seconds, state.num_input_tokens_seen = 1.0, 5000  # 5e9 FLOP/s against a 1e9 peak
+    callback.train_seconds, state.num_input_tokens_seen = 1.0, 5000  # 5e9 FLOP/s against a 1e9 peak
     callback.on_train_end(args, state, None)
     assert callback.metrics["mfu"] == 1.0

@@ -213,7 +213,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                    training_args: RunArguments, explicit: dict | None = None, callbacks=()) -> dict:
     """Fine-tune a classifier end to end; returns the results also written to `output_dir/all_results.json`."""
     explicit = explicit or {}
-    run = Run(training_args, model_args, "finetune", data_parallel=False)
+    run = Run(training_args, model_args, "finetune")
     if not model_args.model_name_or_path:
         raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
     check_model_selection(finetune_args, training_args)

@@ -103,12 +103,13 @@ def use_the_cpus(training_args) -> None:
         torch.set_num_threads(cpus)
 
 
-def check_launch(training_args, *, data_parallel: bool = True) -> None:
+def check_launch(training_args, job: str = "training") -> None:
     """The launch checks that need only the arguments and the environment, before anything is read or written.
 
     - several processes launched but each training alone (e.g. `--multi_gpu` on CPU without use_cpu);
-    - `data_parallel=False` (fine-tuning): one process driving several GPUs through nn.DataParallel, which would
-      hand the task's loss the gathered batch.
+    - one process driving several GPUs through nn.DataParallel (what the Trainer does when plain `python` sees
+      more than one): it would hand a task's loss the gathered batch, and tokens/s and MFU would be reported for
+      one device while all of them trained. One process per device, through a launcher.
     """
     launched = launched_processes()
     if launched > 1 and training_args.world_size != launched:
@@ -116,10 +117,10 @@ def check_launch(training_args, *, data_parallel: bool = True) -> None:
             f"{launched} processes were launched but training would run with world size {training_args.world_size}:"
             " each process would train a duplicate model (launch with accelerate launch or torchrun, which set up the "
             "process group; on CPU e.g. --config_file accelerate_configs/cpu_ddp.yaml)")
-    if not data_parallel and training_args.n_gpu > 1:
-        raise RecipeError(f"fine-tuning does not drive {training_args.n_gpu} GPUs from one process (nn.DataParallel)"
-                          f": launch one process per GPU, accelerate launch --num_processes {training_args.n_gpu} "
-                          "scripts/finetune.py ...")
+    if training_args.n_gpu > 1:
+        raise RecipeError(f"{job} does not drive {training_args.n_gpu} GPUs from one process (nn.DataParallel): "
+                          f"launch one process per GPU, accelerate launch --num_processes {training_args.n_gpu} "
+                          f"scripts/{job}.py ..., or pick one GPU with CUDA_VISIBLE_DEVICES=0")
 
 
 def sharding_asked_for() -> str | None:

@@ -12,6 +12,7 @@ from .arguments import FinetuneArguments, ModelArguments
 from .errors import RecipeError, first_line
 from .objectives import OBJECTIVES, Objective
 from .tasks import Task
+from .throughput import parameter_size
 from .values import resolve_model_path, yaml_boolean
 
 logger = logging.getLogger(__name__)
@@ -213,11 +214,11 @@ def outermost_new_modules(model, missing_keys) -> list[str]:
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:
-    """Parameters counted once even when shared (tied embeddings)."""
+    """Parameters counted once even when shared (tied embeddings), whole under ZeRO-3."""
     seen, total = set(), 0
     for param in model.parameters():
         if (trainable_only and not param.requires_grad) or id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
+        total += parameter_size(param)
     return total

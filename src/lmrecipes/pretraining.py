@@ -102,7 +102,7 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     # eval keeps the loss only (no logits in memory) unless the objective computes metrics from the model's outputs
     training_args.prediction_loss_only = objective.compute_metrics is None
     collator = objective.collator(tokenizer, data_args, training_args.seed)
-    throughput = run.throughput(model, data_args.block_size)
+    throughput = run.throughput(model, data_args.block_size, packed=True)
     # a faster training loss (causal_lm: fused_loss) is chosen, and a refused one reported, before anything is written
     faster_loss = objective.attach_training_loss(model, training_args, model_args)
     try:

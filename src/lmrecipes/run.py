@@ -33,6 +33,7 @@ from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
 from .ownership import files_in
 from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
+from .peak_flops import describe_hardware, peak_flops_per_device
 from .run_folder import (
     RUN_MARKER,
     check_output_dir_is_a_folder,
@@ -44,35 +45,39 @@ from .run_folder import (
     record_saved_files,
 )
 from .run_lock import unlock_run_folder
-from .throughput import ThroughputCallback, describe_hardware, model_flops_per_token, peak_flops_per_device
+from .throughput import ThroughputCallback, model_flops_per_token
 
 logger = logging.getLogger("lmrecipes")
 
 
 class Run:
-    """One training run of `job` ("pretrain" or "finetune"); `data_parallel=False` refuses one process driving
-    several GPUs (launch.check_launch)."""
+    """One training run of `job` ("pretrain" or "finetune")."""
 
-    def __init__(self, training_args, model_args, job: str, *, data_parallel: bool = True):
+    def __init__(self, training_args, model_args, job: str):
         self.args, self.job = training_args, job
         setup_logging(training_args)
         use_the_cpus(training_args)
-        check_launch(training_args, data_parallel=data_parallel)
+        check_launch(training_args, job)
         check_output_dir_is_a_folder(Path(training_args.output_dir))
         check_resume_request(training_args)
         warn_remote_code(model_args)
         set_seed(training_args.seed)  # the initial weights (of the model, or of a new head) depend on it
-        # What lmrecipes sets in the TrainingArguments: the Trainer counts tokens (for tokens/s and MFU), a NaN loss
-        # shows in the logs (for NonFiniteLossGuard), and lmrecipes publishes the finished run itself (hub_target).
-        if training_args.include_num_input_tokens_seen == "no":
-            training_args.include_num_input_tokens_seen = "non_padding"
+        # What lmrecipes sets in the TrainingArguments: a NaN loss shows in the logs (for NonFiniteLossGuard), and
+        # lmrecipes publishes the finished run itself (hub_target); how tokens are counted: throughput().
         training_args.logging_nan_inf_filter = False
         self.hub = hub_target(training_args)
         self.meter = None  # the ThroughputCallback (tokens/s, MFU), once the model is known: throughput()
 
-    def throughput(self, model, seq_len: int) -> ThroughputCallback:
-        """The tokens/s and MFU callback of this run (logs the precision and the MFU basis)."""
-        self.meter = throughput_callback(model, self.args, seq_len)
+    def throughput(self, model, seq_len: int, packed: bool = False) -> ThroughputCallback:
+        """The tokens/s and MFU callback of this run (logs the precision and the MFU basis). `packed`: every row is
+        `seq_len` tokens (pretraining blocks), so tokens are counted on the host; otherwise the Trainer counts the
+        non-padding tokens of each batch, which costs a device sync per batch."""
+        args = self.args
+        if packed:
+            args.include_num_input_tokens_seen = "no"
+        elif args.include_num_input_tokens_seen == "no":
+            args.include_num_input_tokens_seen = "non_padding"
+        self.meter = throughput_callback(model, args, seq_len, packed)
         return self.meter
 
     def trainer(self, build):
@@ -164,7 +169,7 @@ class Run:
         return results
 
 
-def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallback:
+def throughput_callback(model, training_args, seq_len: int, packed: bool) -> ThroughputCallback:
     """The callback that reports tokens/s and MFU; logs the precision, the MFU basis and the CPU threads."""
     dtype = "bf16" if (training_args.bf16 or training_args.fp16) else "fp32"
     logger.info("Precision: %s (%s)", "fp16 autocast" if training_args.fp16 else
@@ -178,7 +183,11 @@ def throughput_callback(model, training_args, seq_len: int) -> ThroughputCallbac
         logger.info("CPU threads per process: %d of %d CPUs (--num_cpu_threads_per_process for accelerate launch)",
                     torch.get_num_threads(), os.cpu_count())
     return ThroughputCallback(per_token, peak, training_args.world_size,
-                              describe_hardware(training_args.device, training_args.world_size))
+                              describe_hardware(training_args.device, training_args.world_size),
+                              tokens_per_row=seq_len if packed else None,
+                              rows_per_batch=training_args.per_device_train_batch_size,
+                              accumulation=training_args.gradient_accumulation_steps,
+                              device=training_args.device, peak_source=source, max_steps=training_args.max_steps)
 
 
 def hub_target(training_args) -> dict | None:
@@ -254,7 +263,7 @@ def complete_training_metrics(trainer, checkpoint: str, meter: ThroughputCallbac
     state = trainer.state
     logger.info("%s is the run's last step (%d of %d): training was complete; finishing the run from it",
                 checkpoint, state.global_step, state.max_steps)
-    return {"epoch": state.epoch, "total_flos": state.total_flos, "train_tokens": state.num_input_tokens_seen,
+    return {"epoch": state.epoch, "total_flos": state.total_flos, "train_tokens": meter.tokens(state),
             "hardware": meter.hardware}
 
 

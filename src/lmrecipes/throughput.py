@@ -8,35 +8,23 @@ when a gradient flows through it to something trained before it, and never the 2
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
+import math
 import time
-from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from .ownership import write_json_atomically
-from .precision import cpuinfo_value
+from .peak_flops import tf32_allowed
 
 logger = logging.getLogger(__name__)
 
-# Dense peak FLOP/s per device from vendor data sheets (no sparsity). bf16/fp16 on tensor cores; fp32 is the
-# TF32 tensor-core figure where the chip has one (PyTorch uses TF32 for fp32 matmuls only when allowed).
-PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp32": 494e12},
-    "H100": {"bf16": 989e12, "fp32": 494e12},
-    "A100": {"bf16": 312e12, "fp32": 156e12},
-    "L40S": {"bf16": 362e12, "fp32": 183e12},
-    "A10G": {"bf16": 70e12, "fp32": 35e12},
-    "L4": {"bf16": 121e12, "fp32": 60e12},
-    "RTX 4090": {"bf16": 165e12, "fp32": 83e12},
-    "V100": {"bf16": 125e12, "fp32": 15.7e12},
-    "T4": {"bf16": 65e12, "fp32": 8.1e12},
-}
+def parameter_size(param) -> int:
+    """Values in a parameter, whole: under DeepSpeed ZeRO-3 (`zero.Init`) a parameter holds none of them
+    (`numel()` is 0) and DeepSpeed keeps the size in `ds_numel`."""
+    return getattr(param, "ds_numel", None) or param.numel()
 
 
 def matmul_weight_count(model) -> int:
@@ -44,7 +32,7 @@ def matmul_weight_count(model) -> int:
 
     Embedding lookups (token, position) cost no matmul FLOPs and are left out.
     """
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+    return sum(parameter_size(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
 
 
 def flops_per_token(matmul_weights: int, num_layers: int, hidden_size: int, seq_len: int) -> float:
@@ -81,14 +69,14 @@ def _trained_flops(model, seq_len: int) -> float:
     running = [module for name, module in model.named_modules() if "original_module" not in name.split(".")]
     for module in running:
         if isinstance(module, (torch.nn.Linear, Conv1D)):
-            flops += module.weight.numel() * (6 if module.weight.requires_grad else 4 if trained_before else 2)
+            flops += parameter_size(module.weight) * (6 if module.weight.requires_grad else 4 if trained_before else 2)
         elif _is_attention(module):
             inside = any(p.requires_grad for p in module.parameters())  # LoRA on the query projection
             flops += (12.0 if trained_before or inside else 4.0) * width * seq_len
             blocks += 1
         trained_before = trained_before or any(p.requires_grad for p in module.parameters(recurse=False))
     if blocks != layers:  # attention blocks not recognised: every layer's attention, forward and backward
-        flops = sum(module.weight.numel() * (6 if module.weight.requires_grad else 4) for module in running
+        flops = sum(parameter_size(module.weight) * (6 if module.weight.requires_grad else 4) for module in running
                     if isinstance(module, (torch.nn.Linear, Conv1D))) + 12.0 * layers * width * seq_len
     return flops
 
@@ -104,109 +92,135 @@ def model_flops_per_token(model, seq_len: int) -> float:
         12.0 * layers * width * seq_len for layers, width in map(_layers_and_attention_width, configs))
 
 
-def table_peak_flops(device_name: str, dtype_name: str) -> float | None:
-    """Data-sheet dense peak for a device name such as 'NVIDIA H200' ('bf16' or 'fp32'); None when not listed."""
-    for key, peaks in PEAK_FLOPS.items():
-        if key in device_name:
-            return peaks.get(dtype_name)
-    return None
+def synchronize(device) -> None:
+    """Wait until the accelerator has run what was queued: a timing window ends when the work in it is done."""
+    if device is not None and device.type not in ("cpu", "meta") and torch.accelerator.is_available():
+        torch.accelerator.synchronize(device)
 
 
-def peak_flops_per_device(device: torch.device, dtype_name: str) -> tuple[float | None, str]:
-    """(peak FLOP/s, where the number comes from). GPUs from the table; CPUs by a short measured matmul."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = table_peak_flops(name, dtype_name)
-        return peak, f"{name} data sheet ({dtype_name})" if peak else f"unknown accelerator {name!r}"
-    if device.type == "cpu":
-        return cpu_peak_flops(dtype_name)
-    return None, f"unknown device type {device.type!r}"
+# The op names behind each attention kernel, as torch's profiler records them (SDPA picks one at run time).
+ATTENTION_OPS = (("flash_attn::", "flash-attn"), ("_flash_attention_for_cpu", "SDPA flash (CPU)"),
+                 ("_scaled_dot_product_flash_attention", "SDPA flash"),
+                 ("_scaled_dot_product_cudnn_attention", "SDPA cuDNN"),
+                 ("_scaled_dot_product_efficient_attention", "SDPA memory-efficient"),
+                 ("_scaled_dot_product_attention_math", "SDPA math (unfused)"), ("flex_attention", "flex attention"))
 
 
-def cpu_model_name() -> str:
-    return cpuinfo_value("model name") or platform.processor() or platform.machine()
+def attention_kernels(op_names) -> str:
+    """The attention kernels that ran, from the op names of a profiled step: 'SDPA flash', ..., 'eager (matmul +
+    softmax)' when no fused kernel ran."""
+    names = set(op_names)
+    found = {next((kernel for needle, kernel in ATTENTION_OPS if needle in name), None) for name in names} - {None}
+    if found:
+        return " + ".join(kernel for _, kernel in ATTENTION_OPS if kernel in found)
+    return "eager (matmul + softmax)" if any("softmax" in name for name in names) else "none seen"
 
 
-def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None) -> tuple[float, str]:
-    """(peak FLOP/s, where it comes from) of this CPU at the current thread count: the best of several timed
-    matmuls, measured once per CPU model, thread count, dtype and torch version and kept in a cache file
-    ($LMRECIPES_CACHE or ~/.cache/lmrecipes, cpu-peak-flops.json), so that a run started while the machine is busy
-    does not measure a low peak (and report a high MFU) and runs on one machine share one basis."""
-    threads = torch.get_num_threads()
-    key = f"{cpu_model_name()} | {threads} threads | {dtype_name} | torch {torch.__version__}"
-    cache_file = cache_file or Path(os.environ.get("LMRECIPES_CACHE") or Path.home() / ".cache" / "lmrecipes") \
-        / "cpu-peak-flops.json"
-    try:
-        known = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
-    if isinstance(known.get(key), (int, float)) and known[key] > 0:
-        return float(known[key]), f"CPU matmul peak measured earlier on this machine ({key})"
-    peak = max(measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
-               for _ in range(5))
-    if os.environ.get("LOCAL_RANK", "0") != "0":  # processes sharing the cores measured each other: not kept
-        return peak, f"CPU matmul peak, best of 5, measured now alongside other processes ({key})"
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(cache_file, {**known, key: peak})
-    except OSError:  # a read-only home: measured again next time
-        pass
-    return peak, f"CPU matmul peak, best of 5, measured now ({key})"
+def peak_memory(device) -> tuple[float, str]:
+    """(GB, what it is): torch's peak allocation on an accelerator, the process's peak resident memory on a CPU."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9, "peak memory allocated by torch on the GPU"
+    import resource
 
-
-def measure_cpu_matmul_flops(dtype=torch.float32, size: int = 1024, seconds: float = 0.3) -> float:
-    """Achieved FLOP/s of a square matmul on this CPU with the current thread count: a practical peak."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.matmul(a, b)
-        count += 1
-    return 2.0 * size**3 * count / (time.perf_counter() - start)
-
-
-def describe_hardware(device: torch.device, world_size: int) -> str:
-    """What the run trained on, for results and model cards: e.g. '2 x NVIDIA H200' or
-    '1 x CPU AMD EPYC (2 threads)'."""
-    if device.type == "cuda":
-        return f"{world_size} x {torch.cuda.get_device_name(device)}"
-    return f"{world_size} x {device.type.upper()} {cpu_model_name()} ({torch.get_num_threads()} threads)".replace(
-        "CPU CPU", "CPU")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "peak resident memory of the process"
 
 
 class ThroughputCallback(TrainerCallback):
-    """Measures training tokens/s over the whole training loop, data loading included, but not evaluations and
-    checkpoint saves; and MFU.
+    """Training tokens/s and MFU you can quote: steady state apart from warm-up, in timing windows bounded by device
+    synchronisation, with the data loader inside the clock and evaluations and saves outside it.
 
-    The clock runs from the start of training to the end of each optimizer step and restarts after each
-    evaluation and save: the Trainer fetches a step's batches before `on_step_begin`, so timing from step begin to
-    step end would leave the data loader out (a streaming run reported 18.6k tokens/s where its loop ran at 5.6k).
-    Tokens come from the Trainer's own count (`include_num_input_tokens_seen`), gathered over processes.
+    - Warm-up: the first `warmup_steps` optimizer steps of a session (compilation, allocator and data-loader start,
+      a resumed run's skip through the batches it trained on) are timed apart (`first_step_seconds`,
+      `warmup_seconds`).
+    - Steady state: the later steps in windows of `window` steps. A window ends on a device synchronisation (the
+      host queues work ahead of the GPU: without one a window would time the queueing); the steps before an
+      evaluation or a save synchronise too, so that their work is not counted as the evaluation's. tokens/s is the
+      median over complete windows, with p10 and p90; a run too short for one window reports its whole loop.
+    - Data: the time from a step's end to the next step's start is the Trainer fetching the next batches
+      (`data_wait_fraction`; on an accelerator an upper bound, as the fetch overlaps queued work).
+    - Tokens: with `tokens_per_row` (every row the same length: packed pretraining blocks) counted on the host from
+      the step number and the data loader (rows per micro-batch, rows per epoch: one process feeds an epoch's last
+      batch short, several fill it from the start, accelerate's `even_batches`), with no device sync per
+      micro-batch; else the Trainer's own count (`include_num_input_tokens_seen`, a gather per micro-batch).
+    - The attention kernels that ran, read from one profiled warm-up step.
     """
 
-    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int, hardware: str = ""):
+    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int, hardware: str = "",
+                 tokens_per_row: int | None = None, rows_per_batch: int = 1, accumulation: int = 1, device=None,
+                 peak_source: str = "", max_steps: int = 0):
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
-        self.hardware = hardware
-        self.step_seconds, self.tokens_at_start, self._mark = 0.0, 0, None
-        self.metrics: dict[str, float | None] = {}
-        self._warned, self._resumed = False, False
+        self.hardware, self.device, self.peak_source = hardware, device, peak_source
+        self.tokens_per_row, self.rows_per_batch, self.accumulation = tokens_per_row, rows_per_batch, accumulation
+        self.batches_per_epoch = self.rows_per_epoch = None  # per process, from the data loader; None for a stream
+        self.window = max(1, min(20, max_steps // 10))
+        self.warmup_steps = max(2, self.window)
+        self.metrics: dict[str, float | str | None] = {}
+        self.attention = "not profiled"
+        self._profiler = None
+        self._warned = False
+        self._reset()
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.tokens_at_start = state.num_input_tokens_seen
-        # a resumed run's first fetch re-reads the batches it skips (a stream from its start): the clock starts
-        # after that step instead
-        self._resumed = state.global_step > 0
-        self._mark = None if self._resumed else time.perf_counter()
+    def _reset(self):
+        self.steps = 0  # optimizer steps in this session
+        self.first_step_seconds = self.warmup_seconds = self.train_seconds = self.data_seconds = 0.0
+        self.windows: list[tuple[float, float]] = []  # (tokens, seconds) of each complete window
+        self._window_steps, self._window_seconds, self._window_tokens_from = 0, 0.0, 0
+        self._tokens_from, self._mark = 0, None
+
+    def tokens(self, state) -> int:
+        """Tokens trained on by the end of `state.global_step`, over all processes."""
+        if not self.tokens_per_row:
+            return state.num_input_tokens_seen
+        steps, batches, rows = state.global_step, self.batches_per_epoch, self.rows_per_epoch
+        if not batches:
+            return steps * self.accumulation * self.rows_per_batch * self.tokens_per_row * self.world_size
+        steps_per_epoch = math.ceil(batches / self.accumulation)  # an epoch's last step takes what is left
+        epochs, into_epoch = divmod(steps, steps_per_epoch)
+        rows_now = min(into_epoch * self.accumulation * self.rows_per_batch, rows)
+        return (epochs * rows + rows_now) * self.tokens_per_row * self.world_size
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        try:
+            self.batches_per_epoch = len(train_dataloader)
+            whole = self.rows_per_batch * self.batches_per_epoch
+            self.rows_per_epoch = whole if self.world_size > 1 or getattr(args, "dataloader_drop_last", False) \
+                else min(whole, len(train_dataloader.dataset))
+        except (TypeError, AttributeError):  # a stream (no length): every step full
+            self.batches_per_epoch = self.rows_per_epoch = None
+        self._reset()
+        self._tokens_from = self._window_tokens_from = self.tokens(state)
+        self._mark = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._mark is not None:
+            self.data_seconds += time.perf_counter() - self._mark
+        if self.steps == self.warmup_steps - 1 and self._profiler is None and self.attention == "not profiled":
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profiler.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+        in_steady_state = self.steps > self.warmup_steps
+        window_ends = in_steady_state and self._window_steps + 1 == self.window
+        if window_ends or control.should_evaluate or control.should_save or self.steps == self.warmup_steps:
+            synchronize(self.device)
         now = time.perf_counter()
-        if self._mark is not None:
-            self.step_seconds += now - self._mark
-        elif self._resumed:
-            self.tokens_at_start = state.num_input_tokens_seen
-        self._mark = now
+        seconds, self._mark = now - self._mark, now
+        self.train_seconds += seconds
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self.attention = attention_kernels(event.name for event in self._profiler.events())
+            self._profiler = None
+        if not in_steady_state:
+            self.warmup_seconds += seconds
+            self.first_step_seconds = self.first_step_seconds or seconds
+            self._window_tokens_from = self.tokens(state)
+            return
+        self._window_steps, self._window_seconds = self._window_steps + 1, self._window_seconds + seconds
+        if window_ends:
+            tokens = self.tokens(state)
+            self.windows.append((tokens - self._window_tokens_from, self._window_seconds))
+            self._window_steps, self._window_seconds, self._window_tokens_from = 0, 0.0, tokens
 
     def _restart_clock(self):  # what ran since the last step (evaluation, save) is not training time
         if self._mark is not None:
@@ -218,12 +232,7 @@ class ThroughputCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._restart_clock()
 
-    def _update(self, state):
-        tokens = state.num_input_tokens_seen - self.tokens_at_start
-        if self.step_seconds <= 0 or tokens <= 0:
-            return
-        total = tokens / self.step_seconds
-        per_device = total / self.world_size
+    def _mfu(self, per_device: float) -> float | None:
         mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
         if mfu is not None and mfu > 1.0:  # the peak is what this device was measured to do: it cannot be beaten
             if not self._warned:
@@ -231,16 +240,42 @@ class ThroughputCallback(TrainerCallback):
                                "reporting 100%%", 100 * mfu, self.peak_flops)
                 self._warned = True
             mfu = 1.0
-        self.metrics = {"train_tokens_per_second": total, "train_tokens_per_second_per_device": per_device,
-                        "mfu": mfu, "train_tokens": state.num_input_tokens_seen, "hardware": self.hardware}
+        return mfu
+
+    def _update(self, state):
+        tokens = self.tokens(state) - self._tokens_from
+        if self.train_seconds <= 0 or tokens <= 0:
+            return
+        whole_loop = tokens / self.train_seconds
+        rates = [count / seconds for count, seconds in self.windows if seconds > 0]
+        total = float(np.median(rates)) if rates else whole_loop
+        per_device = total / self.world_size
+        memory, memory_kind = peak_memory(self.device)
+        self.metrics = {
+            "train_tokens_per_second": total, "train_tokens_per_second_per_device": per_device,
+            "train_tokens_per_second_p10": float(np.percentile(rates, 10)) if rates else None,
+            "train_tokens_per_second_p90": float(np.percentile(rates, 90)) if rates else None,
+            "train_tokens_per_second_whole_loop": whole_loop, "throughput_steady_state": bool(rates),
+            "throughput_windows": len(rates), "throughput_window_steps": self.window,
+            "warmup_steps": min(self.steps, self.warmup_steps), "warmup_seconds": self.warmup_seconds,
+            "first_step_seconds": self.first_step_seconds,
+            "data_wait_fraction": min(1.0, self.data_seconds / self.train_seconds),
+            "mfu": self._mfu(per_device), "mfu_flops_per_token": self.flops_per_token,
+            "mfu_peak_flops_per_device": self.peak_flops, "mfu_peak_source": self.peak_source,
+            "peak_memory_gb": memory, "peak_memory_kind": memory_kind, "attention_kernel": self.attention,
+            "tf32": tf32_allowed(), "train_tokens": self.tokens(state), "hardware": self.hardware}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._update(state)
         if self.metrics and state.is_world_process_zero and logs and "loss" in logs:
             mfu = self.metrics["mfu"]
-            logger.info("step %d: %.0f tokens/s (%.0f per device), MFU %s", state.global_step,
+            logger.info("step %d: %.0f tokens/s (%.0f per device; %s), MFU %s", state.global_step,
                         self.metrics["train_tokens_per_second"], self.metrics["train_tokens_per_second_per_device"],
+                        f"median of {len(self.windows)} windows" if self.windows else "warm-up included",
                         f"{100 * mfu:.1f}%" if mfu is not None else "unknown")
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._profiler is not None:  # the run ended inside the profiled step
+            self._profiler.__exit__(None, None, None)
+            self._profiler = None
         self._update(state)

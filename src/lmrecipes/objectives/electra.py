@@ -29,7 +29,7 @@ from transformers import (
 from transformers.utils import ModelOutput
 
 from ..errors import RecipeError, first_line
-from ..throughput import matmul_weight_count
+from ..throughput import matmul_weight_count, parameter_size
 from ..values import parse_mapping
 from .base import Objective, ObjectiveKeys, perplexity
 from .masked_lm import MASKED_LM, BatchSeededMasking
@@ -139,7 +139,7 @@ class ElectraWithGenerator(ElectraForPreTraining):
         """Weights in matrix multiplies per token on average (for MFU): the generator's output layers run on the
         masked fraction of the tokens only."""
         generator = self.generator
-        head = matmul_weight_count(generator.generator_predictions) + generator.generator_lm_head.weight.numel()
+        head = matmul_weight_count(generator.generator_predictions) + parameter_size(generator.generator_lm_head.weight)
         return matmul_weight_count(self) - (1.0 - self.config.masked_fraction) * head
 
 
