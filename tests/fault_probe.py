@@ -123,7 +123,7 @@ def install(point: str) -> None:
         "checkpoint-state": lambda: file_cut_short(transformers.TrainerState, "save_to_json",
                                                    lambda self, path: path, f"{STOP_AT}/trainer_state.json"),
         "checkpoint-manifest": lambda: wrap(lmrecipes.run, "write_manifest",
-                                            before=lambda folder: stop() if folder.name == STOP_AT else None),
+                                            before=lambda folder, *_: stop() if folder.name == STOP_AT else None),
         "marker-write": marker_write_cut_short,
         "final-evaluation": final_evaluation,
         "results-write": results_cut_short,

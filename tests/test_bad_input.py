@@ -691,6 +691,20 @@ def test_a_literal_file_name_with_glob_characters_is_that_file(tmp_path):
             resolve_data_files([str(tmp_path / name)], "train_file")
 
 
+def test_a_key_given_twice_is_refused_in_one_line(tmp_path, capsys):
+    """YAML and argparse keep the last of a key given twice, silently: a recipe with `max_steps: 400` and, appended
+    later, `max_steps: 7` trained 7 steps."""
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("model_type: llama\nmax_steps: 400\nlearning_rate: 0.001\nmax_steps: 7\n")
+    code, err = run_script_main(capsys, str(recipe), "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and "\n" not in err and "key 'max_steps' is given twice (lines 2 and 4); keep one" in err, err
+    recipe.write_text("model_type: llama\n")
+    code, err = run_script_main(capsys, str(recipe), "--max_steps", "5", "--output_dir", str(tmp_path / "out"),
+                                "--max_steps=9")
+    assert code == 2 and err == "error: command-line key '--max_steps' is given twice; give it once", err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_recipe_of_nested_aliases_is_refused_in_one_line(tmp_path, capsys):
     """A few kilobytes of nested YAML aliases would expand to gigabytes (the "billion laughs"): aliases are refused
     as the recipe is read."""
@@ -717,3 +731,18 @@ def test_bad_training_numbers_are_refused_before_anything_is_written(tmp_path, c
     code, err = run_script_main(capsys, LLAMA_PRETRAIN, f"--{key}", value, "--output_dir", str(tmp_path / "out"))
     assert code == 2 and err == f"error: {expected}", err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_datasets_cache_that_cannot_be_written_is_named_as_such(tmp_path, monkeypatch):
+    """HOME unwritable (or not a folder): datasets' cache under it fails; the error named the data file instead."""
+    import datasets
+
+    from lmrecipes.arguments import DataSourceArguments
+    from lmrecipes.data.sources import load_raw_splits
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "a line"}) + "\n")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path("/proc/no-cache"))
+    with pytest.raises(RecipeError, match=r"^the datasets cache cannot be written at /proc/no-cache.*: set "
+                                          r"HF_DATASETS_CACHE \(or HF_HOME\) to a writable folder$"):
+        load_raw_splits(DataSourceArguments(train_file=[str(corpus)]))

@@ -342,9 +342,9 @@ def test_a_run_stopped_during_its_final_evaluation_finishes_from_its_last_checkp
 def test_an_accelerator_without_a_known_peak_finishes_with_mfu_unknown(tmp_path, small_corpus, monkeypatch):
     """MFU needs the device's peak (a table for GPUs): a device not in it (MPS, a new GPU) trains and reports MFU as
     unknown (null) instead of failing when the train metrics are printed."""
-    from lmrecipes import run
+    from lmrecipes import throughput
 
-    monkeypatch.setattr(run, "peak_flops_per_device", lambda device, dtype: (None, "unknown accelerator 'X1'"))
+    monkeypatch.setattr(throughput, "peak_flops_per_device", lambda device, dtype: (None, "unknown accelerator 'X1'"))
     results = lmrecipes.pretrain(LLAMA_PRETRAIN, **TINY_LLAMA, train_file=[small_corpus], validation_fraction=0.15,
                                  max_steps=2, output_dir=str(tmp_path / "x1"))
     assert results["mfu"] is None and results["train_tokens_per_second"] > 0

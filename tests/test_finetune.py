@@ -5,6 +5,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -183,6 +184,12 @@ def expected_predictions(model_dir, texts, pairs=None):
     return [(model.config.id2label[int(i)], float(p)) for p, i in zip(*probabilities.max(-1))]
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run_predict(*argv, subprocess_run=False):
     """scripts/predict.py with these arguments: in a fresh interpreter, or (faster) its main() in this one."""
     argv = [str(a) for a in argv]
@@ -247,6 +254,20 @@ def test_scratch_init_and_predict_script(tmp_path, learnable_csv, causal_run):
     result = run_predict(out, dirty, "--skip_bad_rows")
     assert result.returncode == 0 and [json.loads(l)["text"] for l in result.stdout.splitlines()] == texts[:2]
     assert "skipped 2 rows" in result.stderr
+
+    # --output where predictions must not go: one line each, nothing written (were: tracebacks, or the model's
+    # weights and the input file silently replaced)
+    weights = (out / "model.safetensors").read_bytes()
+    (tmp_path / "a-folder").mkdir()
+    for target, expected in [(tmp_path / "a-folder", "is a folder; name a file in it"),
+                             (tmp_path / "missing" / "p.jsonl", "does not exist"),
+                             (lf, "is the input file"), (out / "model.safetensors", "inside a run or model folder")]:
+        result = run_predict(out, lf, "--output", target)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, \
+            (target, result.stderr[-2000:])
+    assert (out / "model.safetensors").read_bytes() == weights and lf.read_text().startswith(texts[0])
+    assert not list(tmp_path.glob(".predictions-*")) and oct((tmp_path / "lf.jsonl").stat().st_mode & 0o777) == \
+        oct(0o666 & ~current_umask()), "readable by others as the umask allows (mkstemp makes 0600)"
 
 
 def test_text_pairs_are_classified_as_pairs(tmp_path, causal_run):

@@ -2,6 +2,7 @@
 model-index equal to the results, reload in a pipeline, no token anywhere), a LoRA adapter with its base, the
 Hub unreachable (fast, one line), and `push_to_hub` in a recipe."""
 
+import hashlib
 import json
 import os
 import re
@@ -107,13 +108,14 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
     assert predictions[0]["label"] in {"neg", "pos"}
     assert_no_secret(folder)
 
+    adapter_dir = tmp_path / ("a" * 240)  # a long name: its temporary folder's name stays within 255 bytes
     adapter = lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True,
-                                publish_dir=str(tmp_path / "a"), base_model="someone/tiny-llama")
+                                publish_dir=str(adapter_dir), base_model="someone/tiny-llama")
     assert adapter["kind"] == "adapter"  # auto: a Hub base model is known, so the adapter is published
     names = {name for name, _ in adapter["files"]}
     assert {"adapter_model.safetensors", "adapter_config.json", "labels.json", "README.md"} <= names
-    assert read_json(tmp_path / "a" / "adapter_config.json")["base_model_name_or_path"] == "someone/tiny-llama"
-    card = ModelCard.load(tmp_path / "a" / "README.md")
+    assert read_json(adapter_dir / "adapter_config.json")["base_model_name_or_path"] == "someone/tiny-llama"
+    card = ModelCard.load(adapter_dir / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "someone/tiny-llama"
 
     with pytest.raises(lmrecipes.RecipeError, match="base_model"):  # a local base cannot be named on the Hub
@@ -126,7 +128,7 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
     with pytest.raises(lmrecipes.RecipeError, match="key 'publish_dir'"):
         lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(mine), base_model="someone/tiny-llama")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
-    again = lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True, publish_dir=str(tmp_path / "a"),
+    again = lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True, publish_dir=str(adapter_dir),
                               base_model="someone/tiny-llama")  # its own earlier folder is rebuilt
     assert again["files"] == adapter["files"]
 
@@ -305,12 +307,32 @@ def test_private_folder_names_in_relative_paths_are_not_published(tmp_path, caus
     recipe = re.sub(r"(?m)^train_file:.*(\n- .*)*", "train_file:\n- ../home/alice/secret-project/corpus.jsonl\n"
                     "- secret-project/b.jsonl\n- data/*.jsonl\n- ~/secret-project/c.jsonl", recipe)
     (run_dir / "recipe.yaml").write_text(recipe)
+    marker = run_dir / ".lmrecipes-run.json"  # as if the run had been started with this recipe
+    marker.write_text(json.dumps({**read_json(marker), "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()}))
     lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
     for path in (tmp_path / "hub").rglob("*"):
         assert path.is_dir() or b"secret-project" not in path.read_bytes(), path.name
     published = (tmp_path / "hub" / "recipe.yaml").read_text()
     assert "- <local>/corpus.jsonl\n- <local>/b.jsonl\n- data/*.jsonl\n- <local>/c.jsonl" in published, published
     assert "`<local>/corpus.jsonl`" in (tmp_path / "hub" / "README.md").read_text()
+
+
+def test_publish_uploads_only_what_the_run_wrote(tmp_path, causal_run):
+    """Weights, tokenizer files or notes put into a run folder after the run, and a recipe.yaml edited since, were
+    uploaded as the run's: refused, named, nothing built."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(causal_run[0], run_dir, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "hub"))
+    for name, text in [("my-backup.safetensors", "weights"), ("vocab.txt", "SECRET notes")]:
+        (run_dir / name).write_text(text)
+        with pytest.raises(lmrecipes.RecipeError, match=rf"holds {name}, which its run did not write: publish "
+                                                       "uploads only the run's own files"):
+            lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+        (run_dir / name).unlink()
+    recipe = run_dir / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("max_steps:", "max_steps: 400\nold_max_steps:"))
+    with pytest.raises(lmrecipes.RecipeError, match=r"recipe.yaml was changed after the run wrote it"):
+        lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+    assert not (tmp_path / "hub").exists()
 
 
 def test_a_run_that_has_not_finished_is_not_published(tmp_path, causal_run):

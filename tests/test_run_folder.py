@@ -296,6 +296,9 @@ def test_a_finished_run_is_never_overwritten_without_consent(tmp_path, small_cor
                                                        rf"{target}\); give the folder it points to, or a new folder"):
             lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(link), overwrite_output_dir=True)
     assert not (tmp_path / "not-yet").exists()
+    too_long = tmp_path / ("é r" * 85)  # 340 bytes: over the filesystem's 255 (was: an OSError traceback)
+    with pytest.raises(lmrecipes.RecipeError, match=r"^key 'output_dir': .*: File name too long$"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(too_long))
     assert (out / "model.safetensors").is_file()
     lmrecipes.pretrain(LLAMA_PRETRAIN, **{**settings, "max_steps": 2}, output_dir=str(out), overwrite_output_dir=True)
     assert read_json(out / "trainer_state.json")["global_step"] == 2  # what the run wrote was deleted and redone
@@ -444,10 +447,11 @@ def test_the_run_lock_ends_with_the_run_not_with_its_forked_workers(tmp_path):
 
 
 def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tmp_path):
-    """An emptied marker (what the run wrote is unknown), a started run whose recipe.yaml was deleted: each refused
-    naming what is wrong (both said "another recipe" before). A checkpoint copied in from another run (it was
-    resumed, silently, ending at another run's loss) or renamed by the user (the Trainer's rotation deleted it) is
-    refused before training."""
+    """An emptied marker (what the run wrote is unknown), a started run whose recipe.yaml was deleted or edited:
+    each refused naming what is wrong (said "another recipe", or "nothing to do" for the edited recipe, before). A
+    checkpoint copied in from another run (even under a name this run wrote, or as a symbolic link: it was resumed,
+    silently, ending at another run's loss) or renamed by the user (the Trainer's rotation deleted it) is refused
+    before training."""
     out = tmp_path / "run"
     claim(out, RECIPE)
     save_checkpoint_files(out / "checkpoint-4", 4)
@@ -464,6 +468,27 @@ def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tm
     with pytest.raises(RecipeError, match=r"holds checkpoint-4.bak, which this run did not write"):
         check_no_foreign_checkpoints(out)
     (out / "checkpoint-4.bak").rename(out / "checkpoint-4")
+    from lmrecipes.checkpoints import write_manifest
+
+    other = save_checkpoint_files(tmp_path / "other" / "checkpoint-6", 6)  # another run's, under a recorded name
+    write_manifest(other, "another-run")
+    shutil.copytree(other, out / "checkpoint-6")
+    record_run(out, files=["checkpoint-6/trainer_state.json"])
+    with pytest.raises(RecipeError, match=r"holds checkpoint-6, which this run did not write"):
+        check_no_foreign_checkpoints(out)
+    shutil.rmtree(out / "checkpoint-6")
+    (out / "checkpoint-6").symlink_to(other)  # a link to it (it was resumed, silently)
+    with pytest.raises(RecipeError, match=r"checkpoint-6 is a symbolic link \(to .*\): a run resumes only "
+                                          r"checkpoints it wrote"):
+        check_no_foreign_checkpoints(out)
+    assert find_last_complete_checkpoint(out) == str(out / "checkpoint-4"), "links are never resumed"
+    (out / "checkpoint-6").unlink()
+    write_manifest(out / "checkpoint-4", run_record(out)["run_id"])
+    check_no_foreign_checkpoints(out)  # its own, manifest and all
+    (out / RUN_RECIPE).write_text((out / RUN_RECIPE).read_text() + "max_steps: 400\n")  # edited since
+    with pytest.raises(RecipeError, match=rf"{RUN_RECIPE} was changed after the run wrote it, so it no longer says "
+                                          "how the run was trained"):
+        claim(out, RECIPE)
     (out / RUN_RECIPE).unlink()
     with pytest.raises(RecipeError, match=rf"holds a started run whose {RUN_RECIPE} is missing: put it back"):
         claim(out, RECIPE)

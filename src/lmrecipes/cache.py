@@ -33,11 +33,12 @@ def atomic_directory(target: Path, replace=None):
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{_writer()}-", dir=target.parent))
+    name = _short_name(target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{_writer()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists() and not target.is_symlink() and replace is not None:
-            aside = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-{_writer()}-", dir=target.parent))
+            aside = Path(tempfile.mkdtemp(prefix=f".old-{name}-{_writer()}-", dir=target.parent))
             os.replace(target, aside)  # over the empty folder mkdtemp made: a name nobody else holds
             os.replace(tmp, target)
             replace(aside)
@@ -53,6 +54,12 @@ def atomic_directory(target: Path, replace=None):
 # Written last into every cache entry: the size of each of its files. An entry without it, or whose files differ
 # from it, is built again.
 CACHE_MANIFEST = ".lmrecipes-cache.json"
+
+
+def _short_name(name: str) -> str:
+    """A folder's name as its temporary folders carry it: a name of over 64 bytes by its hash, so that with the
+    writer and a random tail the temporary name stays within the filesystem's 255 bytes."""
+    return name if len(name.encode()) <= 64 else hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def _writer() -> str:
@@ -89,10 +96,10 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
     try:
         return _build_entry(folder, build, what)
     except OSError as err:
-        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
         raise RecipeError(f"cannot write the {what} at {folder} ({err.strerror}): set LMRECIPES_CACHE or "
-                          "data_cache_dir to a writable folder with space") from None
+                          "data_cache_dir to a writable folder with space (or raise the file-size limit)") from None
 
 
 def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool:

@@ -90,15 +90,26 @@ def missing_training_state(folder: Path) -> list[str]:
     return missing
 
 
-def write_manifest(folder: Path) -> None:
+def write_manifest(folder: Path, run_id: str | None = None) -> None:
     """Flush every file of the checkpoint to disk, then record their sizes in the manifest (itself flushed): a
-    checkpoint with a manifest survived a power loss as it was saved."""
-    write_json_atomically(folder / MANIFEST, {"written_by": "lmrecipes", "sizes": flushed_sizes(folder, MANIFEST)})
+    checkpoint with a manifest survived a power loss as it was saved. `run_id`: the run that wrote it (a copy of
+    another run's checkpoint put in its place is told apart)."""
+    write_json_atomically(folder / MANIFEST, {"written_by": "lmrecipes", "run_id": run_id,
+                                              "sizes": flushed_sizes(folder, MANIFEST)})
     directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def manifest_run(folder: Path) -> str | None:
+    """The run id the checkpoint's manifest names (None: no manifest, or one without it)."""
+    try:
+        run_id = json.loads((folder / MANIFEST).read_text()).get("run_id")
+        return run_id if isinstance(run_id, str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _manifest(folder: Path) -> dict | None:

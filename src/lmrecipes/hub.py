@@ -31,7 +31,7 @@ from .ownership import (
     write_publish_manifest,
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
-from .run_folder import is_run_folder, record_run, run_record
+from .run_folder import check_recipe_unchanged, is_run_folder, record_run, run_owns, run_record
 from .values import is_hub_id, looks_like_local_path
 
 logger = logging.getLogger("lmrecipes")
@@ -120,6 +120,25 @@ def check_base_model_id(base_model: str | None) -> None:
         raise RecipeError(f"key 'base_model': {base_model!r} is not a Hub id ({first_line(err)})") from None
 
 
+def check_only_run_files(model_dir: Path, kind: str) -> None:
+    """From a run folder, publish copies only what the run wrote (its marker's record) and the recipe it wrote:
+    weights, tokenizer files or notes put there afterwards are not uploaded as the run's (refused, named)."""
+    if not is_run_folder(model_dir):
+        return
+    check_recipe_unchanged(model_dir, "model_dir")
+    names = [p.name for p in model_dir.glob("*.safetensors")] + [
+        name for name in ("model.safetensors.index.json", *MODEL_FILES, *TOKENIZER_FILES, *RUN_FILES,
+                          "adapter_config.json") if (model_dir / name).is_file()]
+    for folder in OBJECTIVES[kind].saved_folders if kind in OBJECTIVES else ():
+        names += [f"{folder}/{name}" for name in files_in(model_dir / folder)] if (model_dir / folder).is_dir() else []
+    owns = run_owns(model_dir)
+    foreign = sorted({name for name in names if not owns(name)})
+    if foreign:
+        raise RecipeError(f"{model_dir} holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, which "
+                          "its run did not write: publish uploads only the run's own files; move them out of the "
+                          "folder")
+
+
 def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]:
     """Write the Hub-ready folder (atomically: a finished one or none); returns (folder, kind, base_model)."""
     model_dir = Path(args.model_dir)
@@ -145,6 +164,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
                           "(--base_model USER/NAME), or publish it merged (--lora_as merged)")
     if kind != "adapter" and not list(model_dir.glob("*.safetensors")):
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
+    check_only_run_files(model_dir, kind)
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
     inside = next((p for p in target.resolve().parents if is_run_folder(p) and p != model_dir.resolve()), None)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from .data.rows import csv_records, json_records, text_problem
 from .errors import RecipeError
 from .lora import load_classifier
 from .recipe import read_run_recipe
+from .run_folder import is_run_folder
 from .tasks import saved_task
 from .tasks.base import mean_per_text
 
@@ -161,6 +164,8 @@ def predict_file(model_dir, input_path, output_path=None, text_column="text", ba
                  text_pair_column=None, skip_bad_rows=False) -> int:
     """Classify a file; `text_pair_column` defaults to the run's own (pair tasks). The output file is written
     whole or not at all."""
+    if output_path:
+        check_output_path(Path(output_path), Path(input_path), Path(model_dir))
     if text_pair_column is None:
         text_pair_column = read_run_recipe(model_dir).get("text_pair_column")
     rows = predict(model_dir, read_inputs(input_path, text_column, text_pair_column, skip_bad_rows), batch_size,
@@ -170,14 +175,45 @@ def predict_file(model_dir, input_path, output_path=None, text_column="text", ba
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return len(rows)
     output_path = Path(output_path)
-    tmp = output_path.with_name(f".{output_path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as handle:
-        if output_path.suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
-                              for key, value in row.items()} for row in rows)  # multi-label: labels, scores as JSON
-        else:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    tmp.replace(output_path)
+    handle, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".tmp", dir=output_path.parent)
+    try:
+        os.fchmod(handle, 0o666 & ~_umask())
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+            if output_path.suffix == ".csv":
+                writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict))
+                                  else value for key, value in row.items()} for row in rows)  # multi-label: JSON
+            else:
+                out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        os.replace(tmp, output_path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RecipeError(f"key 'output': cannot write {output_path} ({err.strerror or err})") from None
+        raise
     return len(rows)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_path(output: Path, input_path: Path, model_dir: Path) -> None:
+    """Predictions go to a file of their own, in a folder that exists: never over the input, and never into a run
+    or model folder (a name there could replace the model's weights or a run's files)."""
+    try:
+        if output.is_dir():
+            raise RecipeError(f"key 'output': {output} is a folder; name a file in it, e.g. "
+                              f"{output / 'predictions.jsonl'}")
+        if not output.parent.is_dir():
+            raise RecipeError(f"key 'output': the folder {output.parent} does not exist")
+        if output.exists() and input_path.exists() and output.samefile(input_path):
+            raise RecipeError(f"key 'output': {output} is the input file; name another file")
+        if is_run_folder(output.parent) or output.parent.resolve() == model_dir.resolve():
+            raise RecipeError(f"key 'output': {output} is inside a run or model folder ({output.parent}); write "
+                              "predictions elsewhere")
+    except OSError as err:  # a name too long, a loop of links
+        raise RecipeError(f"key 'output': {output}: {err.strerror or err}") from None

@@ -42,7 +42,23 @@ def _refuse_aliases(loader: RecipeLoader, parent, index):
     return yaml.SafeLoader.compose_node(loader, parent, index)
 
 
+def _refuse_duplicate_keys(loader: RecipeLoader, node, deep=False):
+    """A key given twice in one mapping: YAML keeps the last silently, so a recipe edited by appending would train
+    with a value its reader did not see."""
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice (lines {seen[key]} and "
+                                                    f"{line}); keep one", key_node.start_mark)
+        if isinstance(key, typing.Hashable):
+            seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
 RecipeLoader.compose_node = _refuse_aliases
+RecipeLoader.construct_mapping = _refuse_duplicate_keys
 RecipeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -139,6 +155,16 @@ def _split_mapping_flags(flags: list[str], keys) -> tuple[list[tuple[str, str]],
     return found, rest
 
 
+def _refuse_repeated_flags(flags: list[str]) -> None:
+    """argparse keeps the last of a flag given twice, silently (mapping flags, merged in order, are taken out
+    before)."""
+    given = [key for key, _, _ in map(_flag, flags) if key]
+    given = [key[3:] if key.startswith("no_") else key for key in given]
+    twice = next((key for i, key in enumerate(given) if key in given[:i]), None)
+    if twice is not None:
+        raise RecipeError(f"command-line key '--{twice}' is given twice; give it once")
+
+
 def _boolean_flags(flags: list[str], booleans: set[str]) -> list[str]:
     """`--key on` / `--key=off` for a boolean key as true / false, as in a recipe file (argparse knows yes/no only)."""
     out = list(flags)
@@ -227,6 +253,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     for key, value in mapping_flags:
         recipe = merge_recipe(recipe, {key: value}, dataclass_types)
 
+    _refuse_repeated_flags(flags)
     booleans = boolean_keys(dataclass_types)
     recipe = {key: yaml_boolean(value) if key in booleans else value for key, value in recipe.items()}
     flags = _boolean_flags(flags, booleans)

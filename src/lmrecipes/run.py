@@ -18,11 +18,9 @@ import errno
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 
@@ -33,7 +31,6 @@ from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
 from .ownership import files_in
 from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
-from .peak_flops import describe_hardware, peak_flops_per_device
 from .run_folder import (
     RUN_MARKER,
     check_output_dir_is_a_folder,
@@ -43,9 +40,10 @@ from .run_folder import (
     find_last_complete_checkpoint,
     record_run,
     record_saved_files,
+    run_record,
 )
 from .run_lock import unlock_run_folder
-from .throughput import ThroughputCallback, model_flops_per_token
+from .throughput import ThroughputCallback, throughput_callback
 
 logger = logging.getLogger("lmrecipes")
 
@@ -169,27 +167,6 @@ class Run:
         return results
 
 
-def throughput_callback(model, training_args, seq_len: int, packed: bool) -> ThroughputCallback:
-    """The callback that reports tokens/s and MFU; logs the precision, the MFU basis and the CPU threads."""
-    dtype = "bf16" if (training_args.bf16 or training_args.fp16) else "fp32"
-    logger.info("Precision: %s (%s)", "fp16 autocast" if training_args.fp16 else
-                "bf16 autocast" if training_args.bf16 else "fp32",
-                getattr(training_args, "precision_choice", "TrainingArguments"))
-    peak, source = peak_flops_per_device(training_args.device, dtype)
-    per_token = model_flops_per_token(model, seq_len)
-    logger.info("MFU basis: %.3g FLOPs/token, peak %s per device (%s)", per_token,
-                f"{peak:.3g} FLOP/s" if peak else "unknown", source)
-    if training_args.device.type == "cpu":  # accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise
-        logger.info("CPU threads per process: %d of %d CPUs (--num_cpu_threads_per_process for accelerate launch)",
-                    torch.get_num_threads(), os.cpu_count())
-    return ThroughputCallback(per_token, peak, training_args.world_size,
-                              describe_hardware(training_args.device, training_args.world_size),
-                              tokens_per_row=seq_len if packed else None,
-                              rows_per_batch=training_args.per_device_train_batch_size,
-                              accumulation=training_args.gradient_accumulation_steps,
-                              device=training_args.device, peak_source=source, max_steps=training_args.max_steps)
-
-
 def hub_target(training_args) -> dict | None:
     """`push_to_hub: true` in a recipe: lmrecipes publishes the finished run itself (model card, safetensors only,
     no checkpoints or pickles), so the Trainer's own pushing is switched off. The token and the network are
@@ -309,7 +286,7 @@ class RunFilesRecorder(TrainerCallback):
         PartialState().wait_for_everyone()  # each process writes its own random state: wait for all of them
         if args.should_save and (out / folder).is_dir():
             try:
-                write_manifest(out / folder)
+                write_manifest(out / folder, run_record(out).get("run_id"))
             except OSError as err:  # the checkpoint is still checked by its files' formats when resumed
                 logger.warning("Could not flush %s to disk and write its manifest: %s", out / folder, err)
         self._update(args, files=self._files_under(out, folder) + self._files_under(out, "runs", "tfevents"),

@@ -7,10 +7,12 @@ even when a killed save left it half-written; this module stays until the Traine
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import logging
 import re
 import time
+import uuid
 from pathlib import Path
 
 from .cache import path_fingerprint, tokenizer_fingerprint
@@ -18,6 +20,7 @@ from .checkpoints import (
     checkpoint_problem,
     checkpoint_step,
     folder_step,
+    manifest_run,
     missing_training_state,
     written_whole,
 )
@@ -41,11 +44,14 @@ def check_output_dir_is_a_folder(out: Path) -> None:
     """A folder, or nothing yet. Not a symbolic link: a run's marker proves what it wrote only in the folder itself
     (a link could be pointed at another folder between a stop and the rerun), so a linked folder could never be
     resumed or overwritten."""
-    if out.is_symlink():
-        raise RecipeError(f"key 'output_dir': {out} is a symbolic link (to {out.readlink()}); give the folder it "
-                          "points to, or a new folder")
-    if out.exists() and not out.is_dir():
-        raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
+    try:
+        if out.is_symlink():
+            raise RecipeError(f"key 'output_dir': {out} is a symbolic link (to {out.readlink()}); give the folder it "
+                              "points to, or a new folder")
+        if out.exists() and not out.is_dir():
+            raise RecipeError(f"key 'output_dir': {out} is a file, not a folder")
+    except OSError as err:  # a name over the filesystem's limit, a loop of links above it
+        raise RecipeError(f"key 'output_dir': {out}: {err.strerror or err}") from None
 
 
 # Keys that change how a run is watched, fed or pruned, not what it trains: a rerun differing only in these is the
@@ -66,7 +72,8 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
     warning naming what is wrong: those the Trainer never finished writing (killed while saving) are removed if
     asked and the run wrote them; damaged ones (files cut short or emptied by a power loss) are left as they are
     (the Trainer writes that step's checkpoint again when it gets there)."""
-    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and folder_step(p) is not None]
+    folders = [p for p in out.glob("checkpoint-*")
+               if p.is_dir() and not p.is_symlink() and folder_step(p) is not None]
     for folder in sorted(folders, key=folder_step, reverse=True):
         problem = checkpoint_problem(folder)
         if problem is None:
@@ -87,8 +94,14 @@ def check_no_foreign_checkpoints(out: Path) -> None:
         return
     record = run_record(out)
     written = {name.split("/", 1)[0] for name in record.get("files", [])} | set(record.get("pending", []))
-    foreign = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir() and re.match(r"checkpoint-\d+", p.name)
-                     and p.name not in written)
+    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and re.match(r"checkpoint-\d+", p.name)]
+    links = sorted(p.name for p in folders if p.is_symlink())
+    if links:
+        raise RecipeError(f"key 'output_dir': {out / links[0]} is a symbolic link (to {(out / links[0]).readlink()})"
+                          ": a run resumes only checkpoints it wrote; remove the link (to resume another run's "
+                          "checkpoint, name it in resume_from_checkpoint)")
+    foreign = sorted(p.name for p in folders if p.name not in written or
+                     manifest_run(p) not in (None, record.get("run_id")))
     if foreign:
         raise RecipeError(f"key 'output_dir': {out} holds {', '.join(foreign[:3])}, which this run did not write: "
                           "the Trainer would resume it or delete it when it rotates checkpoints; move it out of the "
@@ -185,6 +198,20 @@ def run_record(out: Path) -> dict:
         return {}
 
 
+def recipe_digest(out: Path) -> str:
+    return hashlib.sha256((out / RUN_RECIPE).read_bytes()).hexdigest()
+
+
+def check_recipe_unchanged(out: Path, key: str) -> None:
+    """The run's recipe.yaml is the one it wrote: an edited one would be taken for the recipe that trained the run
+    (a finished run said "nothing to do" to the edited recipe, and publish uploaded it)."""
+    recorded = run_record(out).get("recipe_sha256")
+    if recorded and (out / RUN_RECIPE).is_file() and recipe_digest(out) != recorded:
+        raise RecipeError(f"key '{key}': {out / RUN_RECIPE} was changed after the run wrote it, so it no longer says "
+                          "how the run was trained: put the run's own back (or start a new run from the edited "
+                          "copy in another output_dir)")
+
+
 def is_run_folder(out: Path) -> bool:
     return (out / RUN_MARKER).is_file() and not out.is_symlink()
 
@@ -198,7 +225,10 @@ def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: 
     record["files"] = sorted(known | {RUN_MARKER})
     record["pending"] = sorted((set(record.get("pending", [])) | set(pending)) - set(done_pending))
     record.setdefault("written_by", "lmrecipes")
+    record.setdefault("run_id", uuid.uuid4().hex)  # its checkpoints' manifests carry it: copies from other runs show
     record["recipe"] = RUN_RECIPE
+    if RUN_RECIPE in files and (out / RUN_RECIPE).is_file() and "recipe_sha256" not in record:
+        record["recipe_sha256"] = recipe_digest(out)
     if session_start is not None:
         record["session_start"] = session_start
     if finished is not None:
@@ -335,6 +365,8 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
         finished = results_file.is_file() and run_record(out).get("finished") is True
         never_started = is_run_folder(out) and _check_started_run(out, training_args, finished)
         if is_run_folder(out) and not never_started:
+            if not training_args.overwrite_output_dir:
+                check_recipe_unchanged(out, "output_dir")
             previous = read_run_recipe(out)
             changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
                              if previous.get(k) != recipe.get(k))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from .peak_flops import tf32_allowed
+from .peak_flops import describe_hardware, peak_flops_per_device, tf32_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -279,3 +280,24 @@ class ThroughputCallback(TrainerCallback):
             self._profiler.__exit__(None, None, None)
             self._profiler = None
         self._update(state)
+
+
+def throughput_callback(model, training_args, seq_len: int, packed: bool) -> ThroughputCallback:
+    """The callback that reports tokens/s and MFU; logs the precision, the MFU basis and the CPU threads."""
+    dtype = "bf16" if (training_args.bf16 or training_args.fp16) else "fp32"
+    logger.info("Precision: %s (%s)", "fp16 autocast" if training_args.fp16 else
+                "bf16 autocast" if training_args.bf16 else "fp32",
+                getattr(training_args, "precision_choice", "TrainingArguments"))
+    peak, source = peak_flops_per_device(training_args.device, dtype)
+    per_token = model_flops_per_token(model, seq_len)
+    logger.info("MFU basis: %.3g FLOPs/token, peak %s per device (%s)", per_token,
+                f"{peak:.3g} FLOP/s" if peak else "unknown", source)
+    if training_args.device.type == "cpu":  # accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise
+        logger.info("CPU threads per process: %d of %d CPUs (--num_cpu_threads_per_process for accelerate launch)",
+                    torch.get_num_threads(), os.cpu_count())
+    return ThroughputCallback(per_token, peak, training_args.world_size,
+                              describe_hardware(training_args.device, training_args.world_size),
+                              tokens_per_row=seq_len if packed else None,
+                              rows_per_batch=training_args.per_device_train_batch_size,
+                              accumulation=training_args.gradient_accumulation_steps,
+                              device=training_args.device, peak_source=source, max_steps=training_args.max_steps)

@@ -108,6 +108,15 @@ def _reader_message(err: BaseException) -> str:
     return message if inner is err else f"{message} ({type(inner).__name__})"
 
 
+def _check_not_the_cache(err: BaseException, files: list[str]) -> None:
+    """An OS error on a path that is none of the data files is datasets' own cache (HF_DATASETS_CACHE, under HOME by
+    default) that cannot be written: said as such, not as the data file's fault."""
+    path = getattr(err, "filename", None)
+    if isinstance(err, OSError) and path and not any(os.path.abspath(path) == os.path.abspath(f) for f in files):
+        raise RecipeError(f"the datasets cache cannot be written at {path} ({err.strerror or err}): set "
+                          "HF_DATASETS_CACHE (or HF_HOME) to a writable folder") from None
+
+
 @contextlib.contextmanager
 def _quiet_datasets():
     """datasets logs a reader's failure at ERROR level before raising it: the user gets one line, from lmrecipes."""
@@ -150,6 +159,7 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
                     splits[split] = load_dataset(builder, data_files=files, split="train", streaming=streaming,
                                                  **kwargs)
             except Exception as err:
+                _check_not_the_cache(err, files)
                 where = first_defect_in_files(files, builder, rules) if builder in ("json", "csv") else None
                 message = _reader_message(err)
                 if where is None and ("corresponds to no data" in message or message.startswith("StopIteration")):
