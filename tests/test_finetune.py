@@ -259,9 +259,14 @@ def test_scratch_init_and_predict_script(tmp_path, learnable_csv, causal_run):
     # weights and the input file silently replaced)
     weights = (out / "model.safetensors").read_bytes()
     (tmp_path / "a-folder").mkdir()
+    (out / "deeper").mkdir()
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
     for target, expected in [(tmp_path / "a-folder", "is a folder; name a file in it"),
                              (tmp_path / "missing" / "p.jsonl", "does not exist"),
-                             (lf, "is the input file"), (out / "model.safetensors", "inside a run or model folder")]:
+                             (lf, "is the input file"), (out / "model.safetensors", "inside a run or model folder"),
+                             (out / "deeper" / "p.jsonl", "inside a run or model folder"),  # e.g. a checkpoint
+                             (tmp_path / "export" / "p.jsonl", "inside a run or model folder")]:  # another model
         result = run_predict(out, lf, "--output", target)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, \
             (target, result.stderr[-2000:])

@@ -153,7 +153,12 @@ def test_the_setting_and_the_run_decide(caplog):
         assert attached is not None
         attached.detach()
         assert use_fused_loss(model, SimpleNamespace(**{**vars(cpu), "torch_compile": True}), "auto") is None
-        assert use_fused_loss(model, SimpleNamespace(**{**vars(cpu), "device": torch.device("cuda")}), "auto") is None
+        gpu = SimpleNamespace(**{**vars(cpu), "device": torch.device("cuda")})
+        assert use_fused_loss(model, gpu, "auto") is None
+        with pytest.raises(lmrecipes.RecipeError, match=r"^key 'fused_loss': true is for CPU training \(this run "
+                                                       r"trains on cuda\); for a fused loss on GPUs set "
+                                                       r"use_liger_kernel: true$"):
+            use_fused_loss(model, gpu, "true")
     assert "LM loss: the model's own (fused_loss: false)" in caplog.text
     assert "LM loss: output layer and cross-entropy fused, 6990 tokens a chunk" in caplog.text  # 2**21 // 300
     assert "not with torch_compile: fuses the loss itself" in caplog.text and "this run trains on cuda" in caplog.text

@@ -125,6 +125,19 @@ def test_a_script_reports_a_recipe_error_in_one_line_with_exit_2(capsys, monkeyp
     assert exit_info.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
     assert capsys.readouterr().err.startswith("error: stopped (SIGTERM); the same command goes on from where")
 
+    @exit_on_recipe_error
+    def terminated_with_its_workers():  # SIGTERM to the process group: a worker's death fails the unwinding
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Terminated.")
+
+    with pytest.raises(SystemExit) as exit_info:
+        terminated_with_its_workers()
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err.startswith("error: stopped (SIGTERM); the same command goes on from where")
+
 
 # ---------------------------------------------------------------- whole launches
 
@@ -200,8 +213,8 @@ def test_processes_that_would_each_train_alone_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # launched as 2 processes, but each one's arguments see world size 1
     with pytest.raises(lmrecipes.RecipeError, match="2 processes were launched but training would run with world "
                                                     r"size 1: each process would train a duplicate model"):
-        check_launch(SimpleNamespace(world_size=1))
-    check_launch(SimpleNamespace(world_size=2))
+        check_launch(SimpleNamespace(world_size=1, n_gpu=1))
+    check_launch(SimpleNamespace(world_size=2, n_gpu=1))
 
 
 def test_several_processes_on_a_cpu_machine_train_one_ddp_run_without_extra_variables(tmp_path, small_corpus):

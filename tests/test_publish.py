@@ -108,6 +108,9 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
     assert predictions[0]["label"] in {"neg", "pos"}
     assert_no_secret(folder)
 
+    with pytest.raises(lmrecipes.RecipeError, match=r"^key 'publish_dir': .*: File name too long$"):
+        lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(tmp_path / ("a" * 300)),
+                          base_model="someone/tiny-llama")
     adapter_dir = tmp_path / ("a" * 240)  # a long name: its temporary folder's name stays within 255 bytes
     adapter = lmrecipes.publish(run_dir, "someone/tiny-sentiment-lora", dry_run=True,
                                 publish_dir=str(adapter_dir), base_model="someone/tiny-llama")

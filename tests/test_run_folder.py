@@ -210,7 +210,7 @@ def test_a_run_started_from_another_runs_checkpoint_goes_on_from_its_own(tmp_pat
     """`resume_from_checkpoint: OLD/checkpoint-4` in a recipe is where the run started: once its own folder holds a
     later checkpoint, the same command resumes that (it went back to step 4 on every rerun); a checkpoint named
     inside output_dir is taken as asked (going back on purpose)."""
-    from lmrecipes.run_folder import find_checkpoint
+    from lmrecipes.resume import check_resume_request, find_checkpoint
 
     start = save_checkpoint_files(tmp_path / "first" / "checkpoint-4", 4)
     out = tmp_path / "longer"
@@ -220,6 +220,9 @@ def test_a_run_started_from_another_runs_checkpoint_goes_on_from_its_own(tmp_pat
     for step in (6, 7):
         save_checkpoint_files(out / f"checkpoint-{step}", step)
         record_run(out, files=[f"checkpoint-{step}/trainer_state.json"])
+    assert find_checkpoint(args) == str(out / "checkpoint-7")
+    shutil.rmtree(start)  # rotated away by the first run, or moved: the run still goes on from its own
+    check_resume_request(args)
     assert find_checkpoint(args) == str(out / "checkpoint-7")
     args.resume_from_checkpoint = str(out / "checkpoint-6")
     assert find_checkpoint(args) == str(out / "checkpoint-6")
@@ -384,7 +387,7 @@ def test_a_run_on_changed_inputs_is_not_reused(tmp_path, causal_run, learnable_c
 def test_resuming_a_checkpoint_past_max_steps_is_refused_up_front(tmp_path):
     """`--resume_from_checkpoint OLD/checkpoint-1000 --max_steps 500` would save the 1000-step model as a 500-step
     run: refused before anything is written, naming both numbers."""
-    from lmrecipes.run_folder import check_resume_request
+    from lmrecipes.resume import check_resume_request
 
     folder = save_checkpoint_files(tmp_path / "checkpoint-8", 8)
     with pytest.raises(RecipeError, match=r"checkpoint-8 is at step 8, past max_steps 5; raise max_steps"):
@@ -456,7 +459,7 @@ def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tm
     claim(out, RECIPE)
     save_checkpoint_files(out / "checkpoint-4", 4)
     record_run(out, files=[f"checkpoint-4/{name}" for name in ("trainer_state.json", "model.safetensors")])
-    from lmrecipes.run_folder import check_no_foreign_checkpoints
+    from lmrecipes.resume import check_no_foreign_checkpoints
 
     check_no_foreign_checkpoints(out)
     save_checkpoint_files(out / "checkpoint-6", 6)  # copied from elsewhere: not in the marker
@@ -495,6 +498,9 @@ def test_a_damaged_marker_a_missing_recipe_and_a_foreign_checkpoint_are_named(tm
     (out / RUN_MARKER).write_text("")
     with pytest.raises(RecipeError, match=r"the run marker .* cannot be read \(emptied or damaged\)"):
         claim(out, RECIPE, overwrite=True)
+    with pytest.raises(RecipeError, match=r"the run marker .* cannot be read \(emptied, damaged or unreadable\)"):
+        record_run(out, files=["checkpoint-4/trainer_state.json"])  # never written over with only the new files
+    assert (out / RUN_MARKER).read_text() == ""
 
 
 def test_a_started_run_resumed_with_another_global_batch_is_refused(tmp_path):

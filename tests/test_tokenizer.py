@@ -126,14 +126,24 @@ def test_a_cache_that_cannot_be_read_or_written_is_one_line(tmp_path, texts, mon
     with pytest.raises(RecipeError, match=rf"the cached tokenizer at {entry} cannot be read \(.*\); delete that"):
         tokenizer(tmp_path)
 
-    for code, why in [(errno.EROFS, "Read-only file system"), (errno.EFBIG, "File too large")]:  # ulimit -f
-        def failing(*args, code=code, why=why, **kwargs):
-            raise OSError(code, why)
+    import resource
 
-        monkeypatch.setattr(cache, "_build_entry", failing)
-        with pytest.raises(RecipeError, match=rf"cannot write the cached tokenizer at .* \({why}\): set "
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)  # ulimit -f: the tokenizers library's plain Exception
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, limits[1]))  # (Python ignores SIGXFSZ: writes fail, EFBIG)
+    try:
+        with pytest.raises(RecipeError, match=r"cannot write the cached tokenizer at .* \(File too large\): set "
                                               r"LMRECIPES_CACHE or data_cache_dir to a writable folder"):
-            tokenizer(tmp_path / "read-only")
+            tokenizer(tmp_path / "size-limit")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache, "_build_entry", read_only)
+    with pytest.raises(RecipeError, match=r"cannot write the cached tokenizer at .* \(Read-only file system\): set "
+                                          r"LMRECIPES_CACHE or data_cache_dir to a writable folder"):
+        tokenizer(tmp_path / "read-only")
 
 
 def test_train_tokenizer_refuses_a_save_dir_that_is_a_file(tmp_path):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -95,11 +96,21 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
         return True
     try:
         return _build_entry(folder, build, what)
-    except OSError as err:
-        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    except Exception as err:  # noqa: BLE001 - the tokenizers library reports OS errors as plain Exceptions
+        code = os_error_number(err)
+        if code not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise
-        raise RecipeError(f"cannot write the {what} at {folder} ({err.strerror}): set LMRECIPES_CACHE or "
+        raise RecipeError(f"cannot write the {what} at {folder} ({os.strerror(code)}): set LMRECIPES_CACHE or "
                           "data_cache_dir to a writable folder with space (or raise the file-size limit)") from None
+
+
+def os_error_number(err: BaseException) -> int | None:
+    """The OS error behind a failed write: an OSError's errno, or the `(os error N)` a Rust library (tokenizers,
+    safetensors) puts in its message."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
 
 
 def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool:

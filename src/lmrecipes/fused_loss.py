@@ -271,7 +271,10 @@ def use_fused_loss(model, training_args, setting: str | None) -> FusedCausalLMLo
         if setting == "true":
             raise RecipeError(f"key 'fused_loss': not with {blocker} (set fused_loss: auto or false)")
         why = f"fused_loss auto: not with {blocker}: {reason}"
-    elif setting == "auto" and training_args.device.type != "cpu":
+    elif training_args.device.type != "cpu":
+        if setting == "true":  # its chunks are sized for a CPU's caches: many small launches on a GPU
+            raise RecipeError(f"key 'fused_loss': true is for CPU training (this run trains on "
+                              f"{training_args.device.type}); for a fused loss on GPUs set use_liger_kernel: true")
         why = f"fused_loss auto: on for CPU training; this run trains on {training_args.device.type}"
     else:
         fused = FusedCausalLMLoss(model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -167,6 +168,12 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     check_only_run_files(model_dir, kind)
 
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
+    try:
+        os.lstat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # a name over the filesystem's limit
+        raise RecipeError(f"key 'publish_dir': {target}: {err.strerror or err}") from None
     inside = next((p for p in target.resolve().parents if is_run_folder(p) and p != model_dir.resolve()), None)
     if inside is not None:
         raise RecipeError(f"key 'publish_dir': {target} is inside another run ({inside}), which owns what is there; "

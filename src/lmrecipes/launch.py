@@ -287,6 +287,9 @@ class Terminated(KeyboardInterrupt):
     temporary files are let go and the run ends in one line."""
 
 
+_terminated = threading.Event()
+
+
 @contextlib.contextmanager
 def _stop_on_sigterm():
     """Python's default for SIGTERM ends the process silently; while a script's main runs, its process raises
@@ -302,11 +305,17 @@ def _stop_on_sigterm():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        _terminated.set()  # what fails while unwinding (a data-loader worker killed too) is part of this stop
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _terminated.clear()
     try:
         yield
+    except Exception as err:
+        if _terminated.is_set():
+            raise Terminated from err
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -38,7 +38,8 @@ def _stage(number: int, total: int, name: str, folder: Path, run, overwrite: boo
     try:
         run(overwrite_output_dir=False)
     except RecipeError as err:
-        if not (overwrite and "run of another recipe" in str(err)):
+        if not (overwrite and ("run of another recipe" in str(err) or "was changed after the run wrote it" in
+                               str(err))):
             raise
         print(f"   {folder} holds a run of another recipe or other inputs: deleting it and running the stage again "
               "(overwrite_output_dir)", flush=True)

@@ -212,8 +212,12 @@ def check_output_path(output: Path, input_path: Path, model_dir: Path) -> None:
             raise RecipeError(f"key 'output': the folder {output.parent} does not exist")
         if output.exists() and input_path.exists() and output.samefile(input_path):
             raise RecipeError(f"key 'output': {output} is the input file; name another file")
-        if is_run_folder(output.parent) or output.parent.resolve() == model_dir.resolve():
-            raise RecipeError(f"key 'output': {output} is inside a run or model folder ({output.parent}); write "
+        folder = output.parent.resolve()
+        inside = next((f for f in (folder, *folder.parents) if is_run_folder(f) or f == model_dir.resolve()), None)
+        if inside is None and ((folder / "config.json").is_file() or any(folder.glob("*.safetensors"))):
+            inside = folder  # a model folder (a checkpoint, an export, a base model)
+        if inside is not None:
+            raise RecipeError(f"key 'output': {output} is inside a run or model folder ({inside}); write "
                               "predictions elsewhere")
     except OSError as err:  # a name too long, a loop of links
         raise RecipeError(f"key 'output': {output}: {err.strerror or err}") from None

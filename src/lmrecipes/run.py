@@ -31,12 +31,11 @@ from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
 from .ownership import files_in
 from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
+from .resume import check_resume_request, find_checkpoint
 from .run_folder import (
     RUN_MARKER,
     check_output_dir_is_a_folder,
-    check_resume_request,
     claim_output_dir,
-    find_checkpoint,
     find_last_complete_checkpoint,
     record_run,
     record_saved_files,
@@ -63,6 +62,8 @@ class Run:
         # What lmrecipes sets in the TrainingArguments: a NaN loss shows in the logs (for NonFiniteLossGuard), and
         # lmrecipes publishes the finished run itself (hub_target); how tokens are counted: throughput().
         training_args.logging_nan_inf_filter = False
+        # data-loader workers kept between epochs and evaluations: restarting them stalls every rank each time
+        training_args.dataloader_persistent_workers = training_args.dataloader_num_workers > 0
         self.hub = hub_target(training_args)
         self.meter = None  # the ThroughputCallback (tokens/s, MFU), once the model is known: throughput()
 

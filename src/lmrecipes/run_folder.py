@@ -10,7 +10,7 @@ import fnmatch
 import hashlib
 import json
 import logging
-import re
+import os
 import time
 import uuid
 from pathlib import Path
@@ -18,10 +18,7 @@ from pathlib import Path
 from .cache import path_fingerprint, tokenizer_fingerprint
 from .checkpoints import (
     checkpoint_problem,
-    checkpoint_step,
     folder_step,
-    manifest_run,
-    missing_training_state,
     written_whole,
 )
 from .errors import RecipeError
@@ -44,6 +41,12 @@ def check_output_dir_is_a_folder(out: Path) -> None:
     """A folder, or nothing yet. Not a symbolic link: a run's marker proves what it wrote only in the folder itself
     (a link could be pointed at another folder between a stop and the rerun), so a linked folder could never be
     resumed or overwritten."""
+    try:
+        os.lstat(out)  # a name over the filesystem's limit fails here on every Python
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise RecipeError(f"key 'output_dir': {out}: {err.strerror or err}") from None
     try:
         if out.is_symlink():
             raise RecipeError(f"key 'output_dir': {out} is a symbolic link (to {out.readlink()}); give the folder it "
@@ -86,28 +89,6 @@ def find_last_complete_checkpoint(out: Path, remove_incomplete: bool = False) ->
     return None
 
 
-def check_no_foreign_checkpoints(out: Path) -> None:
-    """A run folder holds only the checkpoints its run wrote (recorded in the marker, or being written when it
-    stopped): the Trainer would resume any other `checkpoint-N...` folder, or delete it when it rotates
-    checkpoints (save_total_limit: its pattern also takes `checkpoint-4.bak`)."""
-    if not is_run_folder(out):
-        return
-    record = run_record(out)
-    written = {name.split("/", 1)[0] for name in record.get("files", [])} | set(record.get("pending", []))
-    folders = [p for p in out.glob("checkpoint-*") if p.is_dir() and re.match(r"checkpoint-\d+", p.name)]
-    links = sorted(p.name for p in folders if p.is_symlink())
-    if links:
-        raise RecipeError(f"key 'output_dir': {out / links[0]} is a symbolic link (to {(out / links[0]).readlink()})"
-                          ": a run resumes only checkpoints it wrote; remove the link (to resume another run's "
-                          "checkpoint, name it in resume_from_checkpoint)")
-    foreign = sorted(p.name for p in folders if p.name not in written or
-                     manifest_run(p) not in (None, record.get("run_id")))
-    if foreign:
-        raise RecipeError(f"key 'output_dir': {out} holds {', '.join(foreign[:3])}, which this run did not write: "
-                          "the Trainer would resume it or delete it when it rotates checkpoints; move it out of the "
-                          "folder (to resume another run's checkpoint, name it in resume_from_checkpoint)")
-
-
 def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
     """Only a checkpoint this run wrote (its files recorded, or the one being written when it stopped)."""
     try:
@@ -116,55 +97,6 @@ def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
                                                "this lmrecipes run"))
     except (RecipeError, OSError) as err:
         logger.warning("Left %s in place: %s", folder, err)
-
-
-def check_resume_request(training_args) -> None:
-    """An explicit `resume_from_checkpoint` must be a checkpoint the Trainer can load, at most at max_steps:
-    checked before anything is written."""
-    explicit = training_args.resume_from_checkpoint
-    if explicit:
-        if not Path(explicit).is_dir():
-            raise RecipeError(f"key 'resume_from_checkpoint': no checkpoint folder at {explicit}")
-        problem = checkpoint_problem(Path(explicit))
-        if problem:
-            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} cannot be resumed: {problem}")
-        step = checkpoint_step(explicit)
-        if 0 < training_args.max_steps < step:
-            raise RecipeError(f"key 'resume_from_checkpoint': {explicit} is at step {step}, past max_steps "
-                              f"{training_args.max_steps}; raise max_steps or resume an earlier checkpoint")
-
-
-def find_checkpoint(training_args) -> str | None:
-    """The checkpoint to resume from: `resume_from_checkpoint`, else the last complete one in `output_dir`.
-
-    Hand-written beside `transformers.trainer_utils.get_last_checkpoint`, which takes the highest-numbered folder
-    even when a killed save left it half-written. Such folders are removed (main process), with a warning. A
-    checkpoint without optimizer, scheduler or random states (save_only_model, or deleted files) is resumed only
-    when named in resume_from_checkpoint: the Trainer would restart the optimizer and the learning-rate schedule.
-    A `resume_from_checkpoint` outside `output_dir` is where the run started: once the run has saved checkpoints of
-    its own, the same command goes on from the newest of them.
-    """
-    out, explicit = Path(training_args.output_dir), training_args.resume_from_checkpoint
-    check_no_foreign_checkpoints(out)
-    own = find_last_complete_checkpoint(out, remove_incomplete=training_args.should_save)
-    if explicit:
-        check_resume_request(training_args)
-    if explicit and own and out.resolve() not in Path(explicit).resolve().parents and \
-            checkpoint_step(own) > checkpoint_step(explicit):
-        logger.info("%s is where this run started (resume_from_checkpoint); it has saved %s since", explicit, own)
-        explicit = None
-    checkpoint = explicit or own
-    missing = missing_training_state(Path(checkpoint)) if checkpoint else []
-    if missing and not explicit:
-        raise RecipeError(f"{checkpoint} has no {', '.join(missing)} (save_only_model: true, or deleted): resuming "
-                          "it would restart the optimizer and the learning-rate schedule; to do so anyway, pass "
-                          f"--resume_from_checkpoint {checkpoint}, or start over with --overwrite_output_dir true")
-    if missing:
-        logger.warning("%s has no %s: the optimizer and the learning-rate schedule start afresh from its weights",
-                       checkpoint, ", ".join(missing))
-    if checkpoint:
-        logger.info("Resuming from %s", checkpoint)
-    return checkpoint
 
 
 # Written by claim_output_dir into every run folder it starts and kept up to date as the run writes: what proves
@@ -219,8 +151,12 @@ def is_run_folder(out: Path) -> bool:
 def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
                finished: bool | None = None, inputs: dict | None = None, global_batch: int | None = None) -> None:
     """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
-    that no longer exist (rotated checkpoints) are dropped."""
+    that no longer exist (rotated checkpoints) are dropped. A marker that is there but cannot be read is never
+    written over (what the run wrote would be forgotten, its checkpoints taken for foreign ones)."""
     record = run_record(out)
+    if not record and (out / RUN_MARKER).exists():
+        raise RecipeError(f"the run marker {out / RUN_MARKER} cannot be read (emptied, damaged or unreadable), so "
+                          "what the run wrote is not known: move the folder away, or pick another output_dir")
     known = {name for name in set(record.get("files", [])) | set(files) if (out / name).is_file()}
     record["files"] = sorted(known | {RUN_MARKER})
     record["pending"] = sorted((set(record.get("pending", [])) | set(pending)) - set(done_pending))
@@ -296,8 +232,13 @@ def remove_run_folder(out: Path) -> None:
     delete_checked(out, [name for name in files if name != RUN_LOCK], last=RUN_MARKER, keep_folder=True)
 
 
+# A stream is split between data-loader workers and packed inside them: their number changes its order and blocks.
+STREAM_ORDER_KEYS = {"dataloader_num_workers", "preprocessing_num_workers"}
+
+
 def _comparable(recipe: dict) -> dict:
-    return {k: v for k, v in recipe.items() if k not in COSMETIC_KEYS}
+    cosmetic = COSMETIC_KEYS - STREAM_ORDER_KEYS if recipe.get("streaming") is True else COSMETIC_KEYS
+    return {k: v for k, v in recipe.items() if k not in cosmetic}
 
 
 LENGTH_KEYS = {"max_steps", "num_train_epochs"}
@@ -324,9 +265,10 @@ def _check_started_run(out: Path, training_args, finished: bool) -> bool:
     if not record:
         raise RecipeError(f"key 'output_dir': the run marker {out / RUN_MARKER} cannot be read (emptied or damaged),"
                           " so what the run wrote is not known: move the folder away, or pick another output_dir")
+    nothing_else = set(record.get("files", [])) <= {RUN_MARKER} and not any(out.glob("checkpoint-*"))
+    if nothing_else:  # stopped before its recipe was recorded (written or not): it starts afresh
+        return True
     if not (out / RUN_RECIPE).is_file():
-        if set(record.get("files", [])) <= {RUN_MARKER} and not any(out.glob("checkpoint-*")):
-            return True
         if not training_args.overwrite_output_dir:
             raise RecipeError(f"key 'output_dir': {out} holds a started run whose {RUN_RECIPE} is missing: put it "
                               "back to resume, or pass --overwrite_output_dir true to delete the run and start over")
@@ -395,5 +337,6 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
                 # on the folder is this run's
                 write_recipe(previous_file, recipe, header)
                 record_run(out, files=[RUN_RECIPE])
-            record_run(out, session_start=time.time())
+            record_run(out)  # the session starts at the marker's time on the disk's clock, to which the files the
+            record_run(out, session_start=min(time.time(), (out / RUN_MARKER).stat().st_mtime))  # run writes compare
     return None
