@@ -140,6 +140,25 @@ def check_only_run_files(model_dir: Path, kind: str) -> None:
                           "folder")
 
 
+def publish_target(args: PublishArguments, model_dir: Path) -> Path:
+    """The publish folder: `publish_dir`, or the run's `hub/`; refused before anything is built when it is inside
+    another run, or holds what no earlier publish wrote (an earlier publish folder is rebuilt)."""
+    target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
+    try:
+        os.lstat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # a name over the filesystem's limit
+        raise RecipeError(f"key 'publish_dir': {target}: {err.strerror or err}") from None
+    inside = next((p for p in target.resolve().parents if is_run_folder(p) and p != model_dir.resolve()), None)
+    if inside is not None:
+        raise RecipeError(f"key 'publish_dir': {target} is inside another run ({inside}), which owns what is there; "
+                          "pick a folder outside it")
+    if target.exists() or target.is_symlink():
+        earlier_publish_folder_files(target)
+    return target
+
+
 def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]:
     """Write the Hub-ready folder (atomically: a finished one or none); returns (folder, kind, base_model)."""
     model_dir = Path(args.model_dir)
@@ -167,19 +186,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
         raise RecipeError(f"{model_dir}: no safetensors weights (lmrecipes publishes safetensors only)")
     check_only_run_files(model_dir, kind)
 
-    target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
-    try:
-        os.lstat(target)
-    except FileNotFoundError:
-        pass
-    except OSError as err:  # a name over the filesystem's limit
-        raise RecipeError(f"key 'publish_dir': {target}: {err.strerror or err}") from None
-    inside = next((p for p in target.resolve().parents if is_run_folder(p) and p != model_dir.resolve()), None)
-    if inside is not None:
-        raise RecipeError(f"key 'publish_dir': {target} is inside another run ({inside}), which owns what is there; "
-                          "pick a folder outside it")
-    if target.exists() or target.is_symlink():  # an earlier publish folder is rebuilt; nothing else is deleted
-        earlier_publish_folder_files(target)  # refused before anything is built
+    target = publish_target(args, model_dir)
     in_run = target.parent.resolve() == model_dir.resolve() and is_run_folder(model_dir)
     with atomic_directory(target, replace=_dispose_of_earlier_folder) as tmp:
         if in_run:  # the run owns what a publish killed midway leaves (overwrite_output_dir deletes it)
