@@ -195,8 +195,11 @@ def test_bits_per_byte_is_total_nats_over_the_bytes_of_the_evaluated_text(tmp_pa
     assert len(every_block) > 24 and evaluation["input_ids"] != every_block["input_ids"][:12]  # a sample, no prefix
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "run").eval()
     ids = torch.tensor(evaluation["input_ids"])
-    with torch.no_grad():
-        logits = model(ids).logits[:, :-1]
+    from lmrecipes.objectives.documents import document_positions
+
+    with torch.no_grad():  # as the run evaluated: each document of a block on its own (document_masking auto)
+        logits = model(ids, position_ids=document_positions(ids, tokenizer.eos_token_id), use_cache=False).logits
+        logits = logits[:, :-1]
     nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                              reduction="sum").item()
     special = set(tokenizer.all_special_ids)

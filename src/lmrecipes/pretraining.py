@@ -18,6 +18,7 @@ from .modeling import (
     pretraining_model,
 )
 from .objectives import Objective
+from .objectives.documents import use_document_masking
 from .recipe import resolved_recipe
 from .run import Run
 from .run_folder import run_inputs
@@ -101,7 +102,8 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     recipe = {**resolved_recipe(explicit or {}, model_args, tokenizer_args, data_args), "objective": objective.name}
     # eval keeps the loss only (no logits in memory) unless the objective computes metrics from the model's outputs
     training_args.prediction_loss_only = objective.compute_metrics is None
-    collator = objective.collator(tokenizer, data_args, training_args.seed)
+    collator = objective.collator(tokenizer, data_args, training_args.seed,
+                                  documents=use_document_masking(objective, model, data_args.document_masking))
     throughput = run.throughput(model, data_args.block_size, packed=True)
     # a faster training loss (causal_lm: fused_loss) is chosen, and a refused one reported, before anything is written
     faster_loss = objective.attach_training_loss(model, training_args, model_args)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import RecipeError
+from ..values import auto_true_false
 
 EMBEDDED_CORPUS = "data/corpus/*.jsonl.gz"
 EMBEDDED_SENTIMENT = "data/sentiment/movie_reviews.jsonl.gz"
@@ -85,6 +86,16 @@ class PretrainDataArguments(DataSourceArguments):
     mlm_probability: float = field(
         default=0.15, metadata={"help": "masked_lm: fraction of tokens masked (DataCollatorForLanguageModeling)."}
     )
+    document_masking: str = field(
+        default="auto",
+        metadata={"help": "Keep the documents packed into one block apart: positions restart at each document and "
+                  "attention stays inside it (transformers builds the mask from the position ids). auto (the "
+                  "default): on where the objective and the model support it (causal LMs whose attention honours "
+                  "restarting position ids, checked on a one-layer copy), off otherwise; true: on or refused; "
+                  "false: documents attend to the earlier documents of their block (run_clm.py, nanoGPT). Logged. "
+                  "On GPUs with attn_implementation: sdpa the document mask rules out the flash kernel "
+                  "(flash_attention_2 keeps it)."},
+    )
     shuffle_buffer_size: int = field(
         default=1000,
         metadata={"help": "streaming: packed blocks held in memory to shuffle the stream (memory grows with it, "
@@ -99,6 +110,7 @@ class PretrainDataArguments(DataSourceArguments):
             raise RecipeError(f"key 'block_size': must be at least 8, got {self.block_size}")
         if self.shuffle_buffer_size < 1:
             raise RecipeError(f"key 'shuffle_buffer_size': must be at least 1, got {self.shuffle_buffer_size}")
+        self.document_masking = auto_true_false(self.document_masking, "document_masking")
         if not 0.0 < self.mlm_probability < 1.0:
             raise RecipeError(f"key 'mlm_probability': must be between 0 and 1, got {self.mlm_probability}")
 

@@ -109,9 +109,15 @@ class Objective:
         """How many tokens of a block of `block_size` the loss scores (for bits per byte)."""
         raise NotImplementedError
 
-    def collator(self, tokenizer, data_args, seed: int):
-        """The Trainer's data collator (random masking: seeded)."""
+    def collator(self, tokenizer, data_args, seed: int, documents: bool = False):
+        """The Trainer's data collator (random masking: seeded); `documents`: keep packed documents apart
+        (document_masking_problem found none)."""
         raise NotImplementedError
+
+    def document_masking_problem(self, model) -> str | None:
+        """Why packed documents cannot be kept apart in `model` with this objective (None: they can)."""
+        return (f"{self.name}: transformers builds document masks from restarting position ids for causal attention "
+                "only")
 
     def eval_metrics(self, metrics: dict, bytes_per_token: float) -> dict:
         """The metrics it adds (perplexity...) to the Trainer's eval metrics; `bytes_per_token`: UTF-8 bytes per

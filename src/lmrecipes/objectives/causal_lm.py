@@ -11,6 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from ..fused_loss import use_fused_loss
 from ..values import auto_true_false
 from .base import Objective, ObjectiveKeys, loss_sums_per_block, perplexity, pipeline_snippet, token_weighted_loss
+from .documents import DocumentPositionsCollator, causal_masking_problem
 
 
 def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float) -> float:
@@ -58,8 +59,13 @@ class CausalLM(Objective):
     def scored_per_block(self, block_size):
         return block_size - 1  # every token but the first is predicted
 
-    def collator(self, tokenizer, data_args, seed):
+    def collator(self, tokenizer, data_args, seed, documents=False):
+        if documents:
+            return DocumentPositionsCollator(getattr(tokenizer, f"{self.separator}_id"))
         return default_data_collator  # packed blocks carry their labels, no padding
+
+    def document_masking_problem(self, model):
+        return causal_masking_problem(model)
 
     def eval_metrics(self, metrics, bytes_per_token):
         return {"perplexity": perplexity(metrics["eval_loss"]),

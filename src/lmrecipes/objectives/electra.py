@@ -297,7 +297,7 @@ class Electra(Objective):
     def scored_per_block(self, block_size):
         return block_size  # the discriminator scores every token (not used: no bits/byte)
 
-    def collator(self, tokenizer, data_args, seed):
+    def collator(self, tokenizer, data_args, seed, documents=False):
         # [MASK] at every selected position: the generator's samples replace them (no random or kept tokens)
         return BatchSeededMasking(tokenizer, seed, mlm_probability=data_args.mlm_probability, mask_replace_prob=1.0,
                                   random_replace_prob=0.0)

@@ -60,7 +60,7 @@ class MaskedLM(Objective):
     def scored_per_block(self, block_size):
         return block_size - 2  # the body between [CLS] and [SEP] (denominator of bits/byte)
 
-    def collator(self, tokenizer, data_args, seed):
+    def collator(self, tokenizer, data_args, seed, documents=False):
         return BatchSeededMasking(tokenizer, seed, mlm_probability=data_args.mlm_probability)
 
     def eval_metrics(self, metrics, bytes_per_token):
