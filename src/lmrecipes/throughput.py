@@ -8,9 +8,11 @@ when a gradient flows through it to something trained before it, and never the 2
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -117,6 +119,20 @@ def attention_kernels(op_names) -> str:
     return "eager (matmul + softmax)" if any("softmax" in name for name in names) else "none seen"
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side prints a line as it starts and stops (`USDT: ... profiler_start`): not the user's."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def peak_memory(device) -> tuple[float, str]:
     """(GB, what it is): torch's peak allocation on an accelerator, the process's peak resident memory on a CPU."""
     if device is not None and device.type == "cuda":
@@ -197,7 +213,8 @@ class ThroughputCallback(TrainerCallback):
             self.data_seconds += time.perf_counter() - self._mark
         if self.steps == self.warmup_steps - 1 and self._profiler is None and self.attention == "not profiled":
             self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            self._profiler.__enter__()
+            with _quiet_stderr():
+                self._profiler.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps += 1
@@ -209,7 +226,8 @@ class ThroughputCallback(TrainerCallback):
         seconds, self._mark = now - self._mark, now
         self.train_seconds += seconds
         if self._profiler is not None:
-            self._profiler.__exit__(None, None, None)
+            with _quiet_stderr():
+                self._profiler.__exit__(None, None, None)
             self.attention = attention_kernels(event.name for event in self._profiler.events())
             self._profiler = None
         if not in_steady_state:
@@ -277,7 +295,8 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._profiler is not None:  # the run ended inside the profiled step
-            self._profiler.__exit__(None, None, None)
+            with _quiet_stderr():
+                self._profiler.__exit__(None, None, None)
             self._profiler = None
         self._update(state)
 
