@@ -521,7 +521,7 @@ def test_what_counts_as_a_full_disk():
     """The errors out_of_space turns into the one-line message, and those it leaves alone."""
     import errno
 
-    from lmrecipes.run import out_of_space
+    from lmrecipes.errors import out_of_space
 
     assert out_of_space(OSError(errno.ENOSPC, "No space left on device", "x"))
     assert out_of_space(OSError(errno.EFBIG, "File too large", "x"))  # ulimit -f, a filesystem's file size limit

@@ -132,7 +132,9 @@ def test_the_body_comes_from_the_checkpoint_and_scratch_is_random(request, kind)
 
 def test_merged_lora_checkpoint_matches_the_adapter_without_peft(tmp_path, learnable_csv, causal_run):
     out = tmp_path / "lora"
-    finetune(causal_run[0], "causal", True, learnable_csv, out, max_steps=10, merge_lora=False)
+    base = tmp_path / "base"  # a base of this test's own, to change and move at the end
+    shutil.copytree(causal_run[0], base, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "hub"))
+    finetune(base, "causal", True, learnable_csv, out, max_steps=10, merge_lora=False)
     assert not (out / "merged").exists()
     merged = tmp_path / "merged"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "merge_lora.py"), str(out), str(merged)],
@@ -172,6 +174,26 @@ def test_merged_lora_checkpoint_matches_the_adapter_without_peft(tmp_path, learn
     assert damaged.returncode == 2 and f"cannot load the classifier in {merged}" in damaged.stderr, damaged.stderr
     with pytest.raises(lmrecipes.RecipeError, match=r"model.safetensors cannot be read \(.*\): its weights are damaged"):
         lmrecipes.publish(merged, "someone/x", dry_run=True, publish_dir=str(tmp_path / "hub"))
+
+    # the adapter's base changed at its path, or gone: predicting, merging and publishing said nothing (or gave a
+    # traceback) and used whatever was there
+    (base / "config.json").write_text((base / "config.json").read_text() + "\n")
+    for run in (lambda: run_predict(out, texts_file), lambda: run_merge(out, tmp_path / "m2")):
+        changed = run()
+        assert changed.returncode == 2 and f"the base model at {base} changed since this LoRA run trained on it" in \
+            changed.stderr and changed.stderr.count("\n") == 1, changed.stderr[-2000:]
+    base.rename(tmp_path / "moved")
+    gone = run_predict(out, texts_file)
+    assert gone.returncode == 2 and f"{base}, the base model this LoRA run trained on, is gone: put it back" in \
+        gone.stderr, gone.stderr[-2000:]
+    with pytest.raises(lmrecipes.RecipeError, match="the base model this LoRA run trained on, is gone"):
+        lmrecipes.publish(out, "someone/x", dry_run=True, publish_dir=str(tmp_path / "hub2"))
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "hub2").exists()
+
+
+def run_merge(adapter, output):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "merge_lora.py"), str(adapter), str(output)],
+                          capture_output=True, text=True, timeout=300)
 
 
 def expected_predictions(model_dir, texts, pairs=None):

@@ -115,6 +115,17 @@ def test_a_script_reports_a_recipe_error_in_one_line_with_exit_2(capsys, monkeyp
     assert capsys.readouterr().err.startswith("error: interrupted (Ctrl-C); the same command goes on from where")
 
     @exit_on_recipe_error
+    def full_disk():  # anywhere a script writes (publish, merge_lora, the export after fine-tuning): tracebacks were
+        raise OSError(27, "File too large", "runs/x/model.safetensors", None, "runs/x/.tmp-hub/model.safetensors")
+
+    with pytest.raises(SystemExit) as exit_info:
+        full_disk()
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        "error: writing runs/x/.tmp-hub/model.safetensors failed ([Errno 27] File too large: 'runs/x/model.safetensors'"
+        " -> 'runs/x/.tmp-hub/model.safetensors'): free some space (the disk, quota or file-size limit is full), "
+        "then run the same command again\n")
+
+    @exit_on_recipe_error
     def terminated():  # SIGTERM (a preemption notice): it ended the process without a word, exit -15
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)

@@ -121,6 +121,9 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
     card = ModelCard.load(adapter_dir / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "someone/tiny-llama"
 
+    from lmrecipes.run_folder import recorded_local_model
+
+    assert recorded_local_model(run_dir)  # its base was a local folder: never named as a Hub id, whatever its name
     with pytest.raises(lmrecipes.RecipeError, match="base_model"):  # a local base cannot be named on the Hub
         lmrecipes.publish(run_dir, "someone/x", dry_run=True, publish_dir=str(tmp_path / "b"), lora_as="adapter")
     assert not (tmp_path / "b").exists()

@@ -323,6 +323,12 @@ def test_a_finished_run_is_extended_from_its_last_checkpoint_into_a_new_folder(t
     assert read_json(longer / "trainer_state.json")["global_step"] == 6
     assert results["train_tokens"] == 6 * 8 * 64, "the 4 steps of the first run are counted, 2 more trained"
     assert read_json(first / "trainer_state.json")["global_step"] == 4, "the finished run is left as it was"
+    other = {**settings, "config_overrides": {**TINY_LLAMA["config_overrides"], "num_hidden_layers": 1}}
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'resume_from_checkpoint': .*checkpoint-4 holds another "
+                                                   r"model \(.* weights there, .* here\); resume a checkpoint of this recipe"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **other, max_steps=6, output_dir=str(tmp_path / "shallower"),
+                           resume_from_checkpoint=str(first / "checkpoint-4"))  # was: a traceback, folder claimed
+    assert not (tmp_path / "shallower").exists()
 
 
 def test_overwrite_deletes_what_the_run_recorded_and_nothing_else(tmp_path, small_corpus):

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -18,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import RecipeError
+from .errors import RecipeError, os_error_number
 
 logger = logging.getLogger("lmrecipes")
 
@@ -102,15 +101,6 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
             raise
         raise RecipeError(f"cannot write the {what} at {folder} ({os.strerror(code)}): set LMRECIPES_CACHE or "
                           "data_cache_dir to a writable folder with space (or raise the file-size limit)") from None
-
-
-def os_error_number(err: BaseException) -> int | None:
-    """The OS error behind a failed write: an OSError's errno, or the `(os error N)` a Rust library (tokenizers,
-    safetensors) puts in its message."""
-    if isinstance(err, OSError):
-        return err.errno
-    found = re.search(r"\(os error (\d+)\)", str(err))
-    return int(found.group(1)) if found else None
 
 
 def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool:
@@ -197,7 +187,9 @@ def path_fingerprint(path: str | Path) -> str:
     if not path.is_dir():
         return str(path)
     digest = hashlib.sha256()
-    for item in sorted(p for p in path.iterdir() if p.is_file()):
+    # lmrecipes' own bookkeeping (a run's marker, lock, a publish's temporary files) is not the model: publishing
+    # a base model's run must not make the runs built on it see another model
+    for item in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".lmrecipes-", ".tmp-"))):
         stat = item.stat()
         digest.update(f"{item.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()

@@ -32,7 +32,7 @@ from .ownership import (
     write_publish_manifest,
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
-from .run_folder import check_recipe_unchanged, is_run_folder, record_run, run_owns, run_record
+from .run_folder import check_recipe_unchanged, is_run_folder, record_run, recorded_local_model, run_owns, run_record
 from .values import is_hub_id, looks_like_local_path
 
 logger = logging.getLogger("lmrecipes")
@@ -175,7 +175,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     base_model = args.base_model
     if base_model is None and kind in ("classifier", "adapter"):
         origin = recipe.get("model_name_or_path") or read_json(model_dir / "labels.json").get("base_model")
-        base_model = origin if is_hub_id(origin) else None
+        base_model = origin if is_hub_id(origin) and recorded_local_model(model_dir) is None else None
     lora_as = args.lora_as if kind == "adapter" else None
     if lora_as == "auto":
         lora_as = "adapter" if base_model else "merged"

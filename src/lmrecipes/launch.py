@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import RecipeError
+from .errors import RecipeError, first_line, out_of_space
 
 logger = logging.getLogger("lmrecipes")
 
@@ -324,6 +324,10 @@ def _stop_message(err: BaseException) -> tuple[str, int]:
     """The one line and the exit code (the shell's 128 + signal number for a stop) for an error or a stop."""
     if isinstance(err, RecipeError):
         return " ".join(str(err).split()), 2
+    if not isinstance(err, KeyboardInterrupt):  # out of space (out_of_space), wherever the script was writing
+        where = getattr(err, "filename2", None) or getattr(err, "filename", None)
+        return (f"writing {where or 'a file'} failed ({first_line(err)}): free some space (the disk, quota or "
+                "file-size limit is full), then run the same command again"), 2
     resume = "the same command goes on from where the run stopped (its last complete checkpoint)"
     if isinstance(err, Terminated):
         return f"stopped (SIGTERM); {resume}", 128 + signal.SIGTERM
@@ -331,16 +335,20 @@ def _stop_message(err: BaseException) -> tuple[str, int]:
 
 
 def exit_on_recipe_error(main):
-    """Decorate a script's `main` so that a `RecipeError` prints `error: ...` on stderr and exits with 2, and Ctrl-C
-    or SIGTERM prints one line and exits with 130 or 143; a distributed process group the run opened is closed at the
-    end (left open, a gloo process could abort at exit and fail a finished run)."""
+    """Decorate a script's `main` so that a `RecipeError` or a write that found no space prints `error: ...` on
+    stderr and exits with 2, and Ctrl-C or SIGTERM prints one line and exits with 130 or 143; a distributed process
+    group the run opened is closed at the end (left open, a gloo process could abort at exit and fail a finished
+    run)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             with _stop_on_sigterm():
                 result = main(*args, **kwargs)
-        except (RecipeError, KeyboardInterrupt) as err:
+        except BaseException as err:
+            if not isinstance(err, (RecipeError, KeyboardInterrupt)) and \
+                    not (isinstance(err, Exception) and out_of_space(err)):
+                raise
             close_process_group()
             message, code = _stop_message(err)
             # one write, newline included: print's text and newline are two writes, and the lines of processes

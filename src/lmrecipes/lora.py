@@ -11,8 +11,9 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .arguments import FinetuneArguments
-from .cache import atomic_directory
+from .cache import atomic_directory, path_fingerprint
 from .errors import RecipeError, first_line
+from .run_folder import recorded_local_model
 
 logger = logging.getLogger("lmrecipes")
 
@@ -70,16 +71,35 @@ def load_classifier(model_dir):
     from peft import PeftModel
 
     base_path = json.loads((model_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    check_base_as_trained(model_dir, base_path)
     labels_file = model_dir / "labels.json"
     if not labels_file.is_file():
         raise RecipeError(f"{labels_file} is missing: cannot rebuild the classification head of the adapter")
     info = json.loads(labels_file.read_text())
     labels = info["labels"]
-    base = AutoModelForSequenceClassification.from_pretrained(
-        base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id, use_safetensors=True,
-        problem_type=info.get("problem_type", "single_label_classification"))
+    try:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
+            use_safetensors=True, problem_type=info.get("problem_type", "single_label_classification"))
+    except OSError as err:  # a base that is neither a folder here nor reachable on the Hub
+        raise RecipeError(f"cannot load {base_path}, the base model of the adapter in {model_dir} "
+                          f"({first_line(err)}); put it back, or use a merged checkpoint of the run") from None
     return PeftModel.from_pretrained(base, model_dir), tokenizer
+
+
+def check_base_as_trained(model_dir: Path, base_path: str) -> None:
+    """A LoRA run's base model is the local folder it trained on, unchanged (its fingerprint in the run's marker):
+    another model at the same path would give other predictions and merged weights without a word."""
+    recorded = recorded_local_model(model_dir)
+    if recorded is None:
+        return
+    if not Path(base_path).exists():
+        raise RecipeError(f"{base_path}, the base model this LoRA run trained on, is gone: put it back (or use the "
+                          f"run's merged/ folder, a full model)")
+    if path_fingerprint(base_path) != recorded:
+        raise RecipeError(f"the base model at {base_path} changed since this LoRA run trained on it: put the run's "
+                          "base back (or use the run's merged/ folder, a full model)")
 
 
 def export_classifier(model_dir, output_dir, replace: bool = False) -> Path:

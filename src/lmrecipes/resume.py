@@ -5,6 +5,7 @@ renamed) is refused, and one without the optimizer's, scheduler's or random stat
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -100,3 +101,28 @@ def find_checkpoint(training_args) -> str | None:
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     return checkpoint
+
+
+def check_checkpoint_fits(checkpoint: str | None, model) -> None:
+    """A checkpoint named in `resume_from_checkpoint` holds this recipe's model: the shapes in its weights' header
+    are the model's (another architecture failed inside the Trainer, after output_dir was claimed). Sharded and
+    adapter checkpoints are left to the Trainer."""
+    path = Path(checkpoint or "") / "model.safetensors"
+    if not checkpoint or model is None or not path.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            saved = {name: list(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except Exception:  # noqa: BLE001 - a damaged file: checkpoint_problem names it
+        return
+    own = {name: list(getattr(param, "ds_shape", None) or param.shape) for name, param in model.named_parameters()}
+    differing = [name for name in own if name in saved and saved[name] != own[name]]
+    sizes = [sum(math.prod(shape) for shape in shapes.values()) for shapes in (saved, own)]  # shared weights once
+    if differing or sizes[0] != sizes[1]:
+        what = f"{differing[0]} is {saved[differing[0]]} there, {own[differing[0]]} here" if differing else \
+            f"{sizes[0]:,} weights there, {sizes[1]:,} here"
+        raise RecipeError(f"key 'resume_from_checkpoint': {checkpoint} holds another model ({what}); resume a "
+                          "checkpoint of this recipe's model")
+

@@ -14,7 +14,6 @@ What lmrecipes sets in the TrainingArguments for every run is set in `Run.__init
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -26,12 +25,12 @@ from transformers import TrainerCallback, set_seed
 
 from . import hub
 from .checkpoints import checkpoint_step, write_manifest
-from .errors import RecipeError, first_line
+from .errors import RecipeError, first_line, out_of_space
 from .launch import check_launch, fsdp_on_cpu, setup_logging, use_the_cpus
 from .modeling import warn_remote_code
 from .ownership import files_in
 from .parallelism import check_parallelism, choose_unused_parameter_search, save_final_model
-from .resume import check_resume_request, find_checkpoint
+from .resume import check_checkpoint_fits, check_resume_request, find_checkpoint
 from .run_folder import (
     RUN_MARKER,
     check_output_dir_is_a_folder,
@@ -77,6 +76,7 @@ class Run:
         elif args.include_num_input_tokens_seen == "no":
             args.include_num_input_tokens_seen = "non_padding"
         self.meter = throughput_callback(model, args, seq_len, packed)
+        self.model = model
         return self.meter
 
     def trainer(self, build):
@@ -84,6 +84,7 @@ class Run:
         asked for stops before anything is written (Trainer() creates output_dir: a folder it created is removed)."""
         out = Path(self.args.output_dir)
         check_output_dir_is_a_folder(out)
+        check_checkpoint_fits(self.args.resume_from_checkpoint, getattr(self, "model", None))
         existed = out.exists()
         with fsdp_on_cpu():
             trainer = build()
@@ -198,18 +199,6 @@ def _readable_json(path: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def out_of_space(err: BaseException) -> bool:
-    """Whether a failed write means a full disk (or quota): the OS error (its file named), or torch.save's report
-    of a write its archive writer could not finish. Not a full shared memory (/dev/shm) under data-loader workers,
-    which torch reports as `unable to write to file </torch_...>`: that is no disk of the run's."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    text = str(err)
-    return "</torch_" not in text and any(sign in text for sign in (
-        "inline_container", "PytorchStreamWriter", "file write failed", "iostream error",  # torch.save
-        "No space left on device", "Disk quota exceeded", "File too large"))  # safetensors: "I/O error: ..."
 
 
 class TrainingWasComplete(Exception):

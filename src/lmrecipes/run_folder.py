@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -206,6 +207,13 @@ def run_inputs(model_args, tokenizer, data_fingerprint: str) -> dict:
         if getattr(model_args, key):
             inputs[key] = path_fingerprint(resolve_model_path(getattr(model_args, key), key))
     return inputs
+
+
+def recorded_local_model(out: Path) -> str | None:
+    """The fingerprint of the local folder the run's model_name_or_path named when it trained (None: a Hub id, or
+    not recorded): what a LoRA run's base must still be, and why its name is no Hub id."""
+    recorded = (run_record(out).get("inputs") or {}).get("model_name_or_path")
+    return recorded if isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{64}", recorded) else None
 
 
 def run_owns(out: Path):
