@@ -334,6 +334,10 @@ def test_publish_uploads_only_what_the_run_wrote(tmp_path, causal_run):
                                                        "uploads only the run's own files"):
             lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
         (run_dir / name).unlink()
+    (run_dir / "tokenizer.json").rename(tmp_path / "tokenizer.json")  # a model nobody could use (was uploaded)
+    with pytest.raises(lmrecipes.RecipeError, match=rf"{run_dir}: its tokenizer cannot be loaded"):
+        lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+    (tmp_path / "tokenizer.json").rename(run_dir / "tokenizer.json")
     recipe = run_dir / "recipe.yaml"
     recipe.write_text(recipe.read_text().replace("max_steps:", "max_steps: 400\nold_max_steps:"))
     with pytest.raises(lmrecipes.RecipeError, match=r"recipe.yaml was changed after the run wrote it"):

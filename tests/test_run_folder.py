@@ -80,6 +80,33 @@ def test_a_started_run_of_the_same_recipe_is_claimed_again_to_resume(tmp_path):
     assert run_record(out)["session_start"] >= first
 
 
+def test_a_file_put_in_the_folder_before_a_session_is_never_recorded_as_the_runs(tmp_path):
+    """Recorded are the files a session writes, not those it found: a user's file dated in the future (clock
+    skew, an archive from another machine) was recorded as the run's and published."""
+    from lmrecipes.run_folder import record_saved_files
+
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    mine = out / "chat_template.jinja"
+    mine.write_text("PRIVATE")
+    os.utime(mine, (time.time() + 86400, time.time() + 86400))
+    claim(out, RECIPE)  # the rerun: a new session
+    (out / "tokenizer.json").write_text("{}")  # what this session writes
+    record_saved_files(out)
+    files = run_record(out)["files"]
+    assert "tokenizer.json" in files and "chat_template.jinja" not in files, files
+
+
+def test_a_finished_run_whose_results_cannot_be_read_says_so(tmp_path):
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    finish(out, {"eval_loss": 1.0})
+    (out / "all_results.json").write_text("")  # emptied (was: a JSONDecodeError traceback on every rerun)
+    with pytest.raises(RecipeError, match=r"the results of the finished run in .* \(all_results.json\) cannot be "
+                                          r"read: restore the file, or pass --overwrite_output_dir true"):
+        claim(out, RECIPE)
+
+
 def test_a_finished_run_of_the_same_recipe_returns_its_results_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     claim(out, RECIPE)

@@ -137,6 +137,10 @@ def test_a_cache_that_cannot_be_read_or_written_is_one_line(tmp_path, texts, mon
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
 
+    (tmp_path / "a-file").write_text("x")  # LMRECIPES_CACHE naming a file (was: a NotADirectoryError traceback)
+    with pytest.raises(RecipeError, match=r"cannot write the cached tokenizer at .* \(Not a directory\)"):
+        tokenizer(tmp_path / "a-file")
+
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 

@@ -97,7 +97,8 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
         return _build_entry(folder, build, what)
     except Exception as err:  # noqa: BLE001 - the tokenizers library reports OS errors as plain Exceptions
         code = os_error_number(err)
-        if code not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if code not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                        errno.ENOTDIR, errno.EEXIST):  # the cache folder is a file
             raise
         raise RecipeError(f"cannot write the {what} at {folder} ({os.strerror(code)}): set LMRECIPES_CACHE or "
                           "data_cache_dir to a writable folder with space (or raise the file-size limit)") from None

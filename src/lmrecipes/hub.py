@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from .arguments import PublishArguments
 from .cache import atomic_directory
 from .errors import RecipeError, first_line
-from .lora import write_classifier
+from .lora import load_tokenizer, write_classifier
 from .model_card import LOCAL, public_values, read_json, write_model_card
 from .objectives import OBJECTIVES
 from .ownership import (
@@ -159,6 +159,14 @@ def publish_target(args: PublishArguments, model_dir: Path) -> Path:
     return target
 
 
+def check_tokenizer_loads(folder: Path, model_dir: Path) -> None:
+    """The Hub copy's tokenizer loads: a run missing `tokenizer.json` would upload a model nobody can use."""
+    try:
+        load_tokenizer(folder)
+    except RecipeError as err:
+        raise RecipeError(f"{model_dir}: its tokenizer cannot be loaded ({str(err).split('(', 1)[-1]}") from None
+
+
 def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]:
     """Write the Hub-ready folder (atomically: a finished one or none); returns (folder, kind, base_model)."""
     model_dir = Path(args.model_dir)
@@ -207,6 +215,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
                 if (model_dir / folder).is_dir():
                     shutil.copytree(model_dir / folder, tmp / folder)
         _make_paths_public(tmp)
+        check_tokenizer_loads(tmp, model_dir)
         write_model_card(tmp, kind, repo_id, args, base_model)
         write_publish_manifest(tmp)
     if in_run:

@@ -14,6 +14,7 @@ from .arguments import FinetuneArguments
 from .cache import atomic_directory, path_fingerprint
 from .errors import RecipeError, first_line
 from .run_folder import recorded_local_model
+from .values import read_json_file
 
 logger = logging.getLogger("lmrecipes")
 
@@ -66,8 +67,8 @@ def load_classifier(model_dir):
         except Exception as err:  # noqa: BLE001 - also SafetensorError (a plain Exception): weights cut short
             raise RecipeError(f"cannot load the classifier in {model_dir} ({first_line(err)}): its weights are "
                               "missing or damaged") from None
-        return model, AutoTokenizer.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return model, load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     from peft import PeftModel
 
     base_path = json.loads((model_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
@@ -75,7 +76,7 @@ def load_classifier(model_dir):
     labels_file = model_dir / "labels.json"
     if not labels_file.is_file():
         raise RecipeError(f"{labels_file} is missing: cannot rebuild the classification head of the adapter")
-    info = json.loads(labels_file.read_text())
+    info = read_json_file(labels_file)
     labels = info["labels"]
     try:
         base = AutoModelForSequenceClassification.from_pretrained(
@@ -86,6 +87,15 @@ def load_classifier(model_dir):
         raise RecipeError(f"cannot load {base_path}, the base model of the adapter in {model_dir} "
                           f"({first_line(err)}); put it back, or use a merged checkpoint of the run") from None
     return PeftModel.from_pretrained(base, model_dir), tokenizer
+
+
+def load_tokenizer(model_dir: Path):
+    """The tokenizer saved beside a model; missing or damaged files are a one-line error naming the folder."""
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises ValueError, Exception, OSError alike
+        raise RecipeError(f"cannot load the tokenizer in {model_dir} ({first_line(err)}): its tokenizer files are "
+                          "missing or damaged") from None
 
 
 def check_base_as_trained(model_dir: Path, base_path: str) -> None:

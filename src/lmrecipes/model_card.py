@@ -5,7 +5,6 @@ a local path."""
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from pathlib import Path
 
@@ -14,13 +13,13 @@ from .objectives import OBJECTIVES
 from .objectives.base import pipeline_snippet
 from .recipe import read_run_recipe
 from .tasks import task_class
-from .values import REPO_ROOT, looks_like_local_path
+from .values import REPO_ROOT, looks_like_local_path, read_json_file
 
 LOCAL = "<local>"
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_file(path, missing={})
 
 
 # The keys of a run's recipe.yaml / labels.json whose values are local paths (strings or lists of strings).

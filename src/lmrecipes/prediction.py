@@ -19,6 +19,7 @@ from .recipe import read_run_recipe
 from .run_folder import is_run_folder
 from .tasks import saved_task
 from .tasks.base import mean_per_text
+from .values import read_json_file
 
 INPUT_TYPES = (".txt", ".jsonl", ".json", ".csv")
 
@@ -123,7 +124,7 @@ def read_labels_file(model_dir, config) -> dict:
     """The run's labels.json; for a checkpoint made elsewhere, what its config says (problem type, labels)."""
     path = Path(model_dir) / "labels.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json_file(path)
     labels = [config.id2label[i] for i in range(config.num_labels)]
     # as transformers reads a config without problem_type: one output is a regression
     problem_type = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")

@@ -33,7 +33,7 @@ from .ownership import (
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .run_lock import RUN_LOCK, lock_run_folder, unlock_run_folder
-from .values import resolve_model_path
+from .values import read_json_file, resolve_model_path
 
 logger = logging.getLogger("lmrecipes")
 
@@ -150,7 +150,8 @@ def is_run_folder(out: Path) -> bool:
 
 
 def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
-               finished: bool | None = None, inputs: dict | None = None, global_batch: int | None = None) -> None:
+               finished: bool | None = None, inputs: dict | None = None, global_batch: int | None = None,
+               found_at_start: dict | None = None) -> None:
     """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
     that no longer exist (rotated checkpoints) are dropped. A marker that is there but cannot be read is never
     written over (what the run wrote would be forgotten, its checkpoints taken for foreign ones)."""
@@ -174,29 +175,47 @@ def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: 
         record["inputs"] = inputs
     if global_batch is not None:
         record["global_batch"] = global_batch
+    if found_at_start is not None:
+        record["found_at_start"] = found_at_start
     write_json_atomically(out / RUN_MARKER, record)
 
 
-def files_written_since(out: Path, since: float, patterns=SAVED_NAMES) -> list[str]:
-    """Files (no symbolic links) whose relative path matches `patterns` and that were modified since `since`."""
-    found = []
+def _stat(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    except OSError:
+        return None
+
+
+def files_as_found(out: Path, patterns=SAVED_NAMES) -> dict:
+    """{name: [size, mtime_ns, inode]} of the top-level files of such names in `out` as a session of the run
+    starts (checkpoints are recorded as they are saved)."""
+    return {path.name: _stat(path) for path in out.iterdir() if path.is_file() and not path.is_symlink() and
+            any(fnmatch.fnmatch(path.name, p) for p in patterns)}
+
+
+def files_written_since(out: Path, since: float, patterns=SAVED_NAMES, found_before: dict | None = None) -> list[str]:
+    """Files (no symbolic links) whose relative path matches `patterns` and that were modified since `since`; a
+    file that is as it was found when the session started (`found_before`) was not written by it, whatever its
+    modification time says (one dated in the future: clock skew, an archive from another machine)."""
+    found, before = [], found_before or {}
     for name in files_in(out):
         path = out / name
         if any(fnmatch.fnmatch(name, p) for p in patterns) and not path.is_symlink():
-            try:
-                if path.stat().st_mtime >= since:
-                    found.append(name)
-            except OSError:
-                pass
+            now = _stat(path)
+            if now is not None and now[1] >= since * 1e9 and (name not in before or before[name] != now):
+                found.append(name)
     return found
 
 
 def record_saved_files(out: Path, finished: bool | None = None, folders: tuple[str, ...] = ()) -> None:
     """Record the model, tokenizer and results files this session of the run wrote (see SAVED_NAMES), and those
     in `folders` (subfolders that belong to the model: objectives.Objective.saved_folders)."""
-    since = run_record(out).get("session_start", float("inf"))
+    record = run_record(out)
+    since = record.get("session_start", float("inf"))
     patterns = SAVED_NAMES + tuple(f"{folder}/*" for folder in folders)
-    record_run(out, files_written_since(out, since - 1.0, patterns), finished=finished)
+    record_run(out, files_written_since(out, since - 1.0, patterns, record.get("found_at_start")), finished=finished)
 
 
 def run_inputs(model_args, tokenizer, data_fingerprint: str) -> dict:
@@ -290,6 +309,20 @@ def _check_started_run(out: Path, training_args, finished: bool) -> bool:
     return False
 
 
+def _finished_results(out: Path, results_file: Path) -> dict:
+    """A finished run of the same recipe: its results, nothing to do."""
+    try:
+        results = read_json_file(results_file)
+    except RecipeError:
+        raise RecipeError(f"key 'output_dir': the results of the finished run in {out} ({results_file.name}) cannot "
+                          "be read: restore the file, or pass --overwrite_output_dir true to train the run again"
+                          ) from None
+    print(f"{out} holds a finished run of this recipe: nothing to do (results in {results_file}; "
+          "--overwrite_output_dir true trains it again)", flush=True)
+    unlock_run_folder(out)
+    return results
+
+
 def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None) -> dict | None:
     """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
 
@@ -331,10 +364,7 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
                                       "output_dir, or pass --overwrite_output_dir true to delete it and start over"
                                       f"{_train_on_hint(out, changed) if finished else ''}")
                 if finished:
-                    print(f"{out} holds a finished run of this recipe: nothing to do (results in {results_file}; "
-                          "--overwrite_output_dir true trains it again)", flush=True)
-                    unlock_run_folder(out)
-                    return json.loads(results_file.read_text())
+                    return _finished_results(out, results_file)
             elif training_args.should_save:
                 logger.warning("overwrite_output_dir: deleting the run in %s and starting over", out)
                 remove_run_folder(out)
@@ -346,5 +376,6 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
                 write_recipe(previous_file, recipe, header)
                 record_run(out, files=[RUN_RECIPE])
             record_run(out)  # the session starts at the marker's time on the disk's clock, to which the files the
-            record_run(out, session_start=min(time.time(), (out / RUN_MARKER).stat().st_mtime))  # run writes compare
+            record_run(out, session_start=min(time.time(), (out / RUN_MARKER).stat().st_mtime),  # run writes compare
+                       found_at_start=files_as_found(out))
     return None

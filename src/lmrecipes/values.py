@@ -104,3 +104,17 @@ def is_hub_id(value: str | None) -> bool:
     """A model reference that names a Hub repository (not a package, not a local path, not an existing folder)."""
     return bool(value) and not value.startswith(PACKAGE_PREFIX) and not looks_like_local_path(value) \
         and not Path(value).exists()
+
+
+def read_json_file(path: Path, missing=None):
+    """A JSON file lmrecipes wrote into a run or model folder (`missing` when there is none); one that cannot be
+    parsed (emptied, cut short, edited) is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return missing
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path} cannot be read (emptied, cut short or edited: {str(err)[:80]}); restore it, or "
+                          "run the command that wrote it again") from None
+
