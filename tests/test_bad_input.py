@@ -746,3 +746,16 @@ def test_a_datasets_cache_that_cannot_be_written_is_named_as_such(tmp_path, monk
     with pytest.raises(RecipeError, match=r"^the datasets cache cannot be written at /proc/no-cache.*: set "
                                           r"HF_DATASETS_CACHE \(or HF_HOME\) to a writable folder$"):
         load_raw_splits(DataSourceArguments(train_file=[str(corpus)]))
+
+
+def test_a_held_out_file_that_is_also_a_training_file_is_refused(tmp_path):
+    """validation_file (or test_file) naming the training file reported training results as held-out ones."""
+    from lmrecipes.arguments import DataSourceArguments
+    from lmrecipes.data.sources import load_raw_splits
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "a line"}) + "\n")
+    with pytest.raises(RecipeError, match=r"^key 'validation_file': .*c.jsonl is also a train_file: its results "
+                                          r"would be measured on the training data"):
+        load_raw_splits(DataSourceArguments(train_file=[str(corpus)], validation_file=[str(corpus)]))
+

@@ -48,8 +48,9 @@ SCALE_OUT = {**TINY_LLAMA, "validation_fraction": 0.15, "max_steps": 12, "save_s
 
 
 # ZeRO-3: transformers builds the model under deepspeed.zero.Init (each layer initialised partitioned), so its
-# initial weights differ from the other runs' (first loss 6.241 vs 6.254): it is compared to DDP loosely
-EVAL_LOSS_VS_DDP = {"fsdp2": 1e-5, "zero2": 1e-5, "zero3": 2e-3}
+# initial weights differ from the other runs' (first loss 6.241 vs 6.254): it is compared to DDP loosely (after 12
+# steps: 5e-4 apart without document masking, 2.7e-3 and 3.0e-3 in two runs with it)
+EVAL_LOSS_VS_DDP = {"fsdp2": 1e-5, "zero2": 1e-5, "zero3": 6e-3}
 
 
 # srun for a test: runs the job step's `bash -c COMMAND` once per node, at the same time, each node with its own

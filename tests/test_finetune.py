@@ -273,6 +273,9 @@ def test_scratch_init_and_predict_script(tmp_path, learnable_csv, causal_run):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: {dirty} line 2: column 'text' is empty (null) (--skip_bad_rows to skip such rows)"]
     assert not (tmp_path / "dirty-out.jsonl").exists()
+    with pytest.raises(lmrecipes.RecipeError, match=r"texts: a list of texts .*, got str \(one text: put it in a "
+                                                   r"list\)"):
+        lmrecipes.predict(out, "it was good")  # was: one prediction per character
     result = run_predict(out, dirty, "--skip_bad_rows")
     assert result.returncode == 0 and [json.loads(l)["text"] for l in result.stdout.splitlines()] == texts[:2]
     assert "skipped 2 rows" in result.stderr

@@ -356,6 +356,16 @@ def test_a_run_that_has_not_finished_is_not_published(tmp_path, causal_run):
                                                    r"again to finish it, then publish"):
         lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
     assert not (tmp_path / "hub").exists()
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'model_name_or_path': .* holds a run that has not finished "
+                                                   r"\(no final model\): run its command again to finish it"):
+        lmrecipes.finetune(str(REPO / "recipes" / "tiny-llama" / "finetune-sentiment.yaml"),
+                           model_name_or_path=str(run_dir), output_dir=str(tmp_path / "ft"))
+    assert not (tmp_path / "ft").exists()
+    checkpoint = next(causal_run[0].glob("checkpoint-*"))  # inside a run: none of the run's checks would hold
+    with pytest.raises(lmrecipes.RecipeError, match=r"is inside the run .*: publish the run itself"):
+        lmrecipes.publish(checkpoint, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'lora_as': auto, adapter or merged, got 'bogus'"):
+        lmrecipes.publish(causal_run[0], "someone/tiny", dry_run=True, lora_as="bogus")
 
 
 def test_a_publish_dir_inside_another_run_is_refused(tmp_path, causal_run):

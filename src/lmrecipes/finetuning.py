@@ -23,7 +23,7 @@ from .lora import apply_lora, merge_adapter
 from .modeling import build_classifier, count_parameters
 from .recipe import resolved_recipe
 from .run import Run
-from .run_folder import record_run, run_inputs
+from .run_folder import is_run_folder, record_run, run_inputs, run_record
 from .tasks import Task, task_class
 from .tasks.base import Documents, logits_of, metrics_function, task_loss
 from .tokenizer import load_tokenizer, prepare_pad_token
@@ -208,6 +208,14 @@ def evaluate_classifier(trainer, task: Task, encoded: dict, documents: Documents
     return eval_metrics, test_metrics, (test_logits, test_targets)
 
 
+def check_base_run_finished(path: str) -> None:
+    """A pretraining run to fine-tune from has finished: a stopped one has no final model yet (only checkpoints)."""
+    folder = Path(path)
+    if folder.is_dir() and is_run_folder(folder) and run_record(folder).get("finished") is not True:
+        raise RecipeError(f"key 'model_name_or_path': {folder} holds a run that has not finished (no final model): "
+                          "run its command again to finish it, then fine-tune")
+
+
 def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
                    data_args: ClassificationDataArguments, finetune_args: FinetuneArguments,
                    training_args: RunArguments, explicit: dict | None = None, callbacks=()) -> dict:
@@ -218,6 +226,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
     check_model_selection(finetune_args, training_args)
     recipe = resolved_recipe(explicit, model_args, tokenizer_args, data_args, finetune_args)
+    check_base_run_finished(resolve_model_path(model_args.model_name_or_path))
     tokenizer = load_tokenizer(
         resolve_model_path(tokenizer_args.tokenizer_name_or_path or model_args.model_name_or_path),
         trust_remote_code=model_args.trust_remote_code,

@@ -173,6 +173,10 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     if not model_dir.is_dir():
         raise RecipeError(f"model folder not found: {model_dir}")
     refuse_links(model_dir)
+    run = next((p for p in model_dir.resolve().parents if is_run_folder(p)), None)
+    if run is not None:  # a checkpoint (or another folder) inside a run: none of the run's checks would hold
+        raise RecipeError(f"{model_dir} is inside the run {run}, whose checks (finished, its own files, its recipe) "
+                          "would not hold for it: publish the run itself (its final model)")
     if is_run_folder(model_dir) and run_record(model_dir).get("finished") is not True:
         raise RecipeError(f"{model_dir} holds a run that has not finished (no final evaluation in its results): run "
                           "the same command again to finish it, then publish")

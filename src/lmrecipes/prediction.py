@@ -94,6 +94,9 @@ def predict(model_dir, texts: list, batch_size: int = 32, max_length: int | None
     returns: {label, score} (single label), {labels, scores} (multi-label: every label at or above the saved
     threshold), {score} (regression). Texts are cut into windows as the model was trained (long_text: chunk) and
     a text's window logits averaged."""
+    if isinstance(texts, (str, dict)) or not isinstance(texts, (list, tuple)):
+        raise RecipeError(f"texts: a list of texts (strings, or text/text_pair dicts), got {type(texts).__name__}"
+                          f"{' (one text: put it in a list)' if isinstance(texts, str) else ''}")
     for index, text in enumerate(texts):
         pair = isinstance(text, dict)
         problem = text_problem(text.get("text") if pair else text, required=True) or (

@@ -197,6 +197,9 @@ class ThroughputCallback(TrainerCallback):
         return (epochs * rows + rows_now) * self.tokens_per_row * self.world_size
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if state.max_steps > 0:  # known now also for epoch-based runs
+            self.window = max(1, min(20, state.max_steps // 10))
+            self.warmup_steps = max(2, self.window)
         try:
             self.batches_per_epoch = len(train_dataloader)
             whole = self.rows_per_batch * self.batches_per_epoch

@@ -30,3 +30,13 @@ class PublishArguments:
     datasets: list[str] = field(default_factory=list, metadata={
         "help": "Hub dataset ids of the training data (default: the recipe's dataset_name, if any)."})
     commit_message: str = field(default="Upload model trained with lmrecipes", metadata={"help": "Hub commit message."})
+
+    def __post_init__(self):  # the command line checks these through argparse; the Python API comes here directly
+        from ..errors import RecipeError
+
+        if self.lora_as not in ("auto", "adapter", "merged"):
+            raise RecipeError(f"key 'lora_as': auto, adapter or merged, got {self.lora_as!r}")
+        for key in ("private", "dry_run"):
+            if not isinstance(getattr(self, key), bool):
+                raise RecipeError(f"key '{key}': true or false, got {getattr(self, key)!r}")
+

@@ -108,6 +108,17 @@ def _reader_message(err: BaseException) -> str:
     return message if inner is err else f"{message} ({type(inner).__name__})"
 
 
+def _check_not_trained_on(files: list[str], key: str, source: DataSourceArguments) -> None:
+    """A held-out file that is also a training file would report training results as held-out ones."""
+    if key == "train_file":
+        return
+    trained = {os.path.realpath(f) for f in resolve_data_files(source.train_file or [], "train_file")}
+    both = [f for f in files if os.path.realpath(f) in trained]
+    if both:
+        raise RecipeError(f"key '{key}': {both[0]} is also a train_file: its results would be measured on the "
+                          "training data; give held-out data, or leave the key out to hold out a fraction")
+
+
 def _check_not_the_cache(err: BaseException, files: list[str]) -> None:
     """An OS error on a path that is none of the data files is datasets' own cache (HF_DATASETS_CACHE, under HOME by
     default) that cannot be written: said as such, not as the data file's fault."""
@@ -151,6 +162,7 @@ def load_raw_splits(source: DataSourceArguments, *, streaming: bool = False, tex
             if not patterns:
                 continue
             files = resolve_data_files(patterns, key)
+            _check_not_trained_on(files, key, source)
             builder = _builder_for(files, key)
             check_utf8(files, key)
             kwargs = {"sample_by": text_sample_by} if builder == "text" else {}

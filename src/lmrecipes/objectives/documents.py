@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, default_data_collator
+from transformers import default_data_collator
 
 from ..errors import RecipeError, first_line
 
@@ -51,7 +51,9 @@ def causal_masking_problem(model) -> str | None:
     config = model.config.__class__.from_dict({**model.config.to_dict(), **{
         key: value for key, value in _PROBE_SIZES.items() if key in model.config.to_dict()}})
     try:
-        probe = AutoModelForCausalLM.from_config(config, attn_implementation=implementation).eval().float()
+        config._attn_implementation = implementation
+        # the model's own class, built directly: from_config would build it partitioned under DeepSpeed ZeRO-3
+        probe = type(model)(config).eval().float()
         separator = 3
         first = torch.tensor([[5, 6, 7, 8, separator, 9, 10, 11, 12, 13]])
         other = first.clone()
