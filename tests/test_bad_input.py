@@ -331,6 +331,8 @@ def bad_pretraining_inputs(tmp_path, small_corpus):
     empty.write_text("")
     blank = tmp_path / "blank.jsonl"
     blank.write_text("".join(json.dumps({"text": ""}) + "\n" for _ in range(20)))
+    blank_held_out = tmp_path / "blank-held-out.jsonl"  # a held-out file must not be a training file
+    blank_held_out.write_text(blank.read_text())
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b'{"text": "caf\xe9 au lait"}\n' * 20)
     few_docs = tmp_path / "few.jsonl"
@@ -346,7 +348,7 @@ def bad_pretraining_inputs(tmp_path, small_corpus):
     bert = (BERT_PRETRAIN, {**TINY_BERT, "train_file": [small_corpus], "validation_fraction": 0.15})
     return {
         "empty corpus file": (*llama, {"train_file": [str(empty)]}, "key 'train_file'"),
-        "corpus of empty documents": (*llama, {"train_file": [str(blank)], "validation_file": [str(blank)]},
+        "corpus of empty documents": (*llama, {"train_file": [str(blank)], "validation_file": [str(blank_held_out)]},
                                       "the documents hold no text"),
         "corpus with undecodable bytes": (*llama, {"train_file": [str(latin1)]},
                                           "is not valid UTF-8 (byte 0xe9 at offset"),
