@@ -361,6 +361,16 @@ def test_a_run_that_has_not_finished_is_not_published(tmp_path, causal_run):
         lmrecipes.finetune(str(REPO / "recipes" / "tiny-llama" / "finetune-sentiment.yaml"),
                            model_name_or_path=str(run_dir), output_dir=str(tmp_path / "ft"))
     assert not (tmp_path / "ft").exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; handle = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(handle, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(run_dir / ".lmrecipes-lock")], stdout=subprocess.PIPE, text=True)
+    try:  # a run still training: "run the same command again" was the wrong advice
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(lmrecipes.RecipeError, match=r"another process is training into it; publish once"):
+            lmrecipes.publish(run_dir, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))
+    finally:
+        holder.kill()
+        holder.wait()
     checkpoint = next(causal_run[0].glob("checkpoint-*"))  # inside a run: none of the run's checks would hold
     with pytest.raises(lmrecipes.RecipeError, match=r"is inside the run .*: publish the run itself"):
         lmrecipes.publish(checkpoint, "someone/tiny", dry_run=True, publish_dir=str(tmp_path / "hub"))

@@ -33,6 +33,7 @@ from .ownership import (
 )
 from .recipe import RUN_RECIPE, read_run_recipe, write_recipe
 from .run_folder import check_recipe_unchanged, is_run_folder, record_run, recorded_local_model, run_owns, run_record
+from .run_lock import folder_in_use
 from .values import is_hub_id, looks_like_local_path
 
 logger = logging.getLogger("lmrecipes")
@@ -177,6 +178,8 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
     if run is not None:  # a checkpoint (or another folder) inside a run: none of the run's checks would hold
         raise RecipeError(f"{model_dir} is inside the run {run}, whose checks (finished, its own files, its recipe) "
                           "would not hold for it: publish the run itself (its final model)")
+    if is_run_folder(model_dir) and folder_in_use(model_dir):
+        raise RecipeError(f"{model_dir}: another process is training into it; publish once that run has finished")
     if is_run_folder(model_dir) and run_record(model_dir).get("finished") is not True:
         raise RecipeError(f"{model_dir} holds a run that has not finished (no final evaluation in its results): run "
                           "the same command again to finish it, then publish")

@@ -59,3 +59,18 @@ def unlock_run_folder(out: Path) -> None:
     handle = _held_locks.pop(Path(out).resolve(), None)
     if handle is not None:
         handle.close()
+
+
+def folder_in_use(out: Path) -> bool:
+    """Whether another process holds `out`'s run lock (a run training into it now)."""
+    if Path(out).resolve() in _held_locks or not (Path(out) / RUN_LOCK).is_file():
+        return False
+    try:
+        with open(Path(out) / RUN_LOCK, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+    except BlockingIOError:
+        return True
+    except OSError:  # a filesystem without locks: nothing to tell
+        return False
+    return False
+
