@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import socket
 from pathlib import Path
@@ -26,6 +25,7 @@ from .objectives import OBJECTIVES
 from .ownership import (
     PUBLISH_MANIFEST,
     check_deletable,
+    check_name_fits,
     delete_checked,
     files_in,
     publish_folder_owns,
@@ -145,12 +145,7 @@ def publish_target(args: PublishArguments, model_dir: Path) -> Path:
     """The publish folder: `publish_dir`, or the run's `hub/`; refused before anything is built when it is inside
     another run, or holds what no earlier publish wrote (an earlier publish folder is rebuilt)."""
     target = Path(args.publish_dir) if args.publish_dir else model_dir / "hub"
-    try:
-        os.lstat(target)
-    except FileNotFoundError:
-        pass
-    except OSError as err:  # a name over the filesystem's limit
-        raise RecipeError(f"key 'publish_dir': {target}: {err.strerror or err}") from None
+    check_name_fits(target, "publish_dir")
     inside = next((p for p in target.resolve().parents if is_run_folder(p) and p != model_dir.resolve()), None)
     if inside is not None:
         raise RecipeError(f"key 'publish_dir': {target} is inside another run ({inside}), which owns what is there; "

@@ -105,3 +105,15 @@ def publish_folder_owns(folder: Path, key: str = "publish_dir"):
     except (ValueError, KeyError, TypeError, AssertionError):
         raise RecipeError(f"key '{key}': {manifest} is unreadable; pick a new folder") from None
     return lambda name: name == PUBLISH_MANIFEST or (name in listed and sha256_of(folder / name) == listed[name])
+
+
+def check_name_fits(path: Path, key: str) -> None:
+    """A path the filesystem can name: one over its limit is a one-line error for `key` (os.lstat raises it on
+    every Python; pathlib's exists() swallows it on newer ones)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise RecipeError(f"key '{key}': {path}: {err.strerror or err}") from None
+

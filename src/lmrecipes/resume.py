@@ -58,16 +58,17 @@ def check_resume_request(training_args) -> None:
                               f"{training_args.max_steps}; raise max_steps or resume an earlier checkpoint")
 
 
-def _goes_on_from_its_own(training_args) -> bool:
+def _goes_on_from_its_own(training_args, own: str | None = None) -> bool:
     """A `resume_from_checkpoint` outside output_dir is where the run started: once the run holds a later
-    checkpoint of its own (or the named one is gone, moved or rotated away), the run goes on from its own."""
+    checkpoint of its own (or the named one is gone, moved or rotated away), the run goes on from its own. `own`:
+    the run's last complete checkpoint when the caller has found it already."""
     explicit, out = training_args.resume_from_checkpoint, getattr(training_args, "output_dir", None)
     if not explicit or not out:
         return False
     out = Path(out)
     if not is_run_folder(out) or out.resolve() in Path(explicit).resolve().parents:
         return False
-    own = find_last_complete_checkpoint(out)
+    own = own or find_last_complete_checkpoint(out)
     return own is not None and (not Path(explicit).is_dir() or checkpoint_step(own) > checkpoint_step(explicit))
 
 
@@ -84,7 +85,7 @@ def find_checkpoint(training_args) -> str | None:
     out, explicit = Path(training_args.output_dir), training_args.resume_from_checkpoint
     check_no_foreign_checkpoints(out)
     own = find_last_complete_checkpoint(out, remove_incomplete=training_args.should_save)
-    if explicit and _goes_on_from_its_own(training_args):
+    if explicit and _goes_on_from_its_own(training_args, own):
         logger.info("%s is where this run started (resume_from_checkpoint); it has saved %s since", explicit, own)
         explicit = None
     elif explicit:

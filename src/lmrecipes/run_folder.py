@@ -10,7 +10,6 @@ import fnmatch
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -26,6 +25,7 @@ from .errors import RecipeError
 from .ownership import (
     PUBLISH_MANIFEST,
     check_deletable,
+    check_name_fits,
     delete_checked,
     files_in,
     publish_folder_owns,
@@ -42,12 +42,7 @@ def check_output_dir_is_a_folder(out: Path) -> None:
     """A folder, or nothing yet. Not a symbolic link: a run's marker proves what it wrote only in the folder itself
     (a link could be pointed at another folder between a stop and the rerun), so a linked folder could never be
     resumed or overwritten."""
-    try:
-        os.lstat(out)  # a name over the filesystem's limit fails here on every Python
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise RecipeError(f"key 'output_dir': {out}: {err.strerror or err}") from None
+    check_name_fits(out, "output_dir")
     try:
         if out.is_symlink():
             raise RecipeError(f"key 'output_dir': {out} is a symbolic link (to {out.readlink()}); give the folder it "
