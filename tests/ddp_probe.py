@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
 import lmrecipes
@@ -62,6 +61,4 @@ if __name__ == "__main__":
     recipe, corpus, output_dir = sys.argv[1:4]
     overrides = json.loads(sys.argv[4])
     lmrecipes.pretrain(recipe, callbacks=[Probe()], train_file=[corpus], output_dir=output_dir, **overrides)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    lmrecipes.end_launched_process()

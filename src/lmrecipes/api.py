@@ -7,6 +7,7 @@
     lmrecipes.finetune("recipes/tiny-llama/finetune-sentiment.yaml", model_name_or_path="runs/nb", ...)
     lmrecipes.predict("runs/nb-sentiment", ["A gem of a film."])
     lmrecipes.publish("runs/nb", "USER/NAME", dry_run=True)
+    lmrecipes.end_launched_process()    # the last line of a script of yours under `accelerate launch`
 """
 
 from __future__ import annotations
@@ -97,3 +98,18 @@ def publish(model_dir: str | Path, repo_id: str | None = None, *, dry_run: bool 
     from .hub import publish as publish_run
 
     return publish_run(model_dir, repo_id, dry_run=dry_run, **options)
+
+
+def end_launched_process(code: int = 0) -> None:
+    """The last line of a script of yours run under `accelerate launch` with several processes: closes the process
+    group, runs Python's exit handlers and exits with `code`, skipping the interpreter's teardown. There a process
+    group that DDP still holds is torn down with its gloo threads running, which now and then aborts a finished run
+    (`terminate called without an active exception`, exit -6); the scripts end this way. In a single process it
+    does nothing (a notebook goes on)."""
+    from .launch import close_process_group, launched_processes
+    from .launch import end_launched_process as end_now
+
+    if launched_processes() <= 1:
+        return
+    close_process_group()
+    end_now(code)
