@@ -45,7 +45,7 @@ def lmrecipes_bits_per_byte(run_dir: Path):
     # block_bytes again, for subsets: prepare_pretraining_data drops the column it averages
     from lmrecipes.data.packing import _tokenize_and_pack
     block_bytes = _tokenize_and_pack(raw["validation"], tokenizer, CAUSAL_LM, data_args.block_size,
-                                     data_args.text_column)["block_bytes"]
+                                     data_args.text_column, with_bytes=True)["block_bytes"]
     model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
     nats = []
     with torch.no_grad():

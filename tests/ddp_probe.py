@@ -16,8 +16,12 @@ import lmrecipes
 class Probe(TrainerCallback):
     def __init__(self):
         self.batches, self.blocks, self.fused_calls = [], [], []
+        self.loader = self.stream_shards = None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        # accelerate's DataLoaderDispatcher: process 0 reads every batch; DataLoaderShard: each reads its own
+        self.loader = type(train_dataloader).__name__
+        self.stream_shards = getattr(train_dataloader.dataset, "n_shards", None)
         def record(module, inputs, kw):
             if module.training:
                 self.batches.append(hashlib.sha256(kw["input_ids"].numpy().tobytes()).hexdigest())
@@ -53,7 +57,7 @@ class Probe(TrainerCallback):
                   "blocks": self.blocks, "local_parameters": local, "parameters": total,
                   "params": params.hexdigest(), "steps": state.global_step,
                   "device": str(args.device), "tokens": state.num_input_tokens_seen,
-                  "fused_calls": self.fused_calls}
+                  "fused_calls": self.fused_calls, "loader": self.loader, "stream_shards": self.stream_shards}
         Path(args.output_dir, f"probe-rank{args.process_index}.json").write_text(json.dumps(record))
 
 

@@ -105,12 +105,13 @@ def test_ddp_on_two_cpu_processes_shards_data_and_keeps_replicas_identical(tmp_p
 
 
 def test_streaming_under_ddp_gives_each_rank_other_blocks(tmp_path, small_corpus):
-    """A stream read by 2 DDP processes: no block is trained on by both ranks (accelerate dispatches the stream's
-    batches from rank 0), and each rank's blocks are all different."""
+    """A stream read by 2 DDP processes: each reads its own shard of the stream (the corpus's one file split in 2;
+    no dispatch from rank 0), no block is trained on by both ranks, and each rank's blocks are all different."""
     out = tmp_path / "ddp-stream"
     ranks = run_ddp_probe(LLAMA_RECIPE, small_corpus, out, {**TINY_LLAMA, "validation_fraction": 0.15,
                                                             "max_steps": 5, "streaming": True, "max_eval_samples": 8})
     assert [r["world_size"] for r in ranks] == [2, 2] and all(r["steps"] == 5 for r in ranks)
+    assert [(r["loader"], r["stream_shards"]) for r in ranks] == [("DataLoaderShard", 1)] * 2
     blocks = [set(r["blocks"]) for r in ranks]
     assert all(len(b) == 5 * 8 for b in blocks), "8 different blocks per step on each rank"
     assert not blocks[0] & blocks[1], "no block seen by both ranks"
@@ -223,10 +224,11 @@ def test_packing_carries_remainders_and_marks_every_special_token(tmp_path, mask
     documents = Dataset.from_dict({"text": reviews[:2000]})
     tokenizer = AutoTokenizer.from_pretrained(masked_run[0])
     tokens_in = sum(len(ids) + 1 for ids in tokenizer(reviews[:2000], add_special_tokens=False)["input_ids"])
-    blocks = _tokenize_and_pack(documents, tokenizer, MASKED_LM, 128, "text")
+    blocks = _tokenize_and_pack(documents, tokenizer, MASKED_LM, 128, "text", with_bytes=True)
     body = 128 - 2
     assert 0 <= tokens_in - len(blocks) * body < body, (tokens_in, len(blocks))
-    stream = _tokenize_and_pack(documents.to_iterable_dataset(), tokenizer, MASKED_LM, 128, "text")
+    stream = _tokenize_and_pack(documents.to_iterable_dataset(), tokenizer, MASKED_LM, 128, "text",
+                                with_bytes=True)
     first, second = [b["input_ids"] for b in stream], [b["input_ids"] for b in stream]  # two passes (epochs)
     assert first == second == blocks["input_ids"]  # streaming packs the same way, each pass from the start
     for block, mask in zip(blocks["input_ids"][:50], blocks["special_tokens_mask"][:50]):
@@ -295,3 +297,19 @@ def test_build_model_from_a_recipe_has_the_recipes_vocabulary(causal_run):
     named = lmrecipes.build_model(LLAMA_PRETRAIN, **TINY_LLAMA, tokenizer_name_or_path=str(causal_run[0]))
     tokenizer = AutoTokenizer.from_pretrained(causal_run[0])
     assert named.config.vocab_size == len(tokenizer) and named.config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_a_stream_is_split_into_shares_that_cover_it_once():
+    """stream_in_shares: 3 source shards for 4 shares (2 processes x 2 workers) become 12, and the 4 shares a
+    launcher gives out hold every row once; a source already a multiple is left as it is."""
+    from datasets import Dataset
+
+    from lmrecipes.data.sources import stream_in_shares
+
+    stream = Dataset.from_dict({"text": [f"doc {i}" for i in range(50)]}).to_iterable_dataset(num_shards=3)
+    split = stream_in_shares(stream, 4)
+    assert split.n_shards == 12
+    shares = [[row["text"] for row in split.shard(num_shards=4, index=i)] for i in range(4)]
+    assert sorted(sum(shares, [])) == sorted(f"doc {i}" for i in range(50))
+    assert all(10 <= len(share) <= 15 for share in shares), [len(s) for s in shares]
+    assert stream_in_shares(stream, 3) is stream

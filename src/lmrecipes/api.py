@@ -2,6 +2,7 @@
 
     import lmrecipes
     tokenizer = lmrecipes.train_tokenizer("recipes/tiny-llama/pretrain.yaml", vocab_size=2000)
+    lmrecipes.tokenize_corpus("recipes/tiny-llama/pretrain.yaml", token_shards_dir="runs/shards")  # large corpora
     model = lmrecipes.build_model("recipes/tiny-llama/pretrain.yaml", tokenizer=tokenizer)
     results = lmrecipes.pretrain("recipes/tiny-llama/pretrain.yaml", max_steps=50, output_dir="runs/nb")
     lmrecipes.finetune("recipes/tiny-llama/finetune-sentiment.yaml", model_name_or_path="runs/nb", ...)
@@ -30,6 +31,16 @@ def train_tokenizer(recipe: str | Path | dict | None = None, *, save_dir: str | 
     if save_dir is not None:
         tokenizer.save_pretrained(save_dir)
     return tokenizer
+
+
+def tokenize_corpus(recipe: str | Path | dict | None = None, **overrides) -> dict:
+    """Write the training split of a pretraining recipe's corpus as token shards to its `token_shards_dir` (a
+    keyword or a recipe key), once; runs given the same token_shards_dir train on them. Returns their index."""
+    from .arguments import PRETRAIN_ARGUMENTS
+    from .pretraining import tokenize_corpus as write
+
+    model_args, tokenizer_args, data_args, _, _ = load_recipe(recipe, PRETRAIN_ARGUMENTS, **overrides)
+    return write(model_args, tokenizer_args, data_args)
 
 
 def build_model(recipe: str | Path | dict | None = None, *, tokenizer=None, **overrides):

@@ -83,7 +83,8 @@ def _abandoned(folder: Path, day_s: float = 86400.0) -> bool:
         return False
 
 
-def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
+def cached(folder: Path, build: Callable[[Path], None], what: str,
+           remedy: str = "set LMRECIPES_CACHE or data_cache_dir to a writable folder with space") -> bool:
     """Make sure the cache entry `folder` is there whole: True if it was (reused), else `build(tmp)` fills a new
     one, which replaces a damaged one (warned), and False.
 
@@ -100,8 +101,8 @@ def cached(folder: Path, build: Callable[[Path], None], what: str) -> bool:
         if code not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
                         errno.ENOTDIR, errno.EEXIST):  # the cache folder is a file
             raise
-        raise RecipeError(f"cannot write the {what} at {folder} ({os.strerror(code)}): set LMRECIPES_CACHE or "
-                          "data_cache_dir to a writable folder with space (or raise the file-size limit)") from None
+        raise RecipeError(f"cannot write the {what} at {folder} ({os.strerror(code)}): {remedy} (or raise the "
+                          "file-size limit)") from None
 
 
 def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from transformers import Trainer
 
 from .arguments import ModelArguments, PretrainDataArguments, RunArguments, TokenizerArguments
 from .data.packing import corpus_texts, load_corpus, prepare_pretraining_data
+from .data.token_shards import check_made_for, read_index, token_shards_fingerprint, write_token_shards
 from .errors import RecipeError
 from .modeling import (
     build_config,
@@ -65,6 +67,42 @@ def run_corpus_and_tokenizer(model_args: ModelArguments, tokenizer_args: Tokeniz
     return raw, fingerprint, tokenizer
 
 
+def tokenize_corpus(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
+                    data_args: PretrainDataArguments) -> dict:
+    """Write the training split of a recipe's corpus as token shards to its token_shards_dir (scripts/
+    tokenize_corpus.py); returns the shards' index. The tokenizer is the recipe's, trained first if it is made."""
+    if not data_args.token_shards_dir:
+        raise RecipeError("key 'token_shards_dir': name the folder to write the token shards to")
+    objective = infer_objective(build_config(model_args), model_args.objective)
+    raw, fingerprint, tokenizer = load_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective)
+    folder = Path(data_args.token_shards_dir)
+    there = write_token_shards(folder, raw["train"], tokenizer, objective, data_args.text_column, fingerprint,
+                               workers=data_args.preprocessing_num_workers or 0)
+    index = read_index(folder)
+    check_made_for(index, folder, tokenizer, objective, fingerprint)
+    logger.info("%s %s: %d documents, %d tokens in %d shards", "Token shards already in" if there else
+                "Token shards written to", folder, index["documents"], index["tokens"], len(index["shards"]))
+    return index
+
+
+def run_data(raw: dict, fingerprint: str, tokenizer, objective: Objective, data_args: PretrainDataArguments,
+             training_args: RunArguments):
+    """(train, eval, eval bytes per token, the run's data fingerprint): a stream is read by every process on its own
+    share of it, token shards are part of the fingerprint (a rerun on other shards is another run)."""
+    if data_args.streaming and not data_args.token_shards_dir and \
+            training_args.accelerator_config.dispatch_batches is None:
+        # accelerate's default for a stream is process 0 reading every process's batches and sending them out,
+        # which starves 8 GPUs
+        training_args.accelerator_config.dispatch_batches = False
+    shares = training_args.world_size * max(training_args.dataloader_num_workers, 1)
+    with training_args.main_process_first(desc="data preparation"):
+        train, evaluation, eval_bytes_per_token = prepare_pretraining_data(
+            raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed, stream_shares=shares)
+    if data_args.token_shards_dir:
+        fingerprint = f"{fingerprint} {token_shards_fingerprint(train)}"
+    return train, evaluation, eval_bytes_per_token, fingerprint
+
+
 def evaluate_language_model(trainer, objective: Objective, bytes_per_token: float) -> dict:
     """The held-out metrics: the Trainer's loss (token-weighted) and what the objective adds (perplexity...)."""
     metrics = trainer.evaluate()
@@ -83,19 +121,18 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     """
     run = Run(training_args, model_args, "pretrain")
     config, objective = config_and_objective(model_args)
-    if data_args.streaming and training_args.max_steps <= 0:
+    if data_args.streaming and not data_args.token_shards_dir and training_args.max_steps <= 0:
         raise RecipeError("key 'streaming': streaming needs max_steps (the stream has no known length)")
 
     raw, fingerprint, tokenizer = run_corpus_and_tokenizer(model_args, tokenizer_args, data_args, objective,
                                                            training_args)
-    with training_args.main_process_first(desc="data preparation"):
-        train_dataset, eval_dataset, eval_bytes_per_token = prepare_pretraining_data(
-            raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed)
+    train_dataset, eval_dataset, eval_bytes_per_token, fingerprint = run_data(raw, fingerprint, tokenizer, objective,
+                                                                              data_args, training_args)
     model = pretraining_model(config, objective, model_args, data_args, tokenizer)
     tokenizer.model_max_length = data_args.block_size
     logger.info("Model: %s (%s), %s parameters (shared weights counted once)", config.model_type, objective.name,
                 f"{count_parameters(model):,}")
-    if not data_args.streaming:
+    if hasattr(train_dataset, "__len__"):
         logger.info("Data: %d training blocks, %d evaluation blocks of %d tokens", len(train_dataset),
                     len(eval_dataset), data_args.block_size)
 

@@ -341,8 +341,8 @@ class _StreamSkipTimer(TrainerCallback):
 
 def announce_stream_skip(trainer, checkpoint: str | None) -> None:
     """Resuming a streaming run, the Trainer skips the batches already trained on by reading the stream again from
-    its start (process 0 reads, tokenizes and collates them; under DDP it also sends them to the others), and says
-    so below the default log level. This says how many, with progress and the time it took.
+    its start (each process its own share), and says so below the default log level. This says how many, with
+    progress and the time it took.
 
     No resumable position is used, so an exact resume reads the stream again: the Trainer (transformers 5.25 and
     earlier) does not use accelerate's stateful data loader, and datasets' `IterableDataset.state_dict` does not
@@ -358,8 +358,10 @@ def announce_stream_skip(trainer, checkpoint: str | None) -> None:
     args = trainer.args
     step = checkpoint_step(checkpoint)
     batches = step * args.gradient_accumulation_steps
-    # process 0 reads every process's batch (or, split_batches, one batch split between them)
-    count = batches * args.train_batch_size * (1 if args.accelerator_config.split_batches else args.world_size)
+    # each process reads its own share of the stream; dispatched, process 0 reads every process's batch (or,
+    # split_batches, one batch split between them)
+    dispatched = args.accelerator_config.dispatch_batches and not args.accelerator_config.split_batches
+    count = batches * args.train_batch_size * (args.world_size if dispatched else 1)
     if count == 0:
         return
     logger.info("Resuming a stream at step %d: skipping the %d batches (%d blocks) trained on, by reading the stream "

@@ -146,7 +146,7 @@ def is_run_folder(out: Path) -> bool:
 
 def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: float | None = None,
                finished: bool | None = None, inputs: dict | None = None, global_batch: int | None = None,
-               found_at_start: dict | None = None) -> None:
+               processes: int | None = None, found_at_start: dict | None = None) -> None:
     """Add files (relative paths) the run wrote, checkpoint folders being written, and state to the marker; files
     that no longer exist (rotated checkpoints) are dropped. A marker that is there but cannot be read is never
     written over (what the run wrote would be forgotten, its checkpoints taken for foreign ones)."""
@@ -170,6 +170,8 @@ def record_run(out: Path, files=(), pending=(), done_pending=(), session_start: 
         record["inputs"] = inputs
     if global_batch is not None:
         record["global_batch"] = global_batch
+    if processes is not None:
+        record["processes"] = processes
     if found_at_start is not None:
         record["found_at_start"] = found_at_start
     write_json_atomically(out / RUN_MARKER, record)
@@ -301,6 +303,12 @@ def _check_started_run(out: Path, training_args, finished: bool) -> bool:
                           f"batch x gradient accumulation), this launch would train on {global_batch(training_args)}"
                           f" ({training_args.world_size} process(es)): resume it with as many processes as before, "
                           "or pass --overwrite_output_dir true to start over")
+    processes = record.get("processes")
+    if processes and processes != training_args.world_size and read_run_recipe(out).get("streaming") is True and \
+            not finished and not training_args.overwrite_output_dir:
+        raise RecipeError(f"key 'output_dir': the streaming run in {out} split its stream between {processes} "
+                          f"processes, this launch has {training_args.world_size}: resume it with as many processes "
+                          "as before, or pass --overwrite_output_dir true to start over")
     return False
 
 
@@ -366,8 +374,9 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
         if training_args.should_save:
             out.mkdir(parents=True, exist_ok=True)
             if not is_run_folder(out) or never_started:
-                record_run(out, inputs=inputs or {}, global_batch=global_batch(training_args))  # first: from here
-                # on the folder is this run's
+                # first: from here on the folder is this run's
+                record_run(out, inputs=inputs or {}, global_batch=global_batch(training_args),
+                           processes=training_args.world_size)
                 write_recipe(previous_file, recipe, header)
                 record_run(out, files=[RUN_RECIPE])
             record_run(out)  # the session starts at the marker's time on the disk's clock, to which the files the

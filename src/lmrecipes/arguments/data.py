@@ -96,6 +96,13 @@ class PretrainDataArguments(DataSourceArguments):
                   "On GPUs with attn_implementation: sdpa the document mask rules out the flash kernel "
                   "(flash_attention_2 keeps it)."},
     )
+    token_shards_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder of token shards written by scripts/tokenize_corpus.py from this recipe's corpus "
+                  "and tokenizer: the training blocks are read from it (memory-mapped; each process reads just its "
+                  "own batches, and a resumed run starts at its exact position) instead of being tokenized, for "
+                  "any block_size. The held-out split still comes from the corpus (streaming or not)."},
+    )
     shuffle_buffer_size: int = field(
         default=1000,
         metadata={"help": "streaming: packed blocks held in memory to shuffle the stream (memory grows with it, "

@@ -11,7 +11,9 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import os
+from itertools import islice
 from pathlib import Path
 
 import datasets
@@ -270,3 +272,27 @@ def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
 
 
 datasets.logging.set_verbosity_warning()
+
+
+def stream_in_shares(dataset: IterableDataset, shares: int) -> IterableDataset:
+    """`dataset` as a stream of a multiple of `shares` shards (processes x data-loader workers), so that accelerate
+    gives each process its own shards (`IterableDataset.shard`, with dispatch_batches off) and each worker its own
+    part of them: every process reads, tokenizes and packs only its share, none waits on process 0.
+
+    A stream of n source shards (files) becomes n x k shards, k the least that makes n x k a multiple of `shares`:
+    shard (file i, part j) reads file i and keeps its rows j, j+k, j+2k, ... (1 when n already is a multiple:
+    each file is read once). Hand-written: datasets' `split_dataset_by_node` splits a stream between processes but
+    leaves one shard per process, which data-loader workers cannot share out.
+    """
+    parts = shares // math.gcd(dataset.n_shards, shares)
+    if parts == 1:
+        return dataset
+    sources = dataset.n_shards
+
+    def rows(source: list[int], part: list[int]):
+        for each, offset in zip(source, part):
+            yield from islice(dataset.shard(num_shards=sources, index=each), offset, None, parts)
+
+    pairs = [(each, offset) for each in range(sources) for offset in range(parts)]
+    return IterableDataset.from_generator(rows, features=dataset.features,
+                                          gen_kwargs={"source": [p[0] for p in pairs], "part": [p[1] for p in pairs]})
