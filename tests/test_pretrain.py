@@ -302,6 +302,7 @@ def test_build_model_from_a_recipe_has_the_recipes_vocabulary(causal_run):
 def test_a_stream_is_split_into_shares_that_cover_it_once():
     """stream_in_shares: 3 source shards for 4 shares (2 processes x 2 workers) become 12, and the 4 shares a
     launcher gives out hold every row once; a source already a multiple is left as it is."""
+    import torch
     from datasets import Dataset
 
     from lmrecipes.data.sources import stream_in_shares
@@ -313,3 +314,6 @@ def test_a_stream_is_split_into_shares_that_cover_it_once():
     assert sorted(sum(shares, [])) == sorted(f"doc {i}" for i in range(50))
     assert all(10 <= len(share) <= 15 for share in shares), [len(s) for s in shares]
     assert stream_in_shares(stream, 3) is stream
+    # read by 2 data-loader workers, as a process of a launch reads its share
+    loader = torch.utils.data.DataLoader(split.shard(num_shards=2, index=1), batch_size=None, num_workers=2)
+    assert sorted(row["text"] for row in loader) == sorted(shares[2] + shares[3])

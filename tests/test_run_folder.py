@@ -548,3 +548,24 @@ def test_a_started_run_resumed_with_another_global_batch_is_refused(tmp_path):
         claim_output_dir(args, RECIPE, "# a test run", {"data": "d1"})
     finish(out, {"eval_loss": 4.2})
     assert claim_output_dir(args, RECIPE, "# a test run", {"data": "d1"}) == {"eval_loss": 4.2}
+
+
+def test_a_started_streaming_run_resumed_with_another_number_of_processes_is_refused(tmp_path):
+    """A stream is split between the processes of a launch: 2 processes of batch 4 and 1 of batch 8 train on as
+    many rows per step, but on other shares of the stream, and each would skip another share. Refused for a
+    streaming run; a run on in-memory data goes on (its sampler covers the same blocks)."""
+    streaming = {**RECIPE, "streaming": True}
+    for recipe in (streaming, RECIPE):
+        out = tmp_path / f"run-{'streaming' if recipe is streaming else 'memory'}"
+        claim_output_dir(Arguments(output_dir=str(out), overwrite_output_dir=False, should_save=True, process_index=0,
+                                   world_size=2, per_device_train_batch_size=4, gradient_accumulation_steps=1),
+                         recipe, "# a test run", {"data": "d1"})
+        (out / "checkpoint-1").mkdir()
+        one = Arguments(output_dir=str(out), overwrite_output_dir=False, should_save=True, process_index=0,
+                        world_size=1, per_device_train_batch_size=8, gradient_accumulation_steps=1)
+        if recipe is streaming:
+            with pytest.raises(RecipeError, match=r"split its stream between 2 processes, this launch has 1: resume "
+                                                  "it with as many processes as before"):
+                claim_output_dir(one, recipe, "# a test run", {"data": "d1"})
+        else:
+            assert claim_output_dir(one, recipe, "# a test run", {"data": "d1"}) is None

@@ -291,7 +291,10 @@ def stream_in_shares(dataset: IterableDataset, shares: int) -> IterableDataset:
 
     def rows(source: list[int], part: list[int]):
         for each, offset in zip(source, part):
-            yield from islice(dataset.shard(num_shards=sources, index=each), offset, None, parts)
+            # the source shard's examples iterable, not the stream: a stream iterated inside a data-loader worker
+            # reads just that worker's share of its shards, and the other workers' rows would be lost
+            examples = dataset._ex_iterable.shard_data_sources(num_shards=sources, index=each)
+            yield from (example for _, example in islice(examples, offset, None, parts))
 
     pairs = [(each, offset) for each in range(sources) for offset in range(parts)]
     return IterableDataset.from_generator(rows, features=dataset.features,
