@@ -9,7 +9,8 @@ recipes/llama-125m needs.
 One process stands for rank 0 of `--ranks`: it reads the share that rank reads (a DistributedSampler's indices for
 map-style data; `IterableDataset.shard`, as accelerate does with dispatch_batches off, for a stream) through a
 DataLoader with the recipe's collator (document positions included), batches of llama-125m's shape (32 x 1024).
-Each rank of a real node has its own CPU cores, so one rank measured here is one rank there (given cores).
+Each rank of a real node has its own CPU cores, so one rank measured here is one rank there (given cores). With
+workers, "per worker" is the rank's rate over its workers; the main process shares the machine's cores with them.
 The corpus is the embedded one (~21 MB) as 100 kB documents; the tokenizer GPT-2's (50,257 tokens) from
 ../shared/data/tokenizers/gpt2 when there, else a 32k BPE trained on the corpus. Startup (time to the first
 batch: cache build, shard write, stream start) is reported apart from the steady rate.
@@ -93,6 +94,25 @@ def measure(loader, batches: int) -> tuple[float, float]:
     return first, tokens / seconds
 
 
+def byte_count_cost(tokenizer_dir: str, corpus: Path, rounds: int = 2) -> dict:
+    """Tokens/s of the document tokenizer with and without the per-token byte counts (which only held-out data
+    needs, for bits per byte), one process, batches of 16 documents as a stream tokenizes them."""
+    from lmrecipes.data.tokenizing import document_tokenizer
+    from lmrecipes.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir, key="tokenizer_name_or_path")
+    texts = [json.loads(line)["text"] for line in open(corpus, encoding="utf-8")][:160]
+    rates = {True: [], False: []}
+    for _ in range(rounds):
+        for with_bytes in (True, False):
+            tokenize = document_tokenizer(tokenizer, tokenizer.eos_token_id, "text", with_bytes=with_bytes)
+            start, tokens = time.perf_counter(), 0
+            for i in range(0, len(texts), 16):
+                tokens += sum(map(len, tokenize({"text": texts[i:i + 16]})["input_ids"]))
+            rates[with_bytes].append(tokens / (time.perf_counter() - start))
+    return {"ids_only_tokens_per_second": max(rates[False]), "with_bytes_tokens_per_second": max(rates[True])}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, default=8)
@@ -110,6 +130,7 @@ def main():
     os.environ["LMRECIPES_CACHE"] = str(work / "cache")
     os.environ["HF_DATASETS_CACHE"] = str(work / "hf")
     import lmrecipes
+    from lmrecipes.peak_flops import cpu_model_name
 
     corpus = write_corpus(work, args.base_mb, 1)
     tokenizer_dir = str(work / "tokenizer")
@@ -129,18 +150,23 @@ def main():
     write_seconds = time.perf_counter() - start
     print(f"token shards: {index['tokens']:,} tokens written in {write_seconds:.1f} s "
           f"({index['tokens'] / write_seconds:,.0f} tokens/s, 2 workers)", flush=True)
+    cost = byte_count_cost(tokenizer_dir, corpus)
+    print(f"tokenizing: {cost['ids_only_tokens_per_second']:,.0f} tokens/s for ids only (training data), "
+          f"{cost['with_bytes_tokens_per_second']:,.0f} with per-token bytes (held-out data): "
+          f"{cost['ids_only_tokens_per_second'] / cost['with_bytes_tokens_per_second']:.2f}x", flush=True)
     rows = []
     for mode in ("normal", "streaming", "shards"):
         for workers in args.workers:
             loader, setup = rank_loader(mode, corpus, tokenizer_dir, shards, args.ranks, workers)
             first, rate = measure(loader, args.batches)
             row = {"mode": mode, "workers": workers, "ranks": args.ranks, "setup_seconds": setup,
-                   "first_batch_seconds": first, "tokens_per_second_per_rank": rate,
+                   "first_batch_seconds": first, "seconds_to_first_batch": setup + first,
+                   "tokens_per_second_per_rank": rate,
                    "tokens_per_second_per_worker": rate / max(workers, 1)}
             rows.append(row)
             print(f"{mode:>9}, {workers} worker(s): {rate:>12,.0f} tokens/s per rank "
-                  f"({row['tokens_per_second_per_worker']:,.0f} per worker); setup {setup:5.1f} s, first batch "
-                  f"{first:5.2f} s", flush=True)
+                  f"({row['tokens_per_second_per_worker']:,.0f} per worker); first batch after {setup + first:5.2f}"
+                  f" s (setup {setup:.2f} s)", flush=True)
             del loader
     needs = llama_125m_needs()
     print(f"\nrecipes/llama-125m: {needs['flops_per_token']:.3g} FLOPs/token; one H100 (989 TFLOP/s dense bf16) "
@@ -152,7 +178,8 @@ def main():
             row["tokens_per_second_per_rank"] >= needs["tokens_per_second_per_gpu_at_45pct_mfu"]
     if args.output:
         Path(args.output).write_text(json.dumps({"rows": rows, "needs": needs, "shard_write_seconds": write_seconds,
-                                                 "shard_tokens": index["tokens"]}, indent=2))
+                                                 "shard_tokens": index["tokens"], "byte_count_cost": cost,
+                                                 "cpu": cpu_model_name()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def run_one(corpus: str, tokenizer_dir: str, streaming: bool, num_proc: int) -> 
     start = time.perf_counter()
     raw, fingerprint = load_raw_splits(data_args, streaming=streaming)
     raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction}, data_args.text_column))
-    train, _, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args)
+    train, _, _ = prepare_pretraining_data(raw, fingerprint, tokenizer, CAUSAL_LM, data_args, endless=False)
     if streaming:
         blocks = sum(1 for _ in train)
     else:

@@ -2,9 +2,9 @@
 # ~125M Llama, bf16, one GPU, 300 steps: lmrecipes' throughput figures (steady-state tokens/s median and p10/p90,
 # warm-up and first step apart, MFU with its FLOPs/token and peak, peak memory, data wait, attention kernel, TF32),
 # then the same model under a stock Trainer (benchmarks/stock_trainer_baseline.py). Offline, on the embedded corpus;
-# under 8 minutes on one H100 (tokenizer training and compile included).
+# planned to take under 8 minutes on one H100, tokenizer training and compile included (not yet run on a GPU).
 #
-#   bash benchmarks/gpu_pretrain.sh [--max_steps 300 ...]      # flags go to scripts/pretrain.py
+#   STEPS=300 bash benchmarks/gpu_pretrain.sh [--key value ...]     # steps of both runs; flags go to pretrain.py
 #
 # On a GPU machine without network or without datasets/evaluate/transformers: fetch wheels for its Python here
 # first (bash benchmarks/gpu_pretrain.sh --fetch-wheels, into .whl/, ~25 MB), carry .whl to the machine, and run
@@ -35,7 +35,8 @@ fi
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 $PY -c "import torch; print('torch', torch.__version__, 'GPU', torch.cuda.get_device_name(0))"
-$PY scripts/pretrain.py recipes/llama-125m/pretrain-gpu-benchmark.yaml --overwrite_output_dir true "$@"
+STEPS=${STEPS:-300}
+$PY scripts/pretrain.py recipes/llama-125m/pretrain-gpu-benchmark.yaml --overwrite_output_dir true --max_steps "$STEPS" "$@"
 $PY - <<'PYEOF'
 import json
 r = json.load(open("runs/llama-125m/gpu-benchmark/all_results.json"))
@@ -50,4 +51,4 @@ for key in ("train_tokens", "train_tokens_per_second", "train_tokens_per_second_
 PYEOF
 # the same model, batch, precision and compile under a stock Trainer (run_clm.py's data path), on the tokenizer
 # the run above trained
-$PY benchmarks/stock_trainer_baseline.py runs/llama-125m/gpu-benchmark --max_steps 300
+$PY benchmarks/stock_trainer_baseline.py runs/llama-125m/gpu-benchmark --max_steps "$STEPS"

@@ -1,6 +1,8 @@
 """Token shards: a corpus tokenized once by scripts/tokenize_corpus.py, trained on by runs of any block_size, read
 by each process of a launch on its own, resumed at the exact position; bad shards refused in one line."""
 
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -74,7 +76,7 @@ def test_two_processes_read_their_own_blocks_from_the_shards(shards, small_corpu
     assert ranks[0]["params"] == ranks[1]["params"]
 
 
-def test_a_run_on_shards_resumes_at_its_exact_position(shards, small_corpus, tmp_path):
+def test_a_run_on_shards_resumes_at_its_exact_position(shards, small_corpus, tmp_path, monkeypatch):
     """Stopped at step 3 of 6 and resumed: the same blocks in the same order, the same final weights as a run that
     was never stopped; no block is read to skip the ones trained on."""
 
@@ -93,12 +95,19 @@ def test_a_run_on_shards_resumes_at_its_exact_position(shards, small_corpus, tmp
 
     settings = {**TINY_LLAMA, **CORPUS_KEYS, "train_file": [small_corpus], "token_shards_dir": str(shards),
                 "max_steps": 6, "save_steps": 3, "seed": 5}
+    from lmrecipes.data.token_shards import TokenShardBlocks
+
+    read, block = [], TokenShardBlocks.__getitem__
+    monkeypatch.setattr(TokenShardBlocks, "__getitem__", lambda self, i: read.append(i) or block(self, i))
     whole, first, second = Blocks(), Blocks(stop_at=3), Blocks()
     done = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "whole"), callbacks=[whole])
+    besides_training = len(read) - 6 * 8  # blocks read outside the training steps (a run's checks of a sample)
     lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "first"), callbacks=[first])
+    read.clear()
     resumed = lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(tmp_path / "second"), callbacks=[second],
                                  resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-3"))
     assert len(whole.seen) == 6 and len(first.seen) == 3 and first.seen + second.seen == whole.seen
+    assert len(read) == 3 * 8 + besides_training, "the blocks of the 3 steps left, none read to skip the first 3"
     assert abs(resumed["eval_loss"] - done["eval_loss"]) < 1e-6
     assert read_json(tmp_path / "second" / "trainer_state.json")["global_step"] == 6
 
@@ -115,10 +124,55 @@ def test_shards_that_do_not_fit_the_run_are_refused_in_one_line(shards, small_co
     with pytest.raises(lmrecipes.RecipeError, match=r"another corpus \(files"):
         lmrecipes.pretrain(LLAMA_PRETRAIN, **{**base, "validation_fraction": 0.2}, token_shards_dir=str(shards),
                            output_dir=str(tmp_path / "c"))
+    other = tmp_path / "other-separator"
+    shutil.copytree(shards, other)
+    index = (other / "token-shards.json").read_text()
+    (other / "token-shards.json").write_text(index.replace('"eos_token"', '"sep_token"'))  # same size: whole
+    with pytest.raises(lmrecipes.RecipeError, match="written with another document separator"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **base, token_shards_dir=str(other), output_dir=str(tmp_path / "e"))
     cut = tmp_path / "cut"
     cut.mkdir()
     for path in shards.iterdir():
         (cut / path.name).write_bytes(path.read_bytes()[:1000] if path.suffix == ".bin" else path.read_bytes())
     with pytest.raises(lmrecipes.RecipeError, match=r"are not whole \(train-00000.bin is 1000 bytes"):
         lmrecipes.pretrain(LLAMA_PRETRAIN, **base, token_shards_dir=str(cut), output_dir=str(tmp_path / "d"))
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_a_stopped_write_leaves_nothing_and_a_folder_of_other_files_is_refused(small_corpus, tmp_path, monkeypatch):
+    """A write stopped after its first shard file leaves no token_shards_dir, and a killed one's `.tmp-` folder is
+    removed by the next write (its name has dashes, as the machine's may), which writes them whole; a folder holding
+    files of the user's is never taken."""
+    from lmrecipes.data import token_shards
+
+    keys = {"train_file": [small_corpus], **CORPUS_KEYS}
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    (mine / "corpus.txt").write_text("the user's own file")
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'token_shards_dir': .*my-data holds other files than "
+                                                    "token shards; name a new or empty folder"):
+        lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(mine), **keys)
+    assert [p.name for p in tmp_path.iterdir()] == ["my-data"] and list(mine.iterdir()) == [mine / "corpus.txt"]
+
+    folder = tmp_path / "tiny-shards"
+    killed = tmp_path / f".tmp-tiny-shards-{socket.gethostname()}-999999999-x1"  # a writer that has ended
+    killed.mkdir()
+    written = []
+
+    def stop_after_the_first(self, path, *args):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        return original(self, path, *args)
+
+    original = token_shards.np.ndarray.tofile
+    monkeypatch.setattr(token_shards, "TOKENS_PER_SHARD", 30_000)
+    with monkeypatch.context() as patch:
+        patch.setattr(token_shards, "_write_tokens", lambda tokens, path: stop_after_the_first(tokens, path))
+        with pytest.raises(KeyboardInterrupt):
+            lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(folder), **keys)
+    # the killed write's folder was removed, the stopped one's too (Ctrl-C unwinds)
+    assert written and sorted(p.name for p in tmp_path.iterdir()) == [".tiny-shards.lock", "my-data"]
+    index = lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(folder), **keys)
+    assert len(index["shards"]) == 4 and sum(s["tokens"] for s in index["shards"]) == index["tokens"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-shards.lock", "my-data", "tiny-shards"]

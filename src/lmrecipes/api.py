@@ -2,7 +2,7 @@
 
     import lmrecipes
     tokenizer = lmrecipes.train_tokenizer("recipes/tiny-llama/pretrain.yaml", vocab_size=2000)
-    lmrecipes.tokenize_corpus("recipes/tiny-llama/pretrain.yaml", token_shards_dir="runs/shards")  # large corpora
+    lmrecipes.tokenize_corpus("recipes/tiny-llama/pretrain.yaml", token_shards_dir="shards/tiny")  # large corpora
     model = lmrecipes.build_model("recipes/tiny-llama/pretrain.yaml", tokenizer=tokenizer)
     results = lmrecipes.pretrain("recipes/tiny-llama/pretrain.yaml", max_steps=50, output_dir="runs/nb")
     lmrecipes.finetune("recipes/tiny-llama/finetune-sentiment.yaml", model_name_or_path="runs/nb", ...)

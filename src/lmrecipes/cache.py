@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -67,12 +68,12 @@ def _writer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _abandoned(folder: Path, day_s: float = 86400.0) -> bool:
-    """A temporary folder of atomic_directory whose writer is gone: a process of this machine that has ended, or
-    any writer a day ago (one on another machine sharing the folder cannot be asked)."""
+def _abandoned(folder: Path, name: str, day_s: float = 86400.0) -> bool:
+    """A temporary folder of atomic_directory for the folder `name` whose writer is gone: a process of this machine
+    that has ended, or any writer a day ago (one on another machine sharing the folder cannot be asked)."""
     try:
-        host, pid, _ = folder.name.rsplit("-", 2)
-        host = host.split("-", 2)[2]  # .tmp-NAME-HOST or .old-NAME-HOST: NAME is a cache key, no dash
+        # .tmp-NAME-HOST-PID-RANDOM or .old-...: NAME and HOST may hold dashes, PID and mkdtemp's RANDOM do not
+        host, pid, _ = folder.name[len(f".tmp-{_short_name(name)}-"):].rsplit("-", 2)
         if host == socket.gethostname():
             os.kill(int(pid), 0)
             return False
@@ -108,8 +109,9 @@ def cached(folder: Path, build: Callable[[Path], None], what: str,
 def _build_entry(folder: Path, build: Callable[[Path], None], what: str) -> bool:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _turn(folder.parent / f".{folder.name}.lock"):
-        for left in [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]:
-            if _abandoned(left):
+        short = glob.escape(_short_name(folder.name))
+        for left in [*folder.parent.glob(f".tmp-{short}-*"), *folder.parent.glob(f".old-{short}-*")]:
+            if _abandoned(left, folder.name):
                 shutil.rmtree(left, ignore_errors=True)
         problem = cache_entry_problem(folder)
         if problem is None:  # built by another process while this one waited

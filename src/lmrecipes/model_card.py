@@ -25,7 +25,7 @@ def read_json(path: Path) -> dict:
 # The keys of a run's recipe.yaml / labels.json whose values are local paths (strings or lists of strings).
 PATH_KEYS = {"model_name_or_path", "tokenizer_name_or_path", "config_name", "train_file", "validation_file",
              "test_file", "output_dir", "logging_dir", "data_cache_dir", "resume_from_checkpoint", "base_model",
-             "deepspeed", "fsdp_config", "accelerator_config", "dataset_name"}
+             "deepspeed", "fsdp_config", "accelerator_config", "dataset_name", "token_shards_dir"}
 
 
 # Of PATH_KEYS, those whose values are always local paths (never a Hub id).

@@ -79,7 +79,8 @@ def tokenize_corpus(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
     there = write_token_shards(folder, raw["train"], tokenizer, objective, data_args.text_column, fingerprint,
                                workers=data_args.preprocessing_num_workers or 0)
     index = read_index(folder)
-    check_made_for(index, folder, tokenizer, objective, fingerprint)
+    check_made_for(index, folder, tokenizer, objective, fingerprint,
+                   remedy="delete that folder or name another token_shards_dir, and run this again")
     logger.info("%s %s: %d documents, %d tokens in %d shards", "Token shards already in" if there else
                 "Token shards written to", folder, index["documents"], index["tokens"], len(index["shards"]))
     return index
@@ -89,12 +90,19 @@ def run_data(raw: dict, fingerprint: str, tokenizer, objective: Objective, data_
              training_args: RunArguments):
     """(train, eval, eval bytes per token, the run's data fingerprint): a stream is read by every process on its own
     share of it, token shards are part of the fingerprint (a rerun on other shards is another run)."""
-    if data_args.streaming and not data_args.token_shards_dir and \
-            training_args.accelerator_config.dispatch_batches is None:
-        # accelerate's default for a stream is process 0 reading every process's batches and sending them out,
-        # which starves 8 GPUs
-        training_args.accelerator_config.dispatch_batches = False
     shares = training_args.world_size * max(training_args.dataloader_num_workers, 1)
+    if data_args.streaming and not data_args.token_shards_dir:
+        if training_args.accelerator_config.dispatch_batches is None:
+            # accelerate's default for a stream is process 0 reading every process's batches and sending them out,
+            # which starves 8 GPUs
+            training_args.accelerator_config.dispatch_batches = False
+        if training_args.accelerator_config.split_batches and training_args.world_size > 1:
+            logger.warning("accelerator_config split_batches: every process reads and tokenizes the whole stream "
+                           "(accelerate splits each batch instead of giving each process its own share)")
+        if data_args.max_train_samples and data_args.max_train_samples < shares:
+            raise RecipeError(f"key 'max_train_samples': a stream is split into {shares} shares (processes x "
+                              f"data-loader workers), each needs a block of the {data_args.max_train_samples}; "
+                              f"give at least {shares}")
     with training_args.main_process_first(desc="data preparation"):
         train, evaluation, eval_bytes_per_token = prepare_pretraining_data(
             raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed, stream_shares=shares)

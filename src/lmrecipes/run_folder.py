@@ -304,8 +304,9 @@ def _check_started_run(out: Path, training_args, finished: bool) -> bool:
                           f" ({training_args.world_size} process(es)): resume it with as many processes as before, "
                           "or pass --overwrite_output_dir true to start over")
     processes = record.get("processes")
-    if processes and processes != training_args.world_size and read_run_recipe(out).get("streaming") is True and \
-            not finished and not training_args.overwrite_output_dir:
+    started = read_run_recipe(out)
+    if processes and processes != training_args.world_size and started.get("streaming") is True and \
+            not started.get("token_shards_dir") and not finished and not training_args.overwrite_output_dir:
         raise RecipeError(f"key 'output_dir': the streaming run in {out} split its stream between {processes} "
                           f"processes, this launch has {training_args.world_size}: resume it with as many processes "
                           "as before, or pass --overwrite_output_dir true to start over")

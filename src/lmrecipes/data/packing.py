@@ -119,16 +119,17 @@ def _tokenize_and_pack(dataset, tokenizer, objective: Objective, block_size: int
 
 
 def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: Objective, args: PretrainDataArguments,
-                             *, shuffle_seed: int = 42, stream_shares: int = 1):
+                             *, shuffle_seed: int = 42, stream_shares: int = 1, endless: bool = True):
     """Tokenize and pack `raw["train"]` and `raw["validation"]`; return (train, eval, eval_bytes_per_token).
 
     Normal mode: tokenized+packed blocks are saved under the cache once per corpus+tokenizer+settings and
     reused on later runs (hand-written: datasets' own map cache cannot tell the user it was reused, and is
     keyed on pickled function state rather than on what defines the result). Streaming mode: the training
     blocks are produced on the fly, from `stream_shares` shares of the corpus (processes x data-loader workers,
-    `stream_in_shares`), and repeated without end so that no process runs out before another (max_steps ends the
-    run); the evaluation blocks (max_eval_samples, default 256) are materialized. token_shards_dir: the training
-    blocks come from its token shards instead (written by scripts/tokenize_corpus.py), the held-out ones as above.
+    `stream_in_shares`), and repeated without end (`endless`) so that no process runs out before another (max_steps
+    ends the run); the evaluation blocks (max_eval_samples, default 256) are materialized. token_shards_dir: the
+    training blocks come from its token shards instead (written by scripts/tokenize_corpus.py), the held-out ones as
+    above.
     """
     for split in raw.values():
         check_text_column(split, args.text_column)
@@ -139,7 +140,7 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
             train = Subset(train, sample_indices(len(train), args.max_train_samples, shuffle_seed))
     if args.streaming:
         if train is None:
-            train = _training_stream(raw["train"], tokenizer, objective, args, shuffle_seed, stream_shares)
+            train = _training_stream(raw["train"], tokenizer, objective, args, shuffle_seed, stream_shares, endless)
         blocks = _tokenize_and_pack(raw["validation"], tokenizer, objective, args.block_size, args.text_column,
                                     with_bytes=True)
         evaluation = Dataset.from_list(list(blocks.take(args.max_eval_samples or 256)))
@@ -160,13 +161,14 @@ def prepare_pretraining_data(raw: dict, fingerprint: str, tokenizer, objective: 
 
 
 def _training_stream(train_raw, tokenizer, objective: Objective, args: PretrainDataArguments, shuffle_seed: int,
-                     stream_shares: int):
+                     stream_shares: int, endless: bool):
+    passes = None if endless else 1
     # repeated below the shuffle buffer: each pass comes out in another order
-    train_raw = stream_in_shares(train_raw, stream_shares).repeat(None)
+    train_raw = stream_in_shares(train_raw, stream_shares).repeat(passes)
     train = _tokenize_and_pack(train_raw, tokenizer, objective, args.block_size, args.text_column,
                                with_bytes=False).shuffle(seed=shuffle_seed, buffer_size=args.shuffle_buffer_size)
     if args.max_train_samples:  # the first blocks of the shuffled stream, the same ones on every pass
-        train = train.take(args.max_train_samples).repeat(None)
+        train = train.take(args.max_train_samples).repeat(passes)
     return train
 
 

@@ -275,18 +275,21 @@ datasets.logging.set_verbosity_warning()
 
 
 def stream_in_shares(dataset: IterableDataset, shares: int) -> IterableDataset:
-    """`dataset` as a stream of a multiple of `shares` shards (processes x data-loader workers), so that accelerate
-    gives each process its own shards (`IterableDataset.shard`, with dispatch_batches off) and each worker its own
-    part of them: every process reads, tokenizes and packs only its share, none waits on process 0.
+    """`dataset` as a stream of at least `shares` shards (processes x data-loader workers), so that accelerate gives
+    each process its own shards (`IterableDataset.shard`, with dispatch_batches off) and each worker its own part
+    of them: every process reads, tokenizes and packs only its share, none waits on process 0.
 
-    A stream of n source shards (files) becomes n x k shards, k the least that makes n x k a multiple of `shares`:
-    shard (file i, part j) reads file i and keeps its rows j, j+k, j+2k, ... (1 when n already is a multiple:
-    each file is read once). Hand-written: datasets' `split_dataset_by_node` splits a stream between processes but
-    leaves one shard per process, which data-loader workers cannot share out.
+    A stream of at least `shares` source shards (files) is left as it is: shares differ by at most one file. Fewer
+    are first split where the format allows (`reshard`: parquet row groups); still fewer, n shards become n x k,
+    k the least that makes n x k a multiple of `shares`: shard (file i, part j) reads file i and keeps its rows
+    j, j+k, j+2k, ... (each file is read k times per pass). Hand-written: datasets' `split_dataset_by_node` splits a
+    stream between processes but leaves one shard per process, which data-loader workers cannot share out.
     """
-    parts = shares // math.gcd(dataset.n_shards, shares)
-    if parts == 1:
+    if dataset.n_shards < shares:
+        dataset = dataset.reshard()
+    if dataset.n_shards >= shares:
         return dataset
+    parts = shares // math.gcd(dataset.n_shards, shares)
     sources = dataset.n_shards
 
     def rows(source: list[int], part: list[int]):

@@ -41,14 +41,21 @@ def _dtype(tokenizer) -> str:
 
 
 def write_token_shards(folder: Path, documents, tokenizer, objective: Objective, text_column: str,
-                       corpus_fingerprint: str, *, workers: int = 0,
-                       tokens_per_shard: int = TOKENS_PER_SHARD) -> bool:
+                       corpus_fingerprint: str, *, workers: int = 0, tokens_per_shard: int | None = None) -> bool:
     """Tokenize the stream of `documents` (each ends with the objective's separator) into token shards in `folder`,
     by `workers` data-loader processes, each on its own share of the stream, in a fixed order; True when `folder`
     already held them whole. Written to a temporary folder and renamed: a stopped write leaves nothing half-done,
     and its rerun starts over."""
     separator = getattr(tokenizer, f"{objective.separator}_id")
     dtype = np.dtype(_dtype(tokenizer))
+    tokens_per_shard = tokens_per_shard or TOKENS_PER_SHARD
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / INDEX).is_file():
+        # cached() would take it for a damaged entry and replace it: never with a folder of the user's files
+        raise RecipeError(f"key 'token_shards_dir': {folder} holds other files than token shards; name a new or "
+                          "empty folder")
+    if folder.exists() and not folder.is_dir():
+        raise RecipeError(f"key 'token_shards_dir': {folder} is a file, not a folder")
 
     if not isinstance(documents, IterableDataset):  # read as a stream all the same: nothing cached twice
         documents = documents.to_iterable_dataset(num_shards=max(workers, 1))
@@ -64,13 +71,14 @@ def write_token_shards(folder: Path, documents, tokenizer, objective: Objective,
 
         def flush(pieces: list) -> None:
             name = f"train-{len(shards):05d}.bin"
-            tokens = np.concatenate(pieces).astype(dtype)
-            tokens.tofile(tmp / name)
-            shards.append({"file": name, "tokens": int(tokens.size)})
+            tokens = np.concatenate(pieces)
+            _write_tokens(tokens, tmp / name)
+            shards.append({"file": name, "tokens": int(tokens.size),
+                           "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()})
 
         filled = 0
         for row in loader:
-            ids = np.asarray(row["input_ids"], dtype=np.int64)
+            ids = np.asarray(row["input_ids"]).astype(dtype)  # held at 2 or 4 bytes a token until written
             documents_seen += 1
             while filled + ids.size >= tokens_per_shard:  # a document may go on in the next shard
                 room = tokens_per_shard - filled
@@ -90,11 +98,15 @@ def write_token_shards(folder: Path, documents, tokenizer, objective: Objective,
                  "corpus_fingerprint": corpus_fingerprint, "text_column": text_column}
         (tmp / INDEX).write_text(json.dumps(index, indent=1))
 
-    return cached(Path(folder), build, "token shards", remedy="pick a writable token_shards_dir with space")
+    return cached(folder, build, "token shards", remedy="pick a writable token_shards_dir with space")
 
 
 def _as_is(row):
     return row
+
+
+def _write_tokens(tokens: np.ndarray, path: Path) -> None:
+    tokens.tofile(path)
 
 
 def read_index(folder: Path) -> dict:
@@ -116,7 +128,9 @@ def read_index(folder: Path) -> dict:
     return index
 
 
-def check_made_for(index: dict, folder: Path, tokenizer, objective: Objective, corpus_fingerprint: str) -> None:
+def check_made_for(index: dict, folder: Path, tokenizer, objective: Objective, corpus_fingerprint: str,
+                   remedy: str = "write this recipe's with scripts/tokenize_corpus.py into another token_shards_dir"
+                   ) -> None:
     """The shards were written from this run's corpus (so that the held-out split is not among them), with its
     tokenizer and separator."""
     made = [("corpus (files, text_column, validation_fraction, skip_bad_rows)", index.get("corpus_fingerprint"),
@@ -126,8 +140,7 @@ def check_made_for(index: dict, folder: Path, tokenizer, objective: Objective, c
     for what, theirs, ours in made:
         if theirs != ours:
             raise RecipeError(f"key 'token_shards_dir': the token shards in {folder} were written with another "
-                              f"{what} than this recipe's; write them again with scripts/tokenize_corpus.py and "
-                              "this recipe")
+                              f"{what} than this recipe's; {remedy}")
 
 
 class TokenShardBlocks(torch.utils.data.Dataset):

@@ -33,7 +33,8 @@ def _token_bytes(text: str, offsets) -> list[int]:
 def document_tokenizer(tokenizer, separator: int, text_column: str, with_bytes: bool):
     """The batched map function that tokenizes documents (no special tokens) and ends each with `separator`;
     `with_bytes`: also gives every token the UTF-8 bytes of the text it came from (`token_bytes`), which held-out
-    data needs for bits per byte and training data does not (the offsets cost about a fifth of tokenizing)."""
+    data needs for bits per byte and training data does not (tokenizing is 1.5x faster without them:
+    benchmarks/data_path.py)."""
     byte_level = _is_byte_level(tokenizer)
 
     def token_sizes(text: str, ids: list[int], offsets) -> list[int]:
