@@ -19,7 +19,6 @@ from lmrecipes.pretraining import tokenize_corpus
 from lmrecipes.recipe import parse_recipe
 
 
-@exit_on_recipe_error
 def main(argv=None):
     model_args, tokenizer_args, data_args, training_args, _ = parse_recipe(
         PRETRAIN_ARGUMENTS, sys.argv[1:] if argv is None else argv)
@@ -30,6 +29,9 @@ def main(argv=None):
           f"{data_args.token_shards_dir}")
     return index
 
+
+main.rerun = "the same command writes the token shards again (nothing was left half-written)"
+main = exit_on_recipe_error(main)
 
 if __name__ == "__main__":
     main()

@@ -260,3 +260,14 @@ def test_a_build_lock_that_a_live_process_holds_is_kept(tmp_path):
     assert launch.remove_orphaned_build_lock(lock, young_s=2.0) and not lock.exists()
     assert time.monotonic() - started >= 1.0, "a young lock is given time to go away first"
     assert not launch.remove_orphaned_build_lock(lock)  # nothing left to remove
+
+
+def test_an_error_raised_in_a_data_loader_worker_is_still_one_line():
+    """A RecipeError raised in a data-loader worker reaches the script as torch re-raises it, with the worker's
+    traceback as its text: the line printed is the error's own."""
+    from lmrecipes.launch import _stop_message
+
+    arrived = RecipeError("Caught RecipeError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                          "last):\n  File \"x.py\", line 1, in rows\nlmrecipes.errors.RecipeError: share 2 of the 2 the"
+                          " training stream is split into holds no row\n")
+    assert _stop_message(arrived) == ("share 2 of the 2 the training stream is split into holds no row", 2)

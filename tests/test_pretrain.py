@@ -300,20 +300,26 @@ def test_build_model_from_a_recipe_has_the_recipes_vocabulary(causal_run):
 
 
 def test_a_stream_is_split_into_shares_that_cover_it_once():
-    """stream_in_shares: 3 source shards for 4 shares (2 processes x 2 workers) become 12, and the 4 shares a
-    launcher gives out hold every row once; a source already a multiple is left as it is."""
+    """stream_in_shares: 3 source shards for 4 shares (2 processes x 2 workers): the 4 shares a launcher gives out
+    hold every row once, each drawing on every source in proportion to its size (repeating a share keeps each
+    file's weight); read by a process's 2 data-loader workers, its shares arrive whole. For writing token shards,
+    a source of enough files is left as it is."""
     import torch
-    from datasets import Dataset
+    from datasets import Dataset, concatenate_datasets
 
     from lmrecipes.data.sources import stream_in_shares
 
-    stream = Dataset.from_dict({"text": [f"doc {i}" for i in range(50)]}).to_iterable_dataset(num_shards=3)
+    big = Dataset.from_dict({"text": [f"big {i}" for i in range(40)]})
+    small = Dataset.from_dict({"text": [f"small {i}" for i in range(8)]})
+    stream = concatenate_datasets([big, small]).to_iterable_dataset(num_shards=3)  # 16 rows a shard: 16, 16, 8 + 8
     split = stream_in_shares(stream, 4)
-    assert split.n_shards == 12
+    assert split.n_shards == 4
     shares = [[row["text"] for row in split.shard(num_shards=4, index=i)] for i in range(4)]
-    assert sorted(sum(shares, [])) == sorted(f"doc {i}" for i in range(50))
-    assert all(10 <= len(share) <= 15 for share in shares), [len(s) for s in shares]
-    assert stream_in_shares(stream, 3) is stream
-    # read by 2 data-loader workers, as a process of a launch reads its share
+    assert sorted(sum(shares, [])) == sorted(list(big["text"]) + list(small["text"]))
+    assert [sum(t.startswith("small") for t in share) for share in shares] == [2, 2, 2, 2]
     loader = torch.utils.data.DataLoader(split.shard(num_shards=2, index=1), batch_size=None, num_workers=2)
     assert sorted(row["text"] for row in loader) == sorted(shares[2] + shares[3])
+    assert stream_in_shares(stream, 3, balanced=False) is stream
+    lonely = stream_in_shares(Dataset.from_dict({"text": ["one document"]}).to_iterable_dataset(), 2)
+    with pytest.raises(lmrecipes.RecipeError, match="share 2 of the 2 the training stream is split into"):
+        list(lonely.shard(num_shards=2, index=1))

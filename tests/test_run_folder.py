@@ -569,3 +569,30 @@ def test_a_started_streaming_run_resumed_with_another_number_of_processes_is_ref
                 claim_output_dir(one, recipe, "# a test run", {"data": "d1"})
         else:
             assert claim_output_dir(one, recipe, "# a test run", {"data": "d1"}) is None
+
+
+def test_a_cache_build_lock_ends_with_its_process_not_with_its_forked_workers(tmp_path):
+    """A build (token shards, tokenized data) forks data-loader workers while it holds its turn: they let go of
+    the lock, so that the rerun of a killed build does not wait on its orphaned workers."""
+    import fcntl
+
+    from lmrecipes.cache import _turn
+
+    lock = tmp_path / ".entry.lock"
+    with _turn(lock):
+        worker = os.fork()
+        if worker == 0:  # the orphan lives on after the build ended
+            time.sleep(6)
+            os._exit(0)
+    try:
+        with open(lock, "a") as rerun:
+            for _ in range(20):  # the worker closes its copy as it starts
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(rerun, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the build's lock is still held by its forked worker")
+    finally:
+        os.kill(worker, 9)
+        os.waitpid(worker, 0)

@@ -130,6 +130,19 @@ def test_shards_that_do_not_fit_the_run_are_refused_in_one_line(shards, small_co
     (other / "token-shards.json").write_text(index.replace('"eos_token"', '"sep_token"'))  # same size: whole
     with pytest.raises(lmrecipes.RecipeError, match="written with another document separator"):
         lmrecipes.pretrain(LLAMA_PRETRAIN, **base, token_shards_dir=str(other), output_dir=str(tmp_path / "e"))
+    described = tmp_path / "index-edited"  # the same size, another token count
+    shutil.copytree(shards, described)
+    text = (described / "token-shards.json").read_text()
+    count = str(read_json(shards / "token-shards.json")["tokens"])
+    (described / "token-shards.json").write_text(text.replace(count, ("9" if count[0] != "9" else "8") + count[1:]))
+    with pytest.raises(lmrecipes.RecipeError, match="does not describe its shards"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **base, token_shards_dir=str(described), output_dir=str(tmp_path / "f"))
+    overwritten = tmp_path / "overwritten"  # every token replaced in place, the file's size kept
+    shutil.copytree(shards, overwritten)
+    np.full(read_json(shards / "token-shards.json")["tokens"], 65535, dtype=np.uint16).tofile(
+        overwritten / "train-00000.bin")
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds token id 65535 at block \d+, past the tokenizer's 512"):
+        lmrecipes.pretrain(LLAMA_PRETRAIN, **base, token_shards_dir=str(overwritten), output_dir=str(tmp_path / "g"))
     cut = tmp_path / "cut"
     cut.mkdir()
     for path in shards.iterdir():
@@ -149,10 +162,19 @@ def test_a_stopped_write_leaves_nothing_and_a_folder_of_other_files_is_refused(s
     mine = tmp_path / "my-data"
     mine.mkdir()
     (mine / "corpus.txt").write_text("the user's own file")
-    with pytest.raises(lmrecipes.RecipeError, match=r"key 'token_shards_dir': .*my-data holds other files than "
-                                                    "token shards; name a new or empty folder"):
+    with pytest.raises(lmrecipes.RecipeError, match=r"key 'token_shards_dir': .*my-data holds files that are no "
+                                                    r"token shards of lmrecipes \(corpus.txt\); name a new or empty"):
         lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(mine), **keys)
     assert [p.name for p in tmp_path.iterdir()] == ["my-data"] and list(mine.iterdir()) == [mine / "corpus.txt"]
+    (mine / "token-shards.json").write_text('{"mine": 1}')  # a file of that name is not enough
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds files that are no token shards of lmrecipes \(corpus.txt, "
+                                                    r"token-shards.json\)"):
+        lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(mine), **keys)
+    (tmp_path / "link").symlink_to(mine)
+    with pytest.raises(lmrecipes.RecipeError, match="is a link; name the folder itself"):
+        lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(tmp_path / "link"), **keys)
+    (tmp_path / "link").unlink()
+    assert sorted(p.name for p in mine.iterdir()) == ["corpus.txt", "token-shards.json"]
 
     folder = tmp_path / "tiny-shards"
     killed = tmp_path / f".tmp-tiny-shards-{socket.gethostname()}-999999999-x1"  # a writer that has ended
@@ -176,3 +198,10 @@ def test_a_stopped_write_leaves_nothing_and_a_folder_of_other_files_is_refused(s
     index = lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(folder), **keys)
     assert len(index["shards"]) == 4 and sum(s["tokens"] for s in index["shards"]) == index["tokens"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny-shards.lock", "my-data", "tiny-shards"]
+    # shards damaged (cut short) beside a file of the user's: refused, not written over
+    (folder / "README.md").write_text("my notes on these shards")
+    (folder / "train-00001.bin").write_bytes((folder / "train-00001.bin").read_bytes()[:100])
+    with pytest.raises(lmrecipes.RecipeError, match=r"holds files that are no token shards of lmrecipes \(README.md\)"):
+        lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(folder), **keys)
+    (folder / "README.md").unlink()
+    assert lmrecipes.tokenize_corpus(LLAMA_PRETRAIN, token_shards_dir=str(folder), **keys) == index  # written again

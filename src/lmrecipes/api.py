@@ -116,10 +116,13 @@ def end_launched_process(code: int = 0) -> None:
     group, runs Python's exit handlers and exits with `code`, skipping the interpreter's teardown. There a process
     group that DDP still holds is torn down with its gloo threads running, which now and then aborts a finished run
     (`terminate called without an active exception`, exit -6); the scripts end this way. In a single process it
-    does nothing (a notebook goes on)."""
+    does nothing (a notebook goes on). Files of yours still open are not flushed by it: close them first (a `with`
+    block)."""
     from .launch import close_process_group, launched_processes
     from .launch import end_launched_process as end_now
 
+    if not isinstance(code, int):
+        raise TypeError(f"end_launched_process(code): an exit code (int), got {code!r}")
     if launched_processes() <= 1:
         return
     close_process_group()

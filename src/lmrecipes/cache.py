@@ -100,7 +100,7 @@ def cached(folder: Path, build: Callable[[Path], None], what: str,
     except Exception as err:  # noqa: BLE001 - the tokenizers library reports OS errors as plain Exceptions
         code = os_error_number(err)
         if code not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
-                        errno.ENOTDIR, errno.EEXIST):  # the cache folder is a file
+                        errno.ENOTDIR, errno.EEXIST, errno.ENOENT):  # a file where a folder goes; /proc
             raise
         raise RecipeError(f"cannot write the {what} at {folder} ({os.strerror(code)}): {remedy} (or raise the "
                           "file-size limit)") from None
@@ -136,10 +136,26 @@ def _turn(path: Path):
         logger.warning("Building %s without a lock (%s)", path.name.removesuffix(".lock").lstrip("."), err)
         yield
         return
+    _turns_held.add(handle)
     try:
         yield
     finally:
+        _turns_held.discard(handle)
         handle.close()
+
+
+_turns_held: set = set()  # the lock files of this process's turns
+
+
+def _let_go_in_child() -> None:
+    """A forked process (a data-loader worker of a build) shares its parent's flock; it closes its copies, so that
+    a killed build's orphaned workers do not keep the next build waiting."""
+    for handle in _turns_held:
+        handle.close()
+    _turns_held.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def flushed_sizes(folder: Path, leave_out: str = "") -> dict[str, int]:

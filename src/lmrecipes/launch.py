@@ -320,25 +320,31 @@ def _stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_message(err: BaseException) -> tuple[str, int]:
-    """The one line and the exit code (the shell's 128 + signal number for a stop) for an error or a stop."""
+RERUN_GOES_ON = "the same command goes on from where the run stopped (its last complete checkpoint)"
+
+
+def _stop_message(err: BaseException, rerun: str = RERUN_GOES_ON) -> tuple[str, int]:
+    """The one line and the exit code (the shell's 128 + signal number for a stop) for an error or a stop; `rerun`
+    says what running the same command again does."""
     if isinstance(err, RecipeError):
-        return " ".join(str(err).split()), 2
+        # raised in a data-loader worker, it arrives with the worker's traceback as its text: its own line is last
+        raised = [line for line in str(err).splitlines() if line.startswith(f"{RecipeError.__module__}.RecipeError: ")]
+        text = raised[-1].split(": ", 1)[1] if raised else str(err)
+        return " ".join(text.split()), 2
     if not isinstance(err, KeyboardInterrupt):  # out of space (out_of_space), wherever the script was writing
         where = getattr(err, "filename2", None) or getattr(err, "filename", None)
         return (f"writing {where or 'a file'} failed ({first_line(err)}): free some space (the disk, quota or "
                 "file-size limit is full), then run the same command again"), 2
-    resume = "the same command goes on from where the run stopped (its last complete checkpoint)"
     if isinstance(err, Terminated):
-        return f"stopped (SIGTERM); {resume}", 128 + signal.SIGTERM
-    return f"interrupted (Ctrl-C); {resume}", 128 + signal.SIGINT
+        return f"stopped (SIGTERM); {rerun}", 128 + signal.SIGTERM
+    return f"interrupted (Ctrl-C); {rerun}", 128 + signal.SIGINT
 
 
 def exit_on_recipe_error(main):
     """Decorate a script's `main` so that a `RecipeError` or a write that found no space prints `error: ...` on
-    stderr and exits with 2, and Ctrl-C or SIGTERM prints one line and exits with 130 or 143; a distributed process
-    group the run opened is closed at the end (left open, a gloo process could abort at exit and fail a finished
-    run)."""
+    stderr and exits with 2, and Ctrl-C or SIGTERM prints one line (what a rerun does: `main.rerun` where the
+    script says it) and exits with 130 or 143; a distributed process group the run opened is closed at the end
+    (left open, a gloo process could abort at exit and fail a finished run)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -350,7 +356,7 @@ def exit_on_recipe_error(main):
                     not (isinstance(err, Exception) and out_of_space(err)):
                 raise
             close_process_group()
-            message, code = _stop_message(err)
+            message, code = _stop_message(err, getattr(main, "rerun", RERUN_GOES_ON))
             # one write, newline included: print's text and newline are two writes, and the lines of processes
             # failing together would interleave
             sys.stderr.write(f"error: {message}\n")

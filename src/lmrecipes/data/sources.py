@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 from itertools import islice
 from pathlib import Path
@@ -274,31 +273,40 @@ def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
 datasets.logging.set_verbosity_warning()
 
 
-def stream_in_shares(dataset: IterableDataset, shares: int) -> IterableDataset:
-    """`dataset` as a stream of at least `shares` shards (processes x data-loader workers), so that accelerate gives
-    each process its own shards (`IterableDataset.shard`, with dispatch_batches off) and each worker its own part
-    of them: every process reads, tokenizes and packs only its share, none waits on process 0.
+def stream_in_shares(dataset: IterableDataset, shares: int, balanced: bool = True) -> IterableDataset:
+    """`dataset` as a stream of `shares` shards (processes x data-loader workers): accelerate gives each process its
+    run of them (`IterableDataset.shard`, with dispatch_batches off) and datasets each worker one, so that every
+    process reads, tokenizes and packs only its share, and none waits on process 0.
 
-    A stream of at least `shares` source shards (files) is left as it is: shares differ by at most one file. Fewer
-    are first split where the format allows (`reshard`: parquet row groups); still fewer, n shards become n x k,
-    k the least that makes n x k a multiple of `shares`: shard (file i, part j) reads file i and keeps its rows
-    j, j+k, j+2k, ... (each file is read k times per pass). Hand-written: datasets' `split_dataset_by_node` splits a
-    stream between processes but leaves one shard per process, which data-loader workers cannot share out.
+    `balanced` (training): share j holds rows j, j + shares, j + 2 x shares, ... of every source shard (file),
+    taken from the files in turn: the shares are equal whatever the files' sizes, so that repeating each share
+    keeps every file's weight (the price: every share reads every file). Else (writing token shards, where only the
+    total matters) a stream of at least `shares` files is split by file, each read once.
+    Hand-written: datasets' `split_dataset_by_node` gives each process whole files when their number divides (shares
+    as unequal as the files) and leaves one shard per process, which data-loader workers cannot share out.
     """
-    if dataset.n_shards < shares:
-        dataset = dataset.reshard()
-    if dataset.n_shards >= shares:
-        return dataset
-    parts = shares // math.gcd(dataset.n_shards, shares)
     sources = dataset.n_shards
+    if not balanced and sources >= shares:
+        return dataset
 
-    def rows(source: list[int], part: list[int]):
-        for each, offset in zip(source, part):
-            # the source shard's examples iterable, not the stream: a stream iterated inside a data-loader worker
-            # reads just that worker's share of its shards, and the other workers' rows would be lost
-            examples = dataset._ex_iterable.shard_data_sources(num_shards=sources, index=each)
-            yield from (example for _, example in islice(examples, offset, None, parts))
+    def rows(part: list[int]):
+        for share in part:
+            # the examples iterables of the source shards, not the stream: a stream iterated inside a data-loader
+            # worker reads just that worker's share of its shards, and the other workers' rows would be lost
+            files = [islice(dataset._ex_iterable.shard_data_sources(num_shards=sources, index=each), share, None,
+                            shares) for each in range(sources)]
+            rows_read = 0
+            while files:  # in turn, so that the files mix; each is read to its end
+                for file in list(files):
+                    example = next(file, None)
+                    if example is None:
+                        files.remove(file)
+                    else:
+                        rows_read += 1
+                        yield example[1]
+            if balanced and not rows_read:  # its process would stop while the others wait for it
+                raise RecipeError(f"share {share + 1} of the {shares} the training stream is split into (processes "
+                                  "x data-loader workers) holds no row: the stream has fewer documents than "
+                                  "shares; launch fewer processes or workers, or give more data")
 
-    pairs = [(each, offset) for each in range(sources) for offset in range(parts)]
-    return IterableDataset.from_generator(rows, features=dataset.features,
-                                          gen_kwargs={"source": [p[0] for p in pairs], "part": [p[1] for p in pairs]})
+    return IterableDataset.from_generator(rows, features=dataset.features, gen_kwargs={"part": list(range(shares))})

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from datasets import IterableDataset
 
-from ..cache import cache_entry_problem, cached, tokenizer_fingerprint
+from ..cache import CACHE_MANIFEST, cache_entry_problem, cached, tokenizer_fingerprint
 from ..errors import RecipeError
 from ..objectives import Objective
 from .sources import stream_in_shares
@@ -50,18 +50,13 @@ def write_token_shards(folder: Path, documents, tokenizer, objective: Objective,
     dtype = np.dtype(_dtype(tokenizer))
     tokens_per_shard = tokens_per_shard or TOKENS_PER_SHARD
     folder = Path(folder)
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / INDEX).is_file():
-        # cached() would take it for a damaged entry and replace it: never with a folder of the user's files
-        raise RecipeError(f"key 'token_shards_dir': {folder} holds other files than token shards; name a new or "
-                          "empty folder")
-    if folder.exists() and not folder.is_dir():
-        raise RecipeError(f"key 'token_shards_dir': {folder} is a file, not a folder")
+    _check_writable_here(folder)
 
     if not isinstance(documents, IterableDataset):  # read as a stream all the same: nothing cached twice
         documents = documents.to_iterable_dataset(num_shards=max(workers, 1))
 
     def build(tmp: Path) -> None:
-        stream = stream_in_shares(documents, max(workers, 1)).select_columns([text_column]).map(
+        stream = stream_in_shares(documents, max(workers, 1), balanced=False).select_columns([text_column]).map(
             document_tokenizer(tokenizer, separator, text_column, with_bytes=False), batched=True,
             remove_columns=[text_column])
         # batch_size=None: one tokenized document at a time, as an array; workers take turns in a fixed order
@@ -101,6 +96,26 @@ def write_token_shards(folder: Path, documents, tokenizer, objective: Objective,
     return cached(folder, build, "token shards", remedy="pick a writable token_shards_dir with space")
 
 
+def _check_writable_here(folder: Path) -> None:
+    """Token shards are written to a new or empty folder, or over the shards of an earlier write (cached() replaces
+    a damaged entry whole): never over a folder that holds files of the user's."""
+    if folder.is_symlink():
+        raise RecipeError(f"key 'token_shards_dir': {folder} is a link; name the folder itself")
+    if folder.exists() and not folder.is_dir():
+        raise RecipeError(f"key 'token_shards_dir': {folder} is a file, not a folder")
+    if not folder.is_dir() or cache_entry_problem(folder) is None:  # new, or whole shards: reused as they are
+        return
+    try:
+        written = set(json.loads((folder / CACHE_MANIFEST).read_text())["sizes"]) | {CACHE_MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        written = set()
+    others = sorted(path.name for path in folder.iterdir() if path.name not in written)
+    if others:
+        raise RecipeError(f"key 'token_shards_dir': {folder} holds files that are no token shards of lmrecipes "
+                          f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); name a new or empty "
+                          "folder")
+
+
 def _as_is(row):
     return row
 
@@ -125,6 +140,14 @@ def read_index(folder: Path) -> dict:
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise RecipeError(f"key 'token_shards_dir': {folder} holds no lmrecipes token shards ({INDEX} is not "
                           f"{FORMAT})")
+    try:
+        itemsize = np.dtype(index["dtype"]).itemsize
+        for shard in index["shards"]:
+            if (folder / shard["file"]).stat().st_size != int(shard["tokens"]) * itemsize:
+                raise ValueError(f"{shard['file']} does not hold {shard['tokens']} tokens of {index['dtype']}")
+    except (KeyError, TypeError, ValueError, OSError) as err:
+        raise RecipeError(f"key 'token_shards_dir': {folder / INDEX} does not describe its shards ({err}); write "
+                          "them again with scripts/tokenize_corpus.py") from None
     return index
 
 
@@ -154,7 +177,7 @@ class TokenShardBlocks(torch.utils.data.Dataset):
         self.body = block_size - 2 if wrap else block_size
         self.shards = [(shard["file"], shard["tokens"]) for shard in index["shards"]]
         self.starts = np.cumsum([0] + [tokens // self.body for _, tokens in self.shards])
-        self.cls, self.sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.cls, self.sep, self.vocabulary = tokenizer.cls_token_id, tokenizer.sep_token_id, len(tokenizer)
         self.specials = set(tokenizer.all_special_ids)
         self._maps: dict[int, np.memmap] = {}
 
@@ -175,7 +198,12 @@ class TokenShardBlocks(torch.utils.data.Dataset):
         index %= len(self)
         number = int(np.searchsorted(self.starts, index, side="right")) - 1
         start = int(index - self.starts[number]) * self.body
-        tokens = self._shard(number)[start : start + self.body].astype(np.int64).tolist()
+        tokens = self._shard(number)[start : start + self.body].astype(np.int64)
+        if tokens.size and tokens.max() >= self.vocabulary:  # a shard written over since: never an index error
+            raise RecipeError(f"key 'token_shards_dir': {self.folder / self.shards[number][0]} holds token id "
+                              f"{tokens.max()} at block {index}, past the tokenizer's {self.vocabulary}: the file "
+                              "was changed since it was written; write the shards again")
+        tokens = tokens.tolist()
         if not self.wrap:
             return {"input_ids": tokens, "labels": list(tokens)}
         ids = [self.cls, *tokens, self.sep]
