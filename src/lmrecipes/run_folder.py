@@ -304,13 +304,17 @@ def _check_started_run(out: Path, training_args, finished: bool) -> bool:
                           f" ({training_args.world_size} process(es)): resume it with as many processes as before, "
                           "or pass --overwrite_output_dir true to start over")
     processes = record.get("processes")
-    started = read_run_recipe(out)
-    if processes and processes != training_args.world_size and started.get("streaming") is True and \
-            not started.get("token_shards_dir") and not finished and not training_args.overwrite_output_dir:
+    if processes and processes != training_args.world_size and not finished and \
+            not training_args.overwrite_output_dir and _splits_a_stream(read_run_recipe(out)):
         raise RecipeError(f"key 'output_dir': the streaming run in {out} split its stream between {processes} "
                           f"processes, this launch has {training_args.world_size}: resume it with as many processes "
                           "as before, or pass --overwrite_output_dir true to start over")
     return False
+
+
+def _splits_a_stream(recipe: dict) -> bool:
+    """The run trains on a stream, split between its processes (token shards are read by index instead)."""
+    return recipe.get("streaming") is True and not recipe.get("token_shards_dir")
 
 
 def _finished_results(out: Path, results_file: Path) -> dict:
