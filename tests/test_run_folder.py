@@ -455,10 +455,23 @@ def test_a_second_command_on_a_folder_in_use_is_refused(tmp_path, small_corpus):
     assert lmrecipes.pretrain(LLAMA_PRETRAIN, **settings, output_dir=str(out)) == results  # this process: again
 
 
+def _lock_taken_soon(path: Path) -> bool:
+    """Whether another holder can take the flock on `path` within 2 s (a forked worker closes its copy as it
+    starts)."""
+    import fcntl
+
+    with open(path, "a") as rerun:
+        for _ in range(20):
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(rerun, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            time.sleep(0.1)
+    return False
+
+
 def test_the_run_lock_ends_with_the_run_not_with_its_forked_workers(tmp_path):
     """Data-loader workers are forked with the lock's file open: they let go of it, so a rerun right after a
     SIGKILL is not refused while the orphaned workers wind down."""
-    import fcntl
 
     from lmrecipes.run_lock import lock_run_folder, unlock_run_folder
 
@@ -469,14 +482,7 @@ def test_the_run_lock_ends_with_the_run_not_with_its_forked_workers(tmp_path):
         os._exit(0)
     try:
         unlock_run_folder(tmp_path)
-        with open(tmp_path / RUN_LOCK, "a") as rerun:
-            for _ in range(20):  # the worker closes its copy as it starts
-                with contextlib.suppress(BlockingIOError):
-                    fcntl.flock(rerun, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                time.sleep(0.1)
-            else:
-                raise AssertionError("the lock is still held by the forked worker")
+        assert _lock_taken_soon(tmp_path / RUN_LOCK), "the lock is still held by the forked worker"
     finally:
         os.kill(worker, 9)
         os.waitpid(worker, 0)
@@ -574,7 +580,6 @@ def test_a_started_streaming_run_resumed_with_another_number_of_processes_is_ref
 def test_a_cache_build_lock_ends_with_its_process_not_with_its_forked_workers(tmp_path):
     """A build (token shards, tokenized data) forks data-loader workers while it holds its turn: they let go of
     the lock, so that the rerun of a killed build does not wait on its orphaned workers."""
-    import fcntl
 
     from lmrecipes.cache import _turn
 
@@ -585,14 +590,7 @@ def test_a_cache_build_lock_ends_with_its_process_not_with_its_forked_workers(tm
             time.sleep(6)
             os._exit(0)
     try:
-        with open(lock, "a") as rerun:
-            for _ in range(20):  # the worker closes its copy as it starts
-                with contextlib.suppress(BlockingIOError):
-                    fcntl.flock(rerun, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                time.sleep(0.1)
-            else:
-                raise AssertionError("the build's lock is still held by its forked worker")
+        assert _lock_taken_soon(lock), "the build's lock is still held by its forked worker"
     finally:
         os.kill(worker, 9)
         os.waitpid(worker, 0)
