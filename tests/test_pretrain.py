@@ -302,8 +302,8 @@ def test_build_model_from_a_recipe_has_the_recipes_vocabulary(causal_run):
 def test_a_stream_is_split_into_shares_that_cover_it_once():
     """stream_in_shares: 3 source shards for 4 shares (2 processes x 2 workers): the 4 shares a launcher gives out
     hold every row once, each drawing on every source in proportion to its size (repeating a share keeps each
-    file's weight); read by a process's 2 data-loader workers, its shares arrive whole. For writing token shards,
-    a source of enough files is left as it is."""
+    file's weight), also from files of one document each; read by a process's 2 data-loader workers, its shares
+    arrive whole. For writing token shards, a source of enough files is left as it is."""
     import torch
     from datasets import Dataset, concatenate_datasets
 
@@ -320,6 +320,8 @@ def test_a_stream_is_split_into_shares_that_cover_it_once():
     loader = torch.utils.data.DataLoader(split.shard(num_shards=2, index=1), batch_size=None, num_workers=2)
     assert sorted(row["text"] for row in loader) == sorted(shares[2] + shares[3])
     assert stream_in_shares(stream, 3, balanced=False) is stream
+    one_each = Dataset.from_dict({"text": [f"file {i}" for i in range(10)]}).to_iterable_dataset(num_shards=10)
+    assert [len(list(stream_in_shares(one_each, 4).shard(num_shards=4, index=i))) for i in range(4)] == [3, 3, 2, 2]
     lonely = stream_in_shares(Dataset.from_dict({"text": ["one document"]}).to_iterable_dataset(), 2)
     with pytest.raises(lmrecipes.RecipeError, match="share 2 of the 2 the training stream is split into"):
         list(lonely.shard(num_shards=2, index=1))

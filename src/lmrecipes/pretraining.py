@@ -100,9 +100,9 @@ def run_data(raw: dict, fingerprint: str, tokenizer, objective: Objective, data_
             logger.warning("accelerator_config split_batches: every process reads and tokenizes the whole stream "
                            "(accelerate splits each batch instead of giving each process its own share)")
         if data_args.max_train_samples and data_args.max_train_samples < shares:
-            raise RecipeError(f"key 'max_train_samples': a stream is split into {shares} shares (processes x "
-                              f"data-loader workers), each needs a block of the {data_args.max_train_samples}; "
-                              f"give at least {shares}")
+            raise RecipeError(f"key 'max_train_samples': the stream is split into {shares} shares (processes x "
+                              f"data-loader workers), and each needs at least one of the "
+                              f"{data_args.max_train_samples} blocks; give at least {shares}")
     with training_args.main_process_first(desc="data preparation"):
         train, evaluation, eval_bytes_per_token = prepare_pretraining_data(
             raw, fingerprint, tokenizer, objective, data_args, shuffle_seed=training_args.seed, stream_shares=shares)

@@ -273,15 +273,19 @@ def sample_indices(count: int, size: int, seed: int, labels=None) -> list[int]:
 datasets.logging.set_verbosity_warning()
 
 
+OPEN_SOURCES = 8  # source shards (files) a share reads at a time, taking rows from each in turn so that they mix
+
+
 def stream_in_shares(dataset: IterableDataset, shares: int, balanced: bool = True) -> IterableDataset:
     """`dataset` as a stream of `shares` shards (processes x data-loader workers): accelerate gives each process its
     run of them (`IterableDataset.shard`, with dispatch_batches off) and datasets each worker one, so that every
     process reads, tokenizes and packs only its share, and none waits on process 0.
 
-    `balanced` (training): share j holds rows j, j + shares, j + 2 x shares, ... of every source shard (file),
-    taken from the files in turn: the shares are equal whatever the files' sizes, so that repeating each share
-    keeps every file's weight (the price: every share reads every file). Else (writing token shards, where only the
-    total matters) a stream of at least `shares` files is split by file, each read once.
+    `balanced` (training): the rows of all source shards (files) are numbered in one order (OPEN_SOURCES files at a
+    time, a row from each in turn) and share j keeps rows j, j + shares, j + 2 x shares, ...: the shares are equal
+    whatever the files' sizes, even with files of one document, so that repeating each share keeps every file's
+    weight (the price: every share reads every file). Else (writing token shards, where only the total matters) a
+    stream of at least `shares` files is split by file, each read once.
     Hand-written: datasets' `split_dataset_by_node` gives each process whole files when their number divides (shares
     as unequal as the files) and leaves one shard per process, which data-loader workers cannot share out.
     """
@@ -289,22 +293,28 @@ def stream_in_shares(dataset: IterableDataset, shares: int, balanced: bool = Tru
     if not balanced and sources >= shares:
         return dataset
 
+    def source_rows(each: int):
+        # the source shard's examples iterable, not the stream: a stream iterated inside a data-loader worker reads
+        # just that worker's share of its shards, and the other workers' rows would be lost
+        return (example for _, example in dataset._ex_iterable.shard_data_sources(num_shards=sources, index=each))
+
     def rows(part: list[int]):
         for share in part:
-            # the examples iterables of the source shards, not the stream: a stream iterated inside a data-loader
-            # worker reads just that worker's share of its shards, and the other workers' rows would be lost
-            files = [islice(dataset._ex_iterable.shard_data_sources(num_shards=sources, index=each), share, None,
-                            shares) for each in range(sources)]
-            rows_read = 0
-            while files:  # in turn, so that the files mix; each is read to its end
-                for file in list(files):
-                    example = next(file, None)
+            waiting, reading, number, kept = iter(range(sources)), [], 0, 0
+            while True:
+                reading += [source_rows(each) for each in islice(waiting, OPEN_SOURCES - len(reading))]
+                if not reading:
+                    break
+                for source in list(reading):
+                    example = next(source, None)
                     if example is None:
-                        files.remove(file)
-                    else:
-                        rows_read += 1
-                        yield example[1]
-            if balanced and not rows_read:  # its process would stop while the others wait for it
+                        reading.remove(source)
+                        continue
+                    if number % shares == share:
+                        kept += 1
+                        yield example
+                    number += 1
+            if balanced and not kept:  # its process would stop while the others wait for it
                 raise RecipeError(f"share {share + 1} of the {shares} the training stream is split into (processes "
                                   "x data-loader workers) holds no row: the stream has fewer documents than "
                                   "shares; launch fewer processes or workers, or give more data")
