@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -121,8 +122,6 @@ def main():
     parser.add_argument("--base_mb", type=float, default=21.0)
     parser.add_argument("--output", help="write the measurements to this JSON file")
     args = parser.parse_args()
-
-    import os
 
     from data_pipeline import write_corpus
 

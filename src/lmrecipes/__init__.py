@@ -1,15 +1,15 @@
 """lmrecipes: pretrain language models from scratch and fine-tune them on the Hugging Face stack."""
 
 from .api import (
-                  build_model,
-                  end_launched_process,
-                  finetune,
-                  load_recipe,
-                  predict,
-                  pretrain,
-                  publish,
-                  tokenize_corpus,
-                  train_tokenizer,
+    build_model,
+    end_launched_process,
+    finetune,
+    load_recipe,
+    predict,
+    pretrain,
+    publish,
+    tokenize_corpus,
+    train_tokenizer,
 )
 from .errors import RecipeError
 

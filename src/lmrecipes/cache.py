@@ -136,23 +136,33 @@ def _turn(path: Path):
         logger.warning("Building %s without a lock (%s)", path.name.removesuffix(".lock").lstrip("."), err)
         yield
         return
-    _turns_held.add(handle)
+    hold_lock(handle)
     try:
         yield
     finally:
-        _turns_held.discard(handle)
-        handle.close()
+        release_lock(handle)
 
 
-_turns_held: set = set()  # the lock files of this process's turns
+_locks_held: set = set()  # this process's open, flock'd lock files (cache turns, run locks)
+
+
+def hold_lock(handle) -> None:
+    """Count `handle` (an open file this process flock'd) among the locks that forked processes let go of."""
+    _locks_held.add(handle)
+
+
+def release_lock(handle) -> None:
+    _locks_held.discard(handle)
+    handle.close()
 
 
 def _let_go_in_child() -> None:
-    """A forked process (a data-loader worker of a build) shares its parent's flock; it closes its copies, so that
-    a killed build's orphaned workers do not keep the next build waiting."""
-    for handle in _turns_held:
+    """A forked process (a data-loader worker) shares its parent's flocks; it closes its copies, so that a lock
+    ends with the process that took it and not with the last of its workers (which outlive a SIGKILL by a few
+    seconds): a killed run or build's orphaned workers keep no rerun waiting or refused."""
+    for handle in _locks_held:
         handle.close()
-    _turns_held.clear()
+    _locks_held.clear()
 
 
 os.register_at_fork(after_in_child=_let_go_in_child)

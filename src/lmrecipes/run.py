@@ -64,7 +64,7 @@ class Run:
         # data-loader workers kept between epochs and evaluations: restarting them stalls every rank each time
         training_args.dataloader_persistent_workers = training_args.dataloader_num_workers > 0
         self.hub = hub_target(training_args)
-        self.meter = None  # the ThroughputCallback (tokens/s, MFU), once the model is known: throughput()
+        self.meter = self.model = None  # the ThroughputCallback (tokens/s, MFU) and the model: throughput()
 
     def throughput(self, model, seq_len: int, packed: bool = False) -> ThroughputCallback:
         """The tokens/s and MFU callback of this run (logs the precision and the MFU basis). `packed`: every row is
@@ -84,7 +84,7 @@ class Run:
         asked for stops before anything is written (Trainer() creates output_dir: a folder it created is removed)."""
         out = Path(self.args.output_dir)
         check_output_dir_is_a_folder(out)
-        check_checkpoint_fits(self.args.resume_from_checkpoint, getattr(self, "model", None))
+        check_checkpoint_fits(self.args.resume_from_checkpoint, self.model)
         existed = out.exists()
         with fsdp_on_cpu():
             trainer = build()

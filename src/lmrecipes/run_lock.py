@@ -6,27 +6,18 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 from pathlib import Path
 
+from .cache import hold_lock, release_lock
 from .errors import RecipeError
 
 logger = logging.getLogger("lmrecipes")
 
 # The lock file, in the run folder (fcntl.flock: it dies with its holding process).
 RUN_LOCK = ".lmrecipes-lock"
-_held_locks: dict[Path, object] = {}  # output_dir -> the open lock file of this process's run there
-
-
-def _let_go_in_child() -> None:
-    """A forked process (a data-loader worker) shares its parent's flock; it closes its copies, so that the lock
-    ends with the run's process and not with the last of its workers (which outlive a SIGKILL by a few seconds)."""
-    for handle in _held_locks.values():
-        handle.close()
-    _held_locks.clear()
-
-
-os.register_at_fork(after_in_child=_let_go_in_child)
+# output_dir -> the open lock file of this process's run there (forked data-loader workers close their copies:
+# cache.hold_lock)
+_held_locks: dict[Path, object] = {}
 
 
 def lock_run_folder(out: Path) -> None:
@@ -35,7 +26,7 @@ def lock_run_folder(out: Path) -> None:
     out = out.resolve()
     earlier = _held_locks.pop(out, None)
     if earlier is not None:
-        earlier.close()
+        release_lock(earlier)
     try:
         handle = open(out / RUN_LOCK, "a")
     except OSError as err:
@@ -52,13 +43,14 @@ def lock_run_folder(out: Path) -> None:
         logger.warning("output_dir is not locked against a second command (%s)", err)
         return
     _held_locks[out] = handle
+    hold_lock(handle)
 
 
 def unlock_run_folder(out: Path) -> None:
     """Give up this process's lock on `out` (the run there ended, or found nothing to do)."""
     handle = _held_locks.pop(Path(out).resolve(), None)
     if handle is not None:
-        handle.close()
+        release_lock(handle)
 
 
 def folder_in_use(out: Path) -> bool:

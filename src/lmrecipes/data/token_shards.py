@@ -41,14 +41,13 @@ def _dtype(tokenizer) -> str:
 
 
 def write_token_shards(folder: Path, documents, tokenizer, objective: Objective, text_column: str,
-                       corpus_fingerprint: str, *, workers: int = 0, tokens_per_shard: int | None = None) -> bool:
+                       corpus_fingerprint: str, *, workers: int = 0) -> bool:
     """Tokenize the stream of `documents` (each ends with the objective's separator) into token shards in `folder`,
     by `workers` data-loader processes, each on its own share of the stream, in a fixed order; True when `folder`
     already held them whole. Written to a temporary folder and renamed: a stopped write leaves nothing half-done,
     and its rerun starts over."""
     separator = getattr(tokenizer, f"{objective.separator}_id")
     dtype = np.dtype(_dtype(tokenizer))
-    tokens_per_shard = tokens_per_shard or TOKENS_PER_SHARD
     folder = Path(folder)
     _check_writable_here(folder)
 
@@ -75,8 +74,8 @@ def write_token_shards(folder: Path, documents, tokenizer, objective: Objective,
         for row in loader:
             ids = np.asarray(row["input_ids"]).astype(dtype)  # held at 2 or 4 bytes a token until written
             documents_seen += 1
-            while filled + ids.size >= tokens_per_shard:  # a document may go on in the next shard
-                room = tokens_per_shard - filled
+            while filled + ids.size >= TOKENS_PER_SHARD:  # a document may go on in the next shard
+                room = TOKENS_PER_SHARD - filled
                 flush([*buffer, ids[:room]])
                 buffer, filled, ids = [], 0, ids[room:]
             if ids.size:

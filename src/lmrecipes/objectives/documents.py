@@ -41,11 +41,15 @@ class DocumentPositionsCollator:
         return batch
 
 
+def _attention(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
 def causal_masking_problem(model) -> str | None:
     """Why `model` would let tokens attend across documents given restarting position ids (None: it keeps each
     document to itself). Checked on a one-layer copy of its configuration: the second document's logits must not
     change when the first document changes."""
-    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+    implementation = _attention(model)
     if implementation.startswith("flash_attention"):
         return None  # flash-attention takes restarting position ids as separate sequences
     config = model.config.__class__.from_dict({**model.config.to_dict(), **{
@@ -83,9 +87,8 @@ def use_document_masking(objective, model, setting: str) -> bool:
     # transformers builds the document mask only without a KV cache, which training does not need (generate() and
     # pipelines still use one: generation_config.json keeps use_cache)
     model.config.use_cache = False
-    implementation = getattr(model.config, "_attn_implementation", None) or "eager"
     kernel = " (SDPA with a document mask: not the flash kernel on GPUs; flash_attention_2 keeps it)" \
-        if implementation == "sdpa" else ""
+        if _attention(model) == "sdpa" else ""
     logger.info("Documents in a block: positions restart and attention stays inside each document "
                 "(document_masking %s)%s", setting, kernel)
     return True
