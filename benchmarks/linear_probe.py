@@ -6,8 +6,8 @@ Features of every sentiment review from the pretrained body and from the same ar
 (mean over the tokens, and the last token: what LlamaForSequenceClassification's head reads), then an L2-regularised
 logistic regression (standardised features, L-BFGS) trained on the same seeded, label-stratified 250 / 1,000 / all
 training rows as the pipeline's curve (seeds 42, 43, 44), scored on the test split. Mean test accuracy over the
-seeds; writes results-linear-probe.json next to this script. The probe is written here (a few lines of torch):
-scikit-learn is not a dependency of the project.
+seeds; writes results-linear-probe.json next to this script (or --output). The probe is written here (a few lines
+of torch): scikit-learn is not a dependency of the project.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pretrained_dir")
     parser.add_argument("--finetune_recipe", default="recipes/tiny-llama/finetune-sentiment.yaml")
+    parser.add_argument("--output", default=str(Path(__file__).with_name("results-linear-probe.json")))
     args = parser.parse_args()
 
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -92,7 +93,7 @@ def main() -> None:
                                 "test_accuracy_mean": float(np.mean(accuracies)), "per_seed": accuracies})
                 print(f"{body:>14} {count:>5} labels, {pooling:>4} pooling: {100 * np.mean(accuracies):.1f}%",
                       flush=True)
-    out = Path(__file__).with_name("results-linear-probe.json")
+    out = Path(args.output)
     out.write_text(json.dumps({"pretrained_dir": args.pretrained_dir, "results": results}, indent=2))
 
 

@@ -652,6 +652,11 @@ def test_bad_curve_keys_are_one_line_errors_naming_the_key(tmp_path, learnable_c
                        (["--pretrained_arm_overrides", '{"seed": 7}'], "pretrained_arm_overrides")):
         with pytest.raises(RecipeError, match=f"key '{key}'"):
             parse_recipe([PipelineArguments], recipe + flags)
+    (tmp_path / "curve.json").write_text('{"name": "x", "source": "y", "points": {"250": {"mean": 0.6}}}')
+    for path, expected in ((tmp_path / "none.json", "file not found"), (tmp_path, "is not a label curve"),
+                           (tmp_path / "curve.json", "is not a label curve .*KeyError: 'ci95'")):
+        with pytest.raises(RecipeError, match=f"^key 'reference_curve': .*{expected}"):
+            parse_recipe([PipelineArguments], recipe + ["--reference_curve", str(path)])
     too_many, _ = parse_recipe([PipelineArguments], recipe + [
         "--label_counts", "100000", "all", "--finetune_overrides",
         f'{{"train_file": ["{learnable_csv}"], "text_column": "review", "label_column": "verdict"}}'])

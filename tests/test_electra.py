@@ -12,8 +12,9 @@ import lmrecipes
 from conftest import ELECTRA_PRETRAIN, REPO, TINY_ELECTRA, read_json, run_ddp_probe
 from lmrecipes import load_recipe
 from lmrecipes.arguments import FINETUNE_ARGUMENTS, PRETRAIN_ARGUMENTS
+from lmrecipes.demonstrations import demonstrate
 from lmrecipes.modeling import build_classifier
-from lmrecipes.objectives.electra import build_electra, electra_metrics
+from lmrecipes.objectives.electra import ELECTRA, build_electra, electra_metrics
 from lmrecipes.tasks import SingleLabelClassification
 
 METRICS = ("eval_loss", "eval_generator_loss", "eval_discriminator_loss", "eval_discriminator_accuracy",
@@ -58,6 +59,11 @@ def test_saved_run_is_a_plain_discriminator_with_its_fill_mask_generator(electra
     fill = pipeline("fill-mask", model=str(out / "generator"))
     answers = fill(f"alpha bravo {fill.tokenizer.mask_token} delta echo")
     assert len(answers) == 5 and all(0 <= a["score"] <= 1 for a in answers)
+    # the pipeline summary's demonstration reads the generator: the fill-mask pipeline's own top 5
+    shown = demonstrate(out, ELECTRA, ["alpha bravo"])
+    assert shown["task"] == "fill-mask" and shown["folder"] == str(out / "generator")
+    top = [a["token_str"].strip() for a in fill(f"alpha bravo {fill.tokenizer.mask_token}.")]
+    assert shown["rows"][0]["pretrained"] == ", ".join(top) != shown["rows"][0]["random_weights"]
     # the embeddings were shared in training: the generator's copy equals the discriminator's
     assert torch.equal(fill.model.electra.embeddings.word_embeddings.weight,
                        discriminator.electra.embeddings.word_embeddings.weight)

@@ -8,6 +8,8 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
 import lmrecipes
 from conftest import LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
+from lmrecipes.demonstrations import demonstrate
+from lmrecipes.objectives.masked_lm import MASKED_LM
 
 LLAMA_RECIPE = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
 
@@ -41,6 +43,13 @@ def test_causal_model_reloads_and_generates(causal_run):
     generator = pipeline("text-generation", model=str(out))
     text = generator("The king", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("The king") and len(text) > len("The king")
+    # what it learnt, from a notebook: the same greedy words, and random weights' words beside them
+    shown = lmrecipes.demonstrate(out, ["The king"])
+    greedy = generator("The king", max_new_tokens=16, do_sample=False, return_full_text=False)[0]["generated_text"]
+    assert shown["rows"][0]["pretrained"] == " ".join(greedy.split()) != shown["rows"][0]["random_weights"]
+    assert lmrecipes.demonstrate(out, ["The king"]) == shown  # greedy, seeded: the same words every time
+    with pytest.raises(lmrecipes.RecipeError, match="not a finished pretraining run of lmrecipes"):
+        lmrecipes.demonstrate(out.parent)
 
 
 def test_masked_pretraining_learns_and_fills_masks(masked_run):
@@ -53,6 +62,9 @@ def test_masked_pretraining_learns_and_fills_masks(masked_run):
     filler = pipeline("fill-mask", model=str(out))
     predictions = filler("the king [MASK] the land .")
     assert len(predictions) == 5 and all(0 <= p["score"] <= 1 for p in predictions)
+    shown = demonstrate(out, MASKED_LM, ["the king spoke to the"])  # what the pipeline summary shows
+    assert shown["rows"][0]["pretrained"] == ", ".join(p["token_str"] for p in filler("the king spoke to the [MASK]."))
+    assert shown["rows"][0]["random_weights"] != shown["rows"][0]["pretrained"]
 
 
 TOPICS = [["red", "green", "blue", "pink", "gray", "brown"], ["cat", "dog", "fish", "bird", "horse", "mouse"],

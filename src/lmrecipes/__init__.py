@@ -2,6 +2,7 @@
 
 from .api import (
     build_model,
+    demonstrate,
     end_launched_process,
     finetune,
     load_recipe,
@@ -13,6 +14,6 @@ from .api import (
 )
 from .errors import RecipeError
 
-__all__ = ["RecipeError", "build_model", "end_launched_process", "finetune", "load_recipe", "predict", "pretrain",
-           "publish", "tokenize_corpus", "train_tokenizer"]
+__all__ = ["RecipeError", "build_model", "demonstrate", "end_launched_process", "finetune", "load_recipe", "predict",
+           "pretrain", "publish", "tokenize_corpus", "train_tokenizer"]
 __version__ = "0.1.0"

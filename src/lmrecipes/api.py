@@ -6,6 +6,7 @@
     model = lmrecipes.build_model("recipes/tiny-llama/pretrain.yaml", tokenizer=tokenizer)
     results = lmrecipes.pretrain("recipes/tiny-llama/pretrain.yaml", max_steps=50, output_dir="runs/nb")
     lmrecipes.finetune("recipes/tiny-llama/finetune-sentiment.yaml", model_name_or_path="runs/nb", ...)
+    lmrecipes.demonstrate("runs/nb", ["It was a dark and stormy"])  # what it learnt: before / after pretraining
     lmrecipes.predict("runs/nb-sentiment", ["A gem of a film."])
     lmrecipes.publish("runs/nb", "USER/NAME", dry_run=True)
     lmrecipes.end_launched_process()    # the last line of a script of yours under `accelerate launch`
@@ -90,6 +91,27 @@ def _unlocking(job, args, **kwargs):
         return job(*args, **kwargs)
     finally:
         unlock_run_folder(Path(next(a for a in args if isinstance(a, TrainingArguments)).output_dir))
+
+
+def demonstrate(run_dir: str | Path, prompts: list[str] | None = None) -> dict:
+    """What a finished pretraining run learnt: its objective's pipeline (text-generation: greedy continuation;
+    fill-mask: the top predictions for a mask after the prompt) on each prompt, with random weights of the same
+    architecture and with the pretrained ones: {"task", "how", "folder", "rows": [{prompt, random_weights,
+    pretrained}]}. Default prompts: the pipeline's (arguments.pipeline.DEMONSTRATION_PROMPTS)."""
+    from .arguments.pipeline import DEMONSTRATION_PROMPTS
+    from .demonstrations import demonstrate as show
+    from .errors import RecipeError
+    from .objectives import get_objective
+    from .recipe import read_run_recipe
+    from .run_folder import is_run_folder, run_record
+
+    folder = Path(run_dir)
+    name = read_run_recipe(folder).get("objective") if folder.is_dir() else None
+    if name is None or not is_run_folder(folder) or run_record(folder).get("finished") is not True:
+        raise RecipeError(f"{run_dir}: not a finished pretraining run of lmrecipes (a run folder whose recipe.yaml "
+                          "names its objective, and whose final model is saved)")
+    objective = get_objective(name)
+    return show(run_dir, objective, list(DEMONSTRATION_PROMPTS if prompts is None else prompts))
 
 
 def predict(model_dir: str | Path, texts: list, *, batch_size: int = 32, max_length: int | None = None):

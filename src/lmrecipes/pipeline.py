@@ -12,7 +12,9 @@ from pathlib import Path
 
 from .api import finetune, pretrain
 from .arguments import FINETUNE_ARGUMENTS, PRETRAIN_ARGUMENTS, PipelineArguments
+from .arguments.pipeline import read_reference_curve
 from .data.classification import load_classification_data
+from .demonstrations import demonstrate, demonstrations_markdown
 from .errors import RecipeError
 from .finetuning import TEST_PREDICTIONS
 from .label_curve import ALL, CurveRun, curve_markdown, plan_runs, plot_label_curve, summarize_curve
@@ -156,6 +158,10 @@ def _summary(args: PipelineArguments, pre: dict, results: dict, runs: list[Curve
         "arm_overrides": {"pretrained": args.pretrained_arm_overrides, "scratch": args.scratch_arm_overrides},
         "model_dir": str(out / "model"),
     }
+    if args.reference_curve:
+        summary["reference_curve"] = {"file": args.reference_curve, **read_reference_curve(args.reference_curve)[1]}
+    if args.demonstration_prompts:
+        summary["demonstrations"] = demonstrate(out / "pretrain", objective, args.demonstration_prompts)
     if args.scratch_baseline:
         summary["finetuned_scratch"] = _mean_over_seeds(full["scratch"])
         summary["pretraining_gain_accuracy_points"] = round(100 * (
@@ -173,6 +179,7 @@ def _resolved_pipeline(args: PipelineArguments) -> dict:
         "curve_examples_per_run": args.curve_examples_per_run, "curve_evaluations": args.curve_evaluations,
         "pretrained_arm_overrides": args.pretrained_arm_overrides,
         "scratch_arm_overrides": args.scratch_arm_overrides,
+        "demonstration_prompts": args.demonstration_prompts, "reference_curve": args.reference_curve,
     }
 
 
@@ -194,7 +201,7 @@ def run_pipeline(args: PipelineArguments) -> dict:
                                                          if args.scratch_baseline else {})}
     plot_loss_curves(out / "pretrain", finetune_dirs, out / "loss_curves.png",
                      get_objective(summary["pretraining"]["objective"]).loss_label)
-    plot_label_curve(summary["label_curve"], out / "label_curve.png")
+    plot_label_curve(summary["label_curve"], out / "label_curve.png", summary.get("reference_curve"))
     print("\n" + table, flush=True)
     return summary
 
@@ -230,6 +237,14 @@ def summary_markdown(summary: dict) -> str:
     if overrides:
         lines += ["", "Fine-tuning keys of one arm only: " + "; ".join(
             f"{arm}: {json.dumps(o)}" for arm, o in overrides.items()) + "."]
+    if "reference_curve" in summary:
+        ref = summary["reference_curve"]
+        lines += ["", f"Reference line (dashed in the plot): {ref['name']}, " + ", ".join(
+            f"{'all' if n == ALL else format(int(n), ',')} labels {100 * mean:.1f} [{100 * ci[0]:.1f}, "
+            f"{100 * ci[1]:.1f}]" for n, (mean, ci) in ref["points"].items()) + f" ({ref['source']})."]
+    lines += ["", "![label-efficiency curve](label_curve.png)"]
+    if "demonstrations" in summary:
+        lines += ["", *demonstrations_markdown(summary["demonstrations"])]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,11 @@ from ..values import find_file, parse_mapping
 from .data import ClassificationDataArguments
 
 ALL = "all"
+# what the pretrained model is shown continuing (causal) or filling (masked: a mask after the prompt), in summary.md:
+# one prompt from each of the embedded corpus's sources and one in the task's domain
+DEMONSTRATION_PROMPTS = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                         "must be in want of a", "To be, or not to be, that is the", "Call me", "The state of our "
+                         "Union is", "This movie is")
 # Fine-tuning keys the curve sets for each run on fewer labels than all (label_curve.small_n_settings), and
 # max_steps: the same for both arms, not an arm's to override.
 CURVE_RUN_KEYS = ("max_train_samples", "num_train_epochs", "seed", "eval_strategy", "eval_steps", "save_strategy",
@@ -32,6 +37,24 @@ def parse_label_counts(values) -> list[int | str]:
         raise RecipeError("key 'label_counts': must include 'all' (the full-label runs: the exported model and "
                           "the summary's finetuned_* keys)")
     return sorted(set(counts)) + [ALL]
+
+
+def read_reference_curve(path: str):
+    """(the file's path, its curve): name, source, points {label count or 'all': {mean, ci95}}; a one-line error
+    naming the key otherwise."""
+    import json
+
+    found = find_file(path)
+    try:
+        curve = json.loads(found.read_text(encoding="utf-8"))
+        points = {str(n): (float(p["mean"]), [float(v) for v in p["ci95"]]) for n, p in curve["points"].items()}
+        name, source = str(curve["name"]), str(curve["source"])
+    except FileNotFoundError:
+        raise RecipeError(f"key 'reference_curve': file not found: {path}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RecipeError(f"key 'reference_curve': {path} is not a label curve (name, source, points: label count "
+                          f"-> mean, ci95): {type(err).__name__}: {err}") from None
+    return found, {"name": name, "source": source, "points": points}
 
 
 def check_arm_overrides(overrides: dict, key: str) -> None:
@@ -86,6 +109,16 @@ class PipelineArguments:
                                 "or evaluation keys: those are the same for both arms."})
     scratch_arm_overrides: dict | str | None = field(
         default=None, metadata={"help": "Fine-tuning keys for arm (b), from scratch, only."})
+    demonstration_prompts: list[str] = field(
+        default_factory=lambda: list(DEMONSTRATION_PROMPTS),
+        metadata={"help": "Prompts that show what pretraining taught the model, in summary.md: the causal model's "
+                  "greedy continuation, the masked model's top fill-mask predictions for a mask after the prompt "
+                  "(ELECTRA: its generator's), with random weights and with the pretrained ones. [] shows none."})
+    reference_curve: str | None = field(
+        default=None, metadata={"help": "A JSON file of another model's label curve on the same samples and test "
+                                "split (benchmarks/compute_curve.py writes one for MiniLM): drawn in label_curve.png "
+                                "and listed in summary.md as a reference line. Keys: name, source, points (label "
+                                "count -> mean accuracy, ci95)."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Stages whose recipe or inputs changed since an earlier run in output_dir "
                                  "are deleted and run again (without it they are refused, naming what changed)."})
@@ -102,6 +135,8 @@ class PipelineArguments:
                 raise RecipeError(f"key '{key}': must be at least {least}, got {getattr(self, key)}")
         check_arm_overrides(self.pretrained_arm_overrides, "pretrained_arm_overrides")
         check_arm_overrides(self.scratch_arm_overrides, "scratch_arm_overrides")
+        if self.reference_curve is not None:
+            self.reference_curve = str(read_reference_curve(self.reference_curve)[0])
         for key in ("pretrain_recipe", "finetune_recipe"):
             path = find_file(getattr(self, key))
             if not path.is_file():

@@ -74,6 +74,8 @@ class Objective:
     keys: the ObjectiveKeys dataclass of the recipe keys only this objective reads (set for another objective: an
         error), or None.
     saved_folders: subfolders of a finished run that belong to the model (published and recorded with it).
+    demonstration_task: the transformers pipeline task that shows what a pretrained model learnt, prompt by prompt
+        (text-generation: its greedy continuation; fill-mask: its top predictions for a mask after the prompt).
     compute_metrics: the Trainer's `compute_metrics` over what the model returns at evaluation (after
         preprocess_logits); None: the Trainer's loss only.
     preprocess_logits: the Trainer's `preprocess_logits_for_metrics`: what of each evaluation batch's logits is kept
@@ -97,6 +99,7 @@ class Objective:
     description: ClassVar[str]
     keys: ClassVar[type | None] = None
     saved_folders: ClassVar[tuple[str, ...]] = ()
+    demonstration_task: ClassVar[str]
     compute_metrics = None
     preprocess_logits = None
 
@@ -127,6 +130,10 @@ class Objective:
     def usage(self, repo_id: str, mask_token: str | None) -> str:
         """The model card's how-to-use snippet."""
         raise NotImplementedError
+
+    def demonstration_folder(self, run_dir):
+        """The folder of a finished run whose model `demonstration_task`'s pipeline loads."""
+        return run_dir
 
     def check_arguments(self, config, model_args) -> None:
         """Raise RecipeError for settings the objective refuses (checked before any data is prepared)."""

@@ -51,6 +51,7 @@ class CausalLM(Objective):
     loss_label = "loss (nats/token)"
     architecture_markers = ("CausalLM", "LMHead")
     pipeline_tag = "text-generation"
+    demonstration_task = "text-generation"
     card_tag = "causal-lm"
     description = "a causal language model pretrained from scratch"
     keys = CausalLMKeys

@@ -287,6 +287,7 @@ class Electra(Objective):
     loss_label = "loss (generator MLM + discriminator_weight x replaced-token detection)"
     architecture_markers = ("ElectraForPreTraining",)
     pipeline_tag = "feature-extraction"  # a discriminator is fine-tuned or read for features; fill-mask: generator/
+    demonstration_task = "fill-mask"  # through the generator; the discriminator has no words to show
     card_tag = "electra"
     description = ("an ELECTRA discriminator (replaced-token detection) pretrained from scratch, with its generator "
                    f"(a masked language model) in `{GENERATOR_FOLDER}/`")
@@ -307,6 +308,9 @@ class Electra(Objective):
 
     def usage(self, repo_id, mask_token):
         return _usage(repo_id, mask_token)
+
+    def demonstration_folder(self, run_dir):
+        return Path(run_dir) / GENERATOR_FOLDER
 
     def check_arguments(self, config, model_args):
         _generator_config(config, model_args)

@@ -53,6 +53,7 @@ class MaskedLM(Objective):
     loss_label = "loss (nats per masked token)"
     architecture_markers = ("MaskedLM",)
     pipeline_tag = "fill-mask"
+    demonstration_task = "fill-mask"
     card_tag = "masked-lm"
     description = "a masked language model pretrained from scratch"
     compute_metrics = staticmethod(token_weighted_loss)
