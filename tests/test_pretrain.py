@@ -50,6 +50,10 @@ def test_causal_model_reloads_and_generates(causal_run):
     assert lmrecipes.demonstrate(out, ["The king"]) == shown  # greedy, seeded: the same words every time
     with pytest.raises(lmrecipes.RecipeError, match="not a finished pretraining run of lmrecipes"):
         lmrecipes.demonstrate(out.parent)
+    with pytest.raises(lmrecipes.RecipeError, match="a list of texts, got 'The king'"):
+        lmrecipes.demonstrate(out, "The king")
+    long = lmrecipes.demonstrate(out, ["the king spoke and " * 300])  # past the positions: cut to its end
+    assert long["rows"][0]["prompt"] == "the king spoke and " * 300 and long["rows"][0]["pretrained"]
 
 
 def test_masked_pretraining_learns_and_fills_masks(masked_run):
@@ -65,6 +69,9 @@ def test_masked_pretraining_learns_and_fills_masks(masked_run):
     shown = demonstrate(out, MASKED_LM, ["the king spoke to the"])  # what the pipeline summary shows
     assert shown["rows"][0]["pretrained"] == ", ".join(p["token_str"] for p in filler("the king spoke to the [MASK]."))
     assert shown["rows"][0]["random_weights"] != shown["rows"][0]["pretrained"]
+    with pytest.raises(lmrecipes.RecipeError, match="key 'demonstration_prompts': 'the \\[MASK\\] spoke' holds the mask"):
+        demonstrate(out, MASKED_LM, ["the [MASK] spoke"])
+    assert demonstrate(out, MASKED_LM, ["the king spoke to " * 200])["rows"][0]["pretrained"]  # cut to its end
 
 
 TOPICS = [["red", "green", "blue", "pink", "gray", "brown"], ["cat", "dog", "fish", "bird", "horse", "mouse"],

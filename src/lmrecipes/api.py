@@ -110,8 +110,12 @@ def demonstrate(run_dir: str | Path, prompts: list[str] | None = None) -> dict:
     if name is None or not is_run_folder(folder) or run_record(folder).get("finished") is not True:
         raise RecipeError(f"{run_dir}: not a finished pretraining run of lmrecipes (a run folder whose recipe.yaml "
                           "names its objective, and whose final model is saved)")
-    objective = get_objective(name)
-    return show(run_dir, objective, list(DEMONSTRATION_PROMPTS if prompts is None else prompts))
+    if isinstance(prompts, str):
+        raise RecipeError(f"demonstrate(prompts): a list of texts, got {prompts!r}")
+    prompts = list(DEMONSTRATION_PROMPTS if prompts is None else prompts)
+    if not all(isinstance(prompt, str) for prompt in prompts):
+        raise RecipeError(f"demonstrate(prompts): a list of texts, got {prompts!r}")
+    return show(run_dir, get_objective(name), prompts)
 
 
 def predict(model_dir: str | Path, texts: list, *, batch_size: int = 32, max_length: int | None = None):

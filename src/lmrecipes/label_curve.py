@@ -198,6 +198,15 @@ def curve_markdown(curve: dict) -> list[str]:
     return lines
 
 
+def reference_points(curve: dict, reference: dict | None) -> list[tuple[int, str, dict]]:
+    """The reference curve's points at the curve's label counts: [(label count, its key: the count or 'all' for
+    the curve's full split, {mean, ci95})]."""
+    if not reference:
+        return []
+    keys = [(p["labels"], ALL if p["full_split"] else str(p["labels"])) for p in curve["points"]]
+    return [(count, key, reference["points"][key]) for count, key in keys if key in reference["points"]]
+
+
 def plot_label_curve(curve: dict, path: Path, reference: dict | None = None) -> None:
     """Test accuracy against labels, each arm with its interval; `reference` (arguments.pipeline.
     read_reference_curve): another model's curve on the same samples, dashed."""
@@ -216,15 +225,12 @@ def plot_label_curve(curve: dict, path: Path, reference: dict | None = None) -> 
         ax.plot(x, [100 * p[arm]["mean"] for p in points], "o-", label=name)
         ax.fill_between(x, [100 * p[arm]["ci95"][0] for p in points], [100 * p[arm]["ci95"][1] for p in points],
                         alpha=0.2)
-    if reference:
-        shown = [(p["labels"], reference["points"][key]) for p in curve["points"]
-                 for key in ([ALL, str(p["labels"])] if p["full_split"] else [str(p["labels"])])
-                 if key in reference["points"]]
-        if shown:
-            ax.errorbar([n for n, _ in shown], [100 * mean for _, (mean, _) in shown],
-                        yerr=[[100 * (mean - ci[0]) for _, (mean, ci) in shown],
-                              [100 * (ci[1] - mean) for _, (mean, ci) in shown]],
-                        fmt="s--", color="gray", capsize=3, label=reference["name"])
+    shown = reference_points(curve, reference)
+    if shown:
+        ax.errorbar([n for n, _, _ in shown], [100 * p["mean"] for _, _, p in shown],
+                    yerr=[[100 * (p["mean"] - p["ci95"][0]) for _, _, p in shown],
+                          [100 * (p["ci95"][1] - p["mean"]) for _, _, p in shown]],
+                    fmt="s--", color="gray", capsize=3, label=reference["name"])
     ax.axhline(100 * curve["majority_class_accuracy"], color="gray", linestyle="--", label="majority class")
     ax.set_xscale("log")
     ax.set_xticks(counts, [f"{c:,}" for c in counts])

@@ -17,7 +17,7 @@ from .data.classification import load_classification_data
 from .demonstrations import demonstrate, demonstrations_markdown
 from .errors import RecipeError
 from .finetuning import TEST_PREDICTIONS
-from .label_curve import ALL, CurveRun, curve_markdown, plan_runs, plot_label_curve, summarize_curve
+from .label_curve import ALL, CurveRun, curve_markdown, plan_runs, plot_label_curve, reference_points, summarize_curve
 from .lora import export_classifier
 from .objectives import get_objective
 from .recipe import load_recipe, read_run_recipe, write_recipe
@@ -112,8 +112,9 @@ def _plan(args: PipelineArguments):
     return task_data, train_split, runs, arms
 
 
-def _run_stages(args: PipelineArguments, task_data, train_split, runs: list[CurveRun]) -> tuple[dict, dict]:
-    """Pretraining, then every fine-tuning run of the curve: (pretraining results, results per run folder)."""
+def _run_stages(args: PipelineArguments, task_data, train_split, runs: list[CurveRun]) -> tuple[dict, dict, dict]:
+    """Pretraining, then every fine-tuning run of the curve: (pretraining results, what the pretrained model shows
+    (demonstrations; None without prompts), results per run folder)."""
     out = Path(args.output_dir)
     pre_dir, total = out / "pretrain", 2 + len(runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,9 @@ def _run_stages(args: PipelineArguments, task_data, train_split, runs: list[Curv
     overwrite = args.overwrite_output_dir
     pre = _stage(1, total, "pretrain", pre_dir,
                  lambda **flags: pretrain(args.pretrain_recipe, **{**pretrain_settings, **flags}), overwrite)
+    shown = None
+    if args.demonstration_prompts:  # shown now: a prompt the model cannot take stops the pipeline before fine-tuning
+        shown = demonstrate(pre_dir, get_objective(read_run_recipe(pre_dir)["objective"]), args.demonstration_prompts)
     arm_settings = {
         "pretrained": {**args.finetune_overrides, **args.pretrained_arm_overrides, "model_name_or_path": str(pre_dir)},
         "scratch": {**args.finetune_overrides, **args.scratch_arm_overrides, "model_name_or_path": str(pre_dir),
@@ -137,7 +141,7 @@ def _run_stages(args: PipelineArguments, task_data, train_split, runs: list[Curv
             number, total, f"fine-tune {what}, {labels}, seed {run.seed}", run.folder,
             lambda settings=settings, **flags: finetune(args.finetune_recipe, **{**settings, **flags}), overwrite,
             needs=TEST_PREDICTIONS)
-    return pre, results
+    return pre, shown, results
 
 
 def _summary(args: PipelineArguments, pre: dict, results: dict, runs: list[CurveRun], arms: list[str],
@@ -158,10 +162,6 @@ def _summary(args: PipelineArguments, pre: dict, results: dict, runs: list[Curve
         "arm_overrides": {"pretrained": args.pretrained_arm_overrides, "scratch": args.scratch_arm_overrides},
         "model_dir": str(out / "model"),
     }
-    if args.reference_curve:
-        summary["reference_curve"] = {"file": args.reference_curve, **read_reference_curve(args.reference_curve)[1]}
-    if args.demonstration_prompts:
-        summary["demonstrations"] = demonstrate(out / "pretrain", objective, args.demonstration_prompts)
     if args.scratch_baseline:
         summary["finetuned_scratch"] = _mean_over_seeds(full["scratch"])
         summary["pretraining_gain_accuracy_points"] = round(100 * (
@@ -187,11 +187,16 @@ def run_pipeline(args: PipelineArguments) -> dict:
     """Run the stages and write summary.json, summary.md, loss_curves.png and label_curve.png into `output_dir`."""
     out = Path(args.output_dir)
     task_data, train_split, runs, arms = _plan(args)
-    pre, results = _run_stages(args, task_data, train_split, runs)
+    reference = read_reference_curve(args.reference_curve)[1] if args.reference_curve else None
+    pre, shown, results = _run_stages(args, task_data, train_split, runs)
     total = 2 + len(runs)
     print(f"== [{total}/{total}] export and summary -> {out / 'model'}", flush=True)
     export_classifier(out / "finetune", out / "model", replace=True)  # the pipeline's own export, rebuilt on a rerun
     summary = _summary(args, pre, results, runs, arms, len(train_split))
+    if reference:
+        summary["reference_curve"] = {"file": args.reference_curve, **reference}
+    if shown:
+        summary["demonstrations"] = shown
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_recipe(out / "pipeline.yaml", _resolved_pipeline(args),  # written only now: it describes the stages that ran
                  "# Resolved pipeline recipe of this run (lmrecipes pipeline)")
@@ -237,11 +242,12 @@ def summary_markdown(summary: dict) -> str:
     if overrides:
         lines += ["", "Fine-tuning keys of one arm only: " + "; ".join(
             f"{arm}: {json.dumps(o)}" for arm, o in overrides.items()) + "."]
-    if "reference_curve" in summary:
+    shown = reference_points(summary["label_curve"], summary.get("reference_curve"))
+    if shown:
         ref = summary["reference_curve"]
         lines += ["", f"Reference line (dashed in the plot): {ref['name']}, " + ", ".join(
-            f"{'all' if n == ALL else format(int(n), ',')} labels {100 * mean:.1f} [{100 * ci[0]:.1f}, "
-            f"{100 * ci[1]:.1f}]" for n, (mean, ci) in ref["points"].items()) + f" ({ref['source']})."]
+            f"{'all' if key == ALL else format(count, ',')} labels {100 * p['mean']:.1f} [{100 * p['ci95'][0]:.1f}, "
+            f"{100 * p['ci95'][1]:.1f}]" for count, key, p in shown) + f" ({ref['source']})."]
     lines += ["", "![label-efficiency curve](label_curve.png)"]
     if "demonstrations" in summary:
         lines += ["", *demonstrations_markdown(summary["demonstrations"])]

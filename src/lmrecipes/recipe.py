@@ -184,6 +184,9 @@ class _RecipeArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_types):
         super().__init__(dataclass_types, allow_abbrev=False)
+        for action in self._actions:  # a list key whose default is a list may be emptied: `key: []`, a bare --key
+            if action.nargs == "+" and isinstance(action.default, list):
+                action.nargs = "*"
 
     def error(self, message):
         raise RecipeError(re.sub(r"argument --(\w+)(/--[\w-]+)?", r"key '\1'", message))

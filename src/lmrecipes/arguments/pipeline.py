@@ -39,19 +39,38 @@ def parse_label_counts(values) -> list[int | str]:
     return sorted(set(counts)) + [ALL]
 
 
+def _reference_point(label_count, point) -> tuple[str, dict]:
+    """One point of a reference curve, checked: ("all" or a whole count, {mean, ci95}) with 0 <= mean <= 1 (an
+    accuracy as a fraction) and low <= mean <= high (a t-interval may pass 0 or 1)."""
+    import math
+
+    key = str(label_count).strip().lower()
+    if key != ALL and not (key.isdigit() and int(key) >= 1):
+        raise ValueError(f"label count {label_count!r} is neither a whole number nor 'all'")
+    mean, ci95 = point["mean"], point["ci95"]
+    numbers = [mean, *ci95] if isinstance(ci95, list) and len(ci95) == 2 else None
+    if numbers is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  for v in numbers) or not (0 <= mean <= 1 and ci95[0] <= mean <= ci95[1]):
+        raise ValueError(f"point {label_count!r}: mean must be a fraction and ci95 = [low, high] around it, got "
+                         f"mean {mean!r}, ci95 {ci95!r}")
+    return (key if key == ALL else str(int(key))), {"mean": float(mean), "ci95": [float(v) for v in ci95]}
+
+
 def read_reference_curve(path: str):
-    """(the file's path, its curve): name, source, points {label count or 'all': {mean, ci95}}; a one-line error
-    naming the key otherwise."""
+    """(the file's path, its curve): name, source, points {label count or 'all': {mean, ci95}}, accuracies as
+    fractions; a one-line error naming the key otherwise."""
     import json
 
     found = find_file(path)
     try:
         curve = json.loads(found.read_text(encoding="utf-8"))
-        points = {str(n): (float(p["mean"]), [float(v) for v in p["ci95"]]) for n, p in curve["points"].items()}
-        name, source = str(curve["name"]), str(curve["source"])
+        name, source, points = curve["name"], curve["source"], curve["points"]
+        if not (isinstance(name, str) and isinstance(source, str) and isinstance(points, dict) and points):
+            raise ValueError("name and source must be text and points a mapping with at least one point")
+        points = dict(_reference_point(n, p) for n, p in points.items())
     except FileNotFoundError:
         raise RecipeError(f"key 'reference_curve': file not found: {path}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise RecipeError(f"key 'reference_curve': {path} is not a label curve (name, source, points: label count "
                           f"-> mean, ci95): {type(err).__name__}: {err}") from None
     return found, {"name": name, "source": source, "points": points}
@@ -117,8 +136,8 @@ class PipelineArguments:
     reference_curve: str | None = field(
         default=None, metadata={"help": "A JSON file of another model's label curve on the same samples and test "
                                 "split (benchmarks/compute_curve.py writes one for MiniLM): drawn in label_curve.png "
-                                "and listed in summary.md as a reference line. Keys: name, source, points (label "
-                                "count -> mean accuracy, ci95)."})
+                                "and listed in summary.md as a reference line (none: no line). Keys: name, source, "
+                                "points (label count or all -> mean accuracy and ci95 as fractions)."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Stages whose recipe or inputs changed since an earlier run in output_dir "
                                  "are deleted and run again (without it they are refused, naming what changed)."})
@@ -135,6 +154,8 @@ class PipelineArguments:
                 raise RecipeError(f"key '{key}': must be at least {least}, got {getattr(self, key)}")
         check_arm_overrides(self.pretrained_arm_overrides, "pretrained_arm_overrides")
         check_arm_overrides(self.scratch_arm_overrides, "scratch_arm_overrides")
+        if str(self.reference_curve).strip().lower() in ("none", "null", ""):
+            self.reference_curve = None  # `--reference_curve none` turns off a recipe's reference line
         if self.reference_curve is not None:
             self.reference_curve = str(read_reference_curve(self.reference_curve)[0])
         for key in ("pretrain_recipe", "finetune_recipe"):
