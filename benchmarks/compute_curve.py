@@ -55,8 +55,8 @@ def minilm_curve(out: Path, pipeline: dict) -> list:
                      [first + i for i in range(pipeline["full_label_seeds"])], pipeline["curve_examples_per_run"],
                      pipeline["curve_evaluations"])
     for run in runs:
-        print(f"== MiniLM, {run.labels} labels, seed {run.seed} -> {run.folder}", flush=True)
         folder = out / "minilm" / run.folder.name
+        print(f"== MiniLM, {run.labels} labels, seed {run.seed} -> {folder}", flush=True)
         settings = {**run.settings, "output_dir": str(folder), "disable_tqdm": True, "report_to": "none"}
         if run.labels == "all":  # the full-label run keeps the recipe's epoch and its best of 3 validations
             settings.update(eval_strategy="steps", eval_steps=1 / 3, save_strategy="steps", save_steps=1 / 3,
