@@ -1,11 +1,12 @@
 # Each target sets up .venv on first use (scripts/setup_env.sh), then runs.
 RECIPE ?= recipes/tiny-llama/pretrain.yaml
 PIPELINE ?= recipes/tiny-llama/pipeline.yaml
+FINETUNE ?= recipes/minilm/finetune-sentiment.yaml
 ARGS ?=
 
 LINTED = src scripts tests benchmarks
 
-.PHONY: setup pipeline pretrain test lint
+.PHONY: setup pipeline pretrain finetune test lint
 
 setup:
 	@bash scripts/setup_env.sh
@@ -15,6 +16,9 @@ pipeline: setup
 
 pretrain: setup
 	.venv/bin/python scripts/pretrain.py $(RECIPE) $(ARGS)
+
+finetune: setup
+	.venv/bin/python scripts/finetune.py $(FINETUNE) $(ARGS)
 
 lint: setup
 	.venv/bin/ruff check $(LINTED)

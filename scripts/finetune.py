@@ -4,7 +4,7 @@
     accelerate launch scripts/finetune.py recipes/tiny-llama/finetune-sentiment.yaml [--key value ...]
     python scripts/finetune.py recipes/minilm/finetune-sentiment-lora.yaml --num_train_epochs 1
 
-YAML values are defaults; flags override them. `--help` lists every key.
+YAML values are defaults; flags override them. `--help` lists the keys, `--help_all` every TrainingArguments key too.
 """
 
 import sys

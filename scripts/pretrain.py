@@ -4,7 +4,7 @@
     accelerate launch scripts/pretrain.py recipes/tiny-llama/pretrain.yaml [--key value ...]
     python scripts/pretrain.py --config recipes/tiny-bert/pretrain.yaml --max_steps 20 --output_dir runs/x
 
-YAML values are defaults; flags override them. `--help` lists every key.
+YAML values are defaults; flags override them. `--help` lists the keys, `--help_all` every TrainingArguments key too.
 """
 
 import sys

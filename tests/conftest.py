@@ -293,3 +293,22 @@ class StopAtFinalEvaluation(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         raise KeyboardInterrupt
+
+
+def png_pixels(path, min_bytes: int = 5000):
+    """The RGB pixels (floats 0-1) of a PNG image, checked to be one (its signature) and more than an empty canvas
+    (a blank 6 x 4 inch figure is about 2,000 bytes)."""
+    from matplotlib.image import imread
+
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) > min_bytes, f"{path}: only {len(data)} bytes"
+    return imread(path)[..., :3]
+
+
+def pixels_of(pixels, color: str, tolerance: float = 0.1) -> int:
+    """How many pixels have about the colour `color` ("#rrggbb"): e.g. matplotlib's first lines, C0 #1f77b4."""
+    import numpy as np
+
+    rgb = np.array([int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    return int((np.abs(pixels - rgb).max(axis=-1) < tolerance).sum())

@@ -245,8 +245,17 @@ def classifier(tmp_path_factory, causal_run, learnable_csv):
     lmrecipes.finetune(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"), model_name_or_path=str(causal_run[0]),
                        train_file=[learnable_csv], text_column="review", label_column="verdict", max_steps=2,
                        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, report_to="none",
-                       max_length=16, output_dir=str(out))
+                       max_length=16, output_dir=str(out), test_fraction=0.0)  # no test split: predict.py scores
     return out
+
+
+def test_a_run_without_a_test_split_evaluates_validation_and_publishes(classifier, tmp_path):
+    results = json.loads((classifier / "all_results.json").read_text())
+    assert "eval_accuracy" in results and not [key for key in results if key.startswith("test_")]
+    assert not (classifier / "test_predictions.json").exists()
+    assert "| accuracy |" in (classifier / "results.md").read_text()
+    lmrecipes.publish(classifier, repo_id="you/no-test-split", dry_run=True, publish_dir=tmp_path / "hub")
+    assert "accuracy" in (tmp_path / "hub" / "README.md").read_text()
 
 
 @settings(max_examples=50, **SETTINGS)
@@ -262,7 +271,8 @@ def test_predict_script_succeeds_or_exits_2(tmp_path_factory, classifier, capsys
     else:
         path = write_file(folder, inputs, fmt, mutate)
     output = folder / "predictions.jsonl"
-    code, crash = run_script("predict", [classifier, path, "--output", output, *(["--skip_bad_rows"] if skip else [])])
+    code, crash = run_script("predict", [classifier, path, "--output", output, "--text_column", "text",
+                                         *(["--skip_bad_rows"] if skip else [])])
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     event(f"exit {code}")
@@ -554,7 +564,7 @@ def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run
 
 
 @pytest.mark.parametrize("content, expected", [
-    ("model_type: llama\nlearnin_rate: 0.1\n", "unknown key 'learnin_rate' (did you mean 'learning_rate'?)"),
+    ("model_type: llama\nlearnin_rate: 0.1\n", "unknown key: 'learnin_rate' (did you mean 'learning_rate'?)"),
     ("model_type: llama\nlearning_rate: fast\n", "key 'learning_rate': invalid float value: 'fast'"),
     ("model_type: llama\nblock_size: [1, 2\n", "malformed YAML"),
     ("model_type: llama\neval_strategy: sometimes\n", "key 'eval_strategy': invalid choice"),
@@ -593,7 +603,7 @@ def test_validation_errors_name_the_key():
 def test_abbreviated_flags_are_unknown_keys(capsys, tmp_path):
     recipe = str(REPO / "recipes" / "tiny-llama" / "pretrain.yaml")
     code, err = run_script_main(capsys, recipe, "--max_grad", "0.5", "--output_dir", str(tmp_path / "out"))
-    assert code == 2 and err == "error: unknown command-line key '--max_grad' (did you mean 'max_grad_norm'?)"
+    assert code == 2 and err == "error: command line: unknown key: '--max_grad' (did you mean 'max_grad_norm'?)"
     assert not (tmp_path / "out").exists()
 
 

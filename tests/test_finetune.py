@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback
 
 import lmrecipes
-from conftest import REPO, WORDS, learnable_review, read_json
+from conftest import REPO, WORDS, learnable_review, pixels_of, png_pixels, read_json
 from lmrecipes import load_recipe
 from lmrecipes.arguments import FINETUNE_ARGUMENTS
 from lmrecipes.data.classification import load_classification_data
@@ -106,6 +106,15 @@ def test_finetuning_learns_a_learnable_task(request, tmp_path, learnable_csv, fr
         f"no better than a frozen random body with a trained head ({baseline}): {written['test_accuracy']}"
     assert read_json(out / "labels.json")["labels"] == ["neg", "pos"]
     assert results["test_accuracy"] == written["test_accuracy"]
+    # results.md: what was trained on what, the metrics on both splits; the loss curve, the confusion matrix
+    report = (out / "results.md").read_text()
+    assert f"| accuracy | {written['eval_accuracy']:.4f} | {written['test_accuracy']:.4f} |" in report, report
+    assert f"train: {learnable_csv} (" in report and "validation: held out from train (" in report, report
+    assert "tokens/s" in report and "![confusion matrix](confusion_matrix.png)" in report
+    assert pixels_of(png_pixels(out / "loss_curve.png"), "#1f77b4") > 200, "no training loss line"
+    assert pixels_of(png_pixels(out / "confusion_matrix.png"), "#08306b") > 1000, "no fullest cell"
+    assert {"results.md", "loss_curve.png", "confusion_matrix.png"} <= set(read_json(out / ".lmrecipes-run.json")
+                                                                           ["files"])
 
 
 @pytest.mark.parametrize("kind", ["causal", "masked"])
@@ -262,21 +271,21 @@ def test_scratch_init_and_predict_script(tmp_path, learnable_csv, causal_run):
 
     array = tmp_path / "array.json"  # a .json file holding an array of rows
     array.write_text(json.dumps([{"review": t} for t in texts]))
-    result = run_predict(out, array, "--text_column", "review")
+    result = run_predict(out, array)  # the run's text_column, review
     assert result.returncode == 0 and [json.loads(l)["label"] for l in result.stdout.splitlines()] == \
         [label for label, _ in expected], result.stderr[-2000:]
 
     dirty = tmp_path / "dirty.jsonl"
     dirty.write_text("\n".join(json.dumps(row) for row in [{"text": texts[0]}, {"text": None}, {"text": 5},
                                                              {"text": texts[1]}]) + "\n")
-    result = run_predict(out, dirty, "--output", tmp_path / "dirty-out.jsonl")
+    result = run_predict(out, dirty, "--output", tmp_path / "dirty-out.jsonl", "--text_column", "text")
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: {dirty} line 2: column 'text' is empty (null) (--skip_bad_rows to skip such rows)"]
     assert not (tmp_path / "dirty-out.jsonl").exists()
     with pytest.raises(lmrecipes.RecipeError, match=r"texts: a list of texts .*, got str \(one text: put it in a "
                                                    r"list\)"):
         lmrecipes.predict(out, "it was good")  # was: one prediction per character
-    result = run_predict(out, dirty, "--skip_bad_rows")
+    result = run_predict(out, dirty, "--skip_bad_rows", "--text_column", "text")
     assert result.returncode == 0 and [json.loads(l)["text"] for l in result.stdout.splitlines()] == texts[:2]
     assert "skipped 2 rows" in result.stderr
 
@@ -319,7 +328,7 @@ def test_text_pairs_are_classified_as_pairs(tmp_path, causal_run):
     result = run_predict(out, inputs, "--text_column", "first")  # the pair column comes from the run's recipe
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["text_pair"] for r in rows] == seconds
+    assert [(r["first"], r["second"]) for r in rows] == list(zip(firsts, seconds))  # the input's columns
     expected = expected_predictions(out, firsts, seconds)
     assert [(r["label"], pytest.approx(r["score"], abs=1e-5)) for r in rows] == expected
     with pytest.raises(lmrecipes.RecipeError, match="classifies text pairs"):  # a pair model given single texts
@@ -501,3 +510,73 @@ def test_a_decoder_classifier_reads_the_last_real_token_whatever_the_padding(tmp
         together = model(**batch).logits
         alone = torch.cat([model(**tokenizer([text], return_tensors="pt")).logits for text in texts])
     assert torch.allclose(together, alone, atol=1e-5), (together, alone)
+
+
+def test_a_new_head_is_said_in_one_line_and_the_loading_table_only_at_log_level_info(causal_run):
+    """transformers 5 logs a table of the weights a body checkpoint lacks (the new head) as a warning; lmrecipes says
+    it in one line, so the table is shown only when transformers' details are asked for (log_level: info)."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    checkpoint, _ = causal_run
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prepare_pad_token(tokenizer)
+    model_args, _, _, finetune_args, _, _ = load_recipe(str(REPO / RECIPES[("causal", False)]), FINETUNE_ARGUMENTS,
+                                                        model_name_or_path=str(checkpoint))
+    tables = []
+    collect = logging.Handler()
+    collect.emit = lambda record: tables.append(record.getMessage()) if "LOAD REPORT" in record.getMessage() else None
+    source, verbosity = logging.getLogger("transformers.modeling_utils"), transformers_logging.get_verbosity()
+    source.addHandler(collect)
+    try:
+        for level, shown in ((logging.WARNING, 0), (logging.INFO, 1)):
+            transformers_logging.set_verbosity(level)
+            tables.clear()
+            build_classifier(model_args, finetune_args, tokenizer, SingleLabelClassification(["neg", "pos"], "label"))
+            assert len(tables) == shown, tables
+    finally:
+        source.removeHandler(collect)
+        transformers_logging.set_verbosity(verbosity)
+    assert "score.weight" in tables[0] and "MISSING" in tables[0]  # the table lmrecipes' line replaces
+
+
+def test_list_valued_metrics_stay_out_of_tensorboard_and_in_the_results(tmp_path):
+    """report_to: tensorboard warned about each per-class list at each evaluation (16 lines in a user's run); the
+    loggers get the numbers only, and the evaluation's own dict (eval_results.json) keeps the lists."""
+    import logging
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, TrainerControl, TrainerState
+    from transformers.utils import logging as transformers_logging
+
+    from lmrecipes.run_report import log_scalars_only
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=["tensorboard"])
+    warnings = []
+    collect = logging.Handler()
+    collect.emit = lambda record: warnings.append(record.getMessage())
+    source, verbosity = logging.getLogger("transformers.integrations.integration_utils"), \
+        transformers_logging.get_verbosity()
+    source.addHandler(collect)
+    transformers_logging.set_verbosity_warning()  # lmrecipes' runs log transformers' warnings
+    try:
+        for kept_out in (False, True):
+            callbacks = CallbackHandler([DefaultFlowCallback(), TensorBoardCallback()], None, None, None, None)
+            if kept_out:
+                log_scalars_only(SimpleNamespace(args=args, callback_handler=callbacks))
+            state, control = TrainerState(), TrainerControl()
+            callbacks.on_train_begin(args, state, control)
+            logs = {"eval_loss": 0.5, "eval_f1_per_class": [0.8, 1.0], "eval_confusion_matrix": [[4, 1], [0, 5]]}
+            warnings.clear()
+            callbacks.on_log(args, state, control, dict(logs) if not kept_out else logs)
+            callbacks.on_train_end(args, state, control)
+            if not kept_out:  # what the test would see without lmrecipes' callbacks
+                assert len(warnings) == 2 and "eval/f1_per_class" in warnings[0], warnings
+        assert warnings == [] and logs["eval_f1_per_class"] == [0.8, 1.0] and logs["eval_loss"] == 0.5
+        assert list((tmp_path / "runs").rglob("*tfevents*")), "TensorBoard wrote nothing"
+    finally:
+        source.removeHandler(collect)
+        transformers_logging.set_verbosity(verbosity)

@@ -271,3 +271,32 @@ def test_an_error_raised_in_a_data_loader_worker_is_still_one_line():
                           "last):\n  File \"x.py\", line 1, in rows\nlmrecipes.errors.RecipeError: share 2 of the 2 the"
                           " training stream is split into holds no row\n")
     assert _stop_message(arrived) == ("share 2 of the 2 the training stream is split into holds no row", 2)
+
+
+def test_transformers_logs_at_log_level_from_the_start_and_deepspeed_keeps_quiet_about_the_cpu(tmp_path):
+    """log_level applies before the Trainer exists (model loading logs first); on a machine without an accelerator
+    DeepSpeed's "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it." (its
+    import by accelerate, in every run where it is installed) is left out."""
+    import logging
+
+    from transformers import TrainingArguments
+    from transformers.utils import logging as transformers_logging
+
+    from lmrecipes.launch import has_accelerator, setup_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    try:
+        setup_logging(TrainingArguments(output_dir=str(tmp_path), log_level="info"))
+        assert transformers_logging.get_verbosity() == logging.INFO
+        setup_logging(TrainingArguments(output_dir=str(tmp_path)))
+        assert transformers_logging.get_verbosity() == logging.WARNING  # lmrecipes' default: transformers' warnings
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+    def shown(message: str) -> bool:
+        return bool(logging.getLogger("DeepSpeed").filter(
+            logging.LogRecord("DeepSpeed", logging.WARNING, "real_accelerator.py", 213, message, None, None)))
+
+    assert shown("Some other DeepSpeed warning")
+    assert shown("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.") \
+        == has_accelerator()

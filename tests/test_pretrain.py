@@ -2,12 +2,13 @@
 (Kill and resume: test_faults.py.)"""
 
 import json
+import re
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, pipeline
 
 import lmrecipes
-from conftest import LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, read_json, run_ddp_probe
+from conftest import LLAMA_PRETRAIN, REPO, TINY_BERT, TINY_LLAMA, pixels_of, png_pixels, read_json, run_ddp_probe
 from lmrecipes.demonstrations import demonstrate
 from lmrecipes.objectives.masked_lm import MASKED_LM
 
@@ -34,6 +35,27 @@ def test_causal_pretraining_learns_and_writes_its_results(causal_run):
         assert (out / name).is_file(), name
     recipe = (out / "recipe.yaml").read_text()
     assert "max_steps: 30" in recipe and "objective: causal_lm" in recipe
+
+
+def test_a_finished_pretraining_run_says_what_it_trained_on_what_in_results_md(causal_run):
+    """results.md: the model, the data and its blocks, the held-out metrics, time and speed; loss_curve.png; both
+    recorded as the run's. On CPU the data loaders pin no memory (torch warned about it at every loader)."""
+    import torch
+
+    out, results = causal_run
+    report = (out / "results.md").read_text()
+    assert report.startswith("# Pretraining: run\n")
+    assert re.search(r"- \*\*model\*\*: llama \(causal_lm\), [\d,]+ parameters, from random weights", report), report
+    assert re.search(r"- \*\*data\*\*: train: .*corpus.*\.jsonl \([\d,]+ blocks of 64 tokens\); validation: held out "
+                     r"from train \([\d,]+ blocks of 64 tokens\)", report), report
+    assert f"{results['train_tokens']:,} tokens" in report and "tokens/s" in report
+    for key in ("loss", "perplexity", "bits_per_byte"):
+        assert f"| {key} | {results['eval_' + key if key == 'loss' else key]:.4f} |" in report, (key, report)
+    assert "![loss curve](loss_curve.png)" in report and "confusion" not in report
+    pixels = png_pixels(out / "loss_curve.png")
+    assert pixels_of(pixels, "#1f77b4") > 200 and pixels_of(pixels, "#ff7f0e") > 20  # 30 logged steps, 1 held-out
+    assert {"results.md", "loss_curve.png"} <= set(read_json(out / ".lmrecipes-run.json")["files"])
+    assert torch.load(out / "training_args.bin", weights_only=False).dataloader_pin_memory is False
 
 
 def test_causal_model_reloads_and_generates(causal_run):

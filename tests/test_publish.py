@@ -2,7 +2,10 @@
 model-index equal to the results, reload in a pipeline, no token anywhere), a LoRA adapter with its base, the
 Hub unreachable (fast, one line), and `push_to_hub` in a recipe."""
 
+import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -73,8 +76,8 @@ def test_dry_run_of_a_pretrained_model(tmp_path, causal_run, small_corpus):
     assert metrics_of(card) == {"perplexity": round(results["perplexity"], 4),
                                 "bits_per_byte": round(results["bits_per_byte"], 4),
                                 "loss": round(results["eval_loss"], 4)}
-    for section in ("## How to use", "## Training", "## Training data", "## Limitations", "`<local>/*.jsonl`",
-                    f"{results['train_tokens']:,}"):
+    for section in ("## How to use", "## Training", "## Training data", "## Limitations",
+                    "- training: `<local>/*.jsonl`: 40 rows, ", f"{results['train_tokens']:,}"):
         assert section in card.text, section
     assert_no_local_paths(folder)
     text = pipeline("text-generation", model=str(folder))("The king", max_new_tokens=5, do_sample=False)
@@ -92,7 +95,7 @@ def lora_run(tmp_path_factory, causal_run, learnable_csv):
     return out, results
 
 
-def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_run):
+def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_run, learnable_csv):
     run_dir, results = lora_run
     assert_no_secret(run_dir)  # training_args.bin, recipe.yaml, logs: the token was dropped before training
 
@@ -120,6 +123,9 @@ def test_dry_run_of_a_finetuned_lora_model_merged_and_as_adapter(tmp_path, lora_
     assert read_json(adapter_dir / "adapter_config.json")["base_model_name_or_path"] == "someone/tiny-llama"
     card = ModelCard.load(adapter_dir / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "someone/tiny-llama"
+    with open(learnable_csv, newline="") as handle:  # the usage example: the first text of the run's own data
+        first = next(csv.DictReader(handle))["review"]
+    assert f"classify({first!r})" in card.text
 
     from lmrecipes.run_folder import recorded_local_model
 
@@ -389,3 +395,166 @@ def test_a_publish_dir_inside_another_run_is_refused(tmp_path, causal_run):
     with pytest.raises(lmrecipes.RecipeError, match=rf"key 'publish_dir': .* is inside another run \({other}\)"):
         lmrecipes.publish(causal_run[0], "someone/tiny", dry_run=True, publish_dir=str(other / "hub"))
     assert sorted(p.name for p in other.iterdir()) == [".lmrecipes-run.json"]
+
+
+# ---------------------------------------------------------------- a run on your own data: its card, its files' modes
+
+SPAM = "win a free prize now claim your reward today limited offer click the link to collect cash bonus".split()
+HAM = "meeting moved to thursday please find the agenda attached and send your notes before lunch".split()
+
+
+def email(rng, kind: str) -> str:
+    """A long e-mail body (about 90 words, past a 32-token window) of one kind's words, with line breaks."""
+    words = SPAM if kind == "spam" else HAM
+    return "\n".join(" ".join(rng.choice(words) for _ in range(15)) for _ in range(6))
+
+
+@pytest.fixture(scope="module")
+def email_run(tmp_path_factory, causal_run):
+    """A user's e-mails (CSV `body,category`, spam vs ham, long texts cut into windows: long_text chunk), fine-tuned
+    for 2 steps with a checkpoint at each, under umask 022: (run folder, results, the CSV)."""
+    import random
+
+    rng = random.Random(0)
+    data = tmp_path_factory.mktemp("mail") / "emails.csv"
+    with open(data, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["body", "category"])
+        writer.writerow(['Hello team,\n"Quarterly" planning: ' + email(rng, "ham"), "ham"])  # quotes, a comma
+        for number in range(59):
+            kind = "spam" if number % 2 else "ham"
+            writer.writerow([email(rng, kind), kind])
+    out = tmp_path_factory.mktemp("mail-run") / "run"
+    mask = os.umask(0o022)
+    try:
+        results = lmrecipes.finetune(str(REPO / "recipes/tiny-llama/finetune-sentiment.yaml"),
+                                     **{**FAST_FT, "train_file": [str(data)], "text_column": "body",
+                                        "label_column": "category", "save_strategy": "steps"},
+                                     model_name_or_path=str(causal_run[0]), output_dir=str(out), long_text="chunk",
+                                     stride=8, max_steps=2, save_steps=1)
+    finally:
+        os.umask(mask)
+    return out, results, data
+
+
+def test_the_card_of_a_run_on_your_own_data_speaks_of_that_data_and_its_windows(tmp_path, email_run):
+    """A spam model's card: its usage example is the start of the run's own first e-mail, its data section the
+    user's file with rows and bytes, its limitations not the embedded demo's; nothing of movie reviews. Trained on
+    windows: the card says so, and its code averaging a text's windows runs and scores as lmrecipes predicts."""
+    run_dir, results, data = email_run
+    folder = tmp_path / "hub"
+    lmrecipes.publish(run_dir, "someone/spam-filter", dry_run=True, publish_dir=str(folder))
+    card = ModelCard.load(folder / "README.md").text
+    for word in ("review", "movie", "film", "literature"):
+        assert word not in card.lower(), word
+    with open(data, newline="", encoding="utf-8") as handle:
+        first = " ".join(next(csv.DictReader(handle))["body"].split())
+    example = re.search(r"classify\('(.*?)'\)", card).group(1)
+    assert first.startswith(example) and 150 < len(example) <= 200, example  # the first text, cut at a word
+    assert f"- training: `<local>/emails.csv`: 60 rows, {data.stat().st_size:,} bytes" in card
+    assert "- test: 10% of the training rows, held out by a hash of their text" in card
+    assert "Trained on the data listed above only" in card
+    assert "windows of 32 tokens overlapping by 8 (`long_text: chunk`)" in card
+    assert ("MFU" in card) == (results.get("mfu") is not None and results["mfu"] < 1)
+    assert_no_local_paths(folder)
+
+    blocks = [block.split("```", 1)[0] for block in card.split("```python\n")[1:]]
+    assert len(blocks) == 2 and "pipeline(" in blocks[0] and "classify_long" in blocks[1]
+    code, space, printed = blocks[1].replace("someone/spam-filter", str(folder)), {}, io.StringIO()
+    with contextlib.redirect_stdout(printed):  # runs as written: it prints the scores of the example
+        exec(compile(code, "model-card", "exec"), space)
+    assert re.fullmatch(r"\{'ham': [0-9.e-]+, 'spam': [0-9.e-]+\}\n", printed.getvalue()), printed.getvalue()
+    text = email(__import__("random").Random(1), "spam")
+    scores = space["classify_long"](text)
+    assert set(scores) == {"ham", "spam"} and sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+    predicted = lmrecipes.predict(folder, [text])[0]  # the windows' logits averaged, as lmrecipes does
+    assert scores[predicted["label"]] == pytest.approx(predicted["score"], abs=1e-4)
+
+
+def test_only_files_that_are_the_runs_are_described_or_quoted(tmp_path, email_run):
+    """A file at the recipe's path whose content is not what the run trained on (changed since, or another file
+    of that name where the card is built) is named only: neither its text nor its size is published."""
+    from lmrecipes.card_data import first_text, proven_files
+    from lmrecipes.recipe import read_run_recipe
+
+    run_dir, _, data = email_run
+    recipe = read_run_recipe(run_dir)
+    files = proven_files(run_dir, recipe)
+    assert files == {"train_file": [str(data)]} and first_text(files, recipe).startswith("Hello team, \"Quarterly\"")
+    other = tmp_path / "emails.csv"
+    other.write_text(data.read_text().replace("Hello team", "Hello all"))
+    assert proven_files(run_dir, {**recipe, "train_file": [str(other)]}) == {}
+    assert proven_files(tmp_path, recipe) == {}  # no run marker: nothing proves the files
+
+
+def test_what_lmrecipes_writes_takes_the_modes_of_the_users_umask(tmp_path, email_run):
+    """Under umask 022 a finished run's files (safetensors, written 0600 by safetensors itself, the run's marker and
+    checkpoints' manifests, written through temporary files) are 0644 and its folders 0755; so are a publish
+    folder and an exported model (renamed from temporary folders). Under 027: 0640 and 0750."""
+    from lmrecipes.cache import atomic_directory
+    from lmrecipes.ownership import give_umask_modes, umask, write_text_atomically
+
+    def modes(folder):
+        return {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in [folder, *folder.rglob("*")]}
+
+    run_dir, _, _ = email_run
+    written = modes(run_dir)
+    assert {"model.safetensors", "checkpoint-2/model.safetensors", ".lmrecipes-run.json"} <= set(written)
+    assert {name: mode for name, mode in written.items()
+            if mode != (oct(0o755) if (run_dir / name).is_dir() else oct(0o644))} == {}
+    mask = os.umask(0o022)
+    try:
+        lmrecipes.publish(run_dir, "someone/spam-filter", dry_run=True, publish_dir=str(tmp_path / "hub"))
+        from lmrecipes.lora import export_classifier
+
+        export_classifier(run_dir, tmp_path / "exported")
+        for folder in (tmp_path / "hub", tmp_path / "exported"):
+            assert {name: mode for name, mode in modes(folder).items()
+                    if mode != (oct(0o755) if (folder / name).is_dir() else oct(0o644))} == {}, folder
+        os.umask(0o027)
+        assert umask() == 0o027
+        with atomic_directory(tmp_path / "made") as made:
+            (made / "inner").mkdir()
+            (made / "inner" / "w.safetensors").write_bytes(b"x")
+            (made / "inner" / "w.safetensors").chmod(0o600)  # as safetensors writes it
+            write_text_atomically(made / "notes.json", "{}")
+            give_umask_modes(made / "inner", "*.safetensors")
+    finally:
+        os.umask(mask)
+    assert modes(tmp_path / "made") == {".": oct(0o750), "inner": oct(0o750), "inner/w.safetensors": oct(0o640),
+                                        "notes.json": oct(0o640)}
+
+
+def test_the_card_shows_a_trusted_mfu_only_and_the_demo_wording_for_embedded_data_only():
+    from lmrecipes.arguments.data import EMBEDDED_CORPUS, EMBEDDED_SENTIMENT
+    from lmrecipes.model_card import _limitations, _mfu_text, data_provenance
+
+    assert _mfu_text({"mfu": 0.123}) == ", MFU 12.3%"
+    for untrusted in ({"mfu": 1.0}, {"mfu": 0.4, "mfu_trusted": False}, {"mfu": None}, {}):
+        assert _mfu_text(untrusted) == "", untrusted  # 1.0: what runs capped an MFU beyond their peak basis at
+    demo = _limitations("classifier", 10_000, {"train_file": [EMBEDDED_SENTIMENT]})
+    assert "embedded data (movie-review snippets)" in demo and "predictions are unreliable" in demo
+    corpus = _limitations("causal_lm", 10_000, {"train_file": [str(REPO / "data/corpus/austen.jsonl.gz")]})
+    assert "old literature and political speeches" in corpus and "generates unreliable text" in corpus
+    for own in ({"train_file": ["/home/me/emails.csv"]}, {"train_file": [EMBEDDED_CORPUS, "mine.txt"]},
+                {"dataset_name": "someone/mail"}):
+        text = _limitations("classifier", 10_000, own)
+        assert "Trained on the data listed above only" in text and "movie" not in text and "literature" not in text
+    embedded = "\n".join(data_provenance({"train_file": [EMBEDDED_SENTIMENT], "validation_fraction": 0.1}))
+    assert "- training: `data/sentiment/movie_reviews.jsonl.gz`: movie-review snippets" in embedded
+    assert "- validation: 10% of the training rows" in embedded and "not recorded by lmrecipes" not in embedded
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification", "regression"])
+def test_every_tasks_usage_code_quotes_the_example_as_python(problem_type):
+    """The example (a text of the user's data: quotes, backslashes, a text pair) is a Python literal in the calls,
+    for plain and LoRA classifiers, with and without windows."""
+    from lmrecipes.model_card import PLACEHOLDER_TEXT, _usage, _windows_usage
+
+    for example in ('It\'s "odd" \\ text', {"text": "a 'first'", "text_pair": 'a "second"'}, None):
+        for kind in ("classifier", "adapter"):
+            code = _usage(kind, "someone/x", None, ["a", "b"], problem_type, example)
+            compile(code, "card", "exec")
+            assert repr(example or PLACEHOLDER_TEXT) in code
+            windows = "\n".join(_windows_usage(kind, "someone/x", ["a", "b"], problem_type, (64, 16), example))
+            compile(windows.split("```python\n")[1].split("```")[0], "card", "exec")

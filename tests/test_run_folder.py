@@ -69,6 +69,25 @@ def test_a_new_or_empty_folder_is_claimed_with_the_recipe_and_a_marker(tmp_path)
         assert "finished" not in record and record["session_start"] > 0
 
 
+def test_results_md_and_its_figures_and_their_cut_short_writes_are_the_runs(tmp_path):
+    """A finished run's results.md and figures are recorded as it writes them (run_report, tasks/); a stop during
+    their atomic write leaves a temporary file that overwrite_output_dir may delete, and nothing else of that form."""
+    from lmrecipes.run_folder import record_saved_files, remove_run_folder, run_owns
+
+    out = tmp_path / "run"
+    claim(out, RECIPE)
+    for name in ("results.md", "loss_curve.png", "confusion_matrix.png", "predicted_vs_true.png",
+                 ".results.md.k2j4x9.tmp"):
+        (out / name).write_text("written")
+    record_saved_files(out, finished=True)
+    owns = run_owns(out)
+    assert all(owns(name) for name in ("results.md", "loss_curve.png", "confusion_matrix.png",
+                                       "predicted_vs_true.png", ".results.md.k2j4x9.tmp"))
+    assert not owns(".notes.md.k2j4x9.tmp") and not owns("my_plot.png")
+    remove_run_folder(out)
+    assert [p.name for p in out.iterdir()] == [RUN_LOCK]  # everything else was the run's
+
+
 def test_a_started_run_of_the_same_recipe_is_claimed_again_to_resume(tmp_path):
     out = tmp_path / "run"
     claim(out, RECIPE)

@@ -2,15 +2,17 @@
 label sets), regression (integer targets, correlation metrics, predict.py's scores), long texts cut into windows,
 the head's own learning rate; each on a made task the tiny Llama (pretrained in the test session) can learn."""
 
+import csv
 import json
 import random
+import re
 
 import numpy as np
 import pytest
 from transformers import TrainerCallback
 
 import lmrecipes
-from conftest import REPO, WORDS, read_json
+from conftest import REPO, WORDS, pixels_of, png_pixels, read_json
 from lmrecipes import load_recipe
 from lmrecipes.arguments import FINETUNE_ARGUMENTS
 from lmrecipes.data.classification import load_classification_data
@@ -43,6 +45,11 @@ def tagged_rows(count, seed):
     return rows
 
 
+def result_of(result):
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def finetune(checkpoint, out, data, **settings):
     return lmrecipes.finetune(str(REPO / RECIPES[("causal", False)]), model_name_or_path=str(checkpoint),
                               train_file=[data], output_dir=str(out), **{**RUN, **settings})
@@ -73,6 +80,23 @@ def test_multi_label_classification_tunes_and_saves_a_threshold_and_predicts_lab
         assert sorted(row["scores"]) == ["comedy", "horror", "romance"]
         assert row["labels"] == [name for name, p in row["scores"].items() if p >= saved["threshold"]]
     assert rows[0]["labels"] == ["comedy", "horror"], rows
+
+    # scored against a column of label lists, with the run's test metrics (at its threshold)
+    held_out = tagged_rows(40, seed=5)
+    scored = result_of(run_predict(out, write_jsonl(tmp_path / "held.jsonl", held_out), "--label_column", "genres",
+                                   "--output", tmp_path / "held.csv"))
+    metrics = read_json(tmp_path / "held.metrics.json")
+    with open(tmp_path / "held.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    predicted = [set(json.loads(row["labels"])) for row in written]  # csv: label sets as JSON lists
+    assert metrics["subset_accuracy"] == pytest.approx(np.mean([p == set(r["genres"]) for p, r in
+                                                                zip(predicted, held_out)]))
+    assert metrics["threshold"] == saved["threshold"] and len(metrics["f1_per_label"]) == 3
+    assert f"subset_accuracy {metrics['subset_accuracy']:.4f}" in scored.stdout
+    saved_rows = read_json(out / "test_predictions.json")
+    assert all(set(names) <= set(TAGS.values()) for names in saved_rows["predicted_labels"])
+    assert [sorted(names) for names in saved_rows["reference_labels"]] == [
+        [name for name, v in zip(saved["labels"], row) if v] for row in saved_rows["references"]]
 
     # the same labels as one 0/1 column per label
     columns = [{"text": r["text"], **{name: int(name in r["genres"]) for name in TAGS.values()}}
@@ -127,7 +151,14 @@ def test_regression_learns_scores_from_integer_targets_and_predicts_them(tmp_pat
     result = run_predict(out, texts, "--output", tmp_path / "scores.csv")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = (tmp_path / "scores.csv").read_text().splitlines()
-    assert lines[0] == "text,score" and float(lines[1].split(",")[-1]) > float(lines[2].split(",")[-1]) + 2, lines
+    assert lines[0] == "line,text,score" and float(lines[1].split(",")[-1]) > float(lines[2].split(",")[-1]) + 2, lines
+    rated = write_jsonl(tmp_path / "rated-again.jsonl", rows[:30])  # scored against the column of numbers
+    scored = result_of(run_predict(out, rated, "--label_column", "rating", "--metrics_output", tmp_path / "m.json"))
+    predicted = [json.loads(line)["score"] for line in scored.stdout.splitlines()]
+    assert [json.loads(line)["rating"] for line in scored.stdout.splitlines()] == [r["rating"] for r in rows[:30]]
+    mse = float(np.mean((np.array(predicted) - [r["rating"] for r in rows[:30]]) ** 2))
+    assert read_json(tmp_path / "m.json")["mse"] == pytest.approx(mse, rel=1e-5)
+    assert "scored 30 rows against 'rating': mse " in scored.stderr and "pearsonr" in scored.stderr, scored.stderr
 
     from huggingface_hub import ModelCard
 
@@ -145,13 +176,22 @@ def long_review(rng):
     return {"text": " ".join(filler(rng, 60, 80)) + f" it was {'good' if label == 'pos' else 'poor'}", "label": label}
 
 
-def test_long_texts_chunked_into_windows_find_a_label_at_the_end_that_truncation_misses(tmp_path, causal_run):
+def test_long_texts_chunked_into_windows_find_a_label_at_the_end_that_truncation_misses(tmp_path, causal_run,
+                                                                                         capsys):
     rng = random.Random(3)
     data = write_jsonl(tmp_path / "long.jsonl", [long_review(rng) for _ in range(300)])
     runs = {}
     for long_text in ("truncate", "chunk"):
         runs[long_text] = finetune(causal_run[0], tmp_path / long_text, data, long_text=long_text, stride=8,
                                    max_steps=150, validation_fraction=0.15, test_fraction=0.2)
+        # the log says what the run did to long texts (it said "windows with long_text: chunk" when truncating)
+        line = next(line for line in capsys.readouterr().out.splitlines() if "Classifier (" in line)
+        if long_text == "truncate":
+            assert line.endswith("train 200 rows, validation 44 rows, test 56 rows (long_text: truncate, longer "
+                                 "texts cut at max_length tokens)"), line
+        else:
+            assert re.search(r"train 200 texts in [\d,]+ windows, validation 44 texts in \d+ windows, test 56 texts in "
+                             r"\d+ windows \(long_text: chunk\)$", line), line
     truncated, chunked = runs["truncate"], runs["chunk"]
     windows = read_json(tmp_path / "chunk" / "test_results.json")
     assert truncated["test_samples"] == chunked["test_samples"] == windows["test_samples"] > 40  # texts, not windows
@@ -263,3 +303,37 @@ def test_per_class_results_are_bounded_for_many_classes():
         assert (details == {}) is few
         if not few:
             assert len(details["f1_per_class"]) == classes and len(details["confusion_matrix"]) == classes
+
+
+def test_each_task_draws_its_test_split_under_a_name_the_run_records(tmp_path):
+    """results.md's pictures of the test split, from test_predictions.json's rows: single-label and multi-label
+    confusion matrices, regression's predicted-against-true scatter; each name one a run records as its own."""
+    import fnmatch
+
+    from lmrecipes.figures import save_figure
+    from lmrecipes.run_folder import SAVED_NAMES
+    from lmrecipes.tasks import MultiLabelClassification, Regression, SingleLabelClassification
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    tags = rng.integers(0, 2, (300, 3)).astype(float)
+    scores = rng.normal(size=300)
+    drawn = {
+        "single": SingleLabelClassification(["neg", "neutral", "pos"], "label").test_figures(
+            np.where(rng.random(300) < 0.8, truth, 0).tolist(), truth.tolist()),
+        "multi": MultiLabelClassification(["comedy", "horror", "romance"], ["genres"], False).test_figures(
+            np.where(rng.random((300, 3)) < 0.8, tags, 1 - tags).tolist(), tags.tolist()),
+        "regression": Regression("rating").test_figures((scores + rng.normal(0, 0.3, 300)).tolist(),
+                                                        scores.tolist())}
+    assert {kind: list(figures) for kind, figures in drawn.items()} == {
+        "single": ["confusion_matrix.png"], "multi": ["confusion_matrix.png"], "regression": ["predicted_vs_true.png"]}
+    for kind, figures in drawn.items():
+        for name, figure in figures.items():
+            assert any(fnmatch.fnmatch(name, pattern) for pattern in SAVED_NAMES), name
+            save_figure(figure, tmp_path / f"{kind}-{name}")
+            pixels = png_pixels(tmp_path / f"{kind}-{name}")
+            # the fullest cell (darkest blue), or the scatter's points (matplotlib's first colour, half transparent)
+            assert pixels_of(pixels, "#8fbbd9" if kind == "regression" else "#08306b") > 500, kind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # written atomically: no temporary file left
+        "multi-confusion_matrix.png", "regression-predicted_vs_true.png", "single-confusion_matrix.png"]
+    assert SingleLabelClassification(["a", "b"], "label").test_figures([0, 1], [0, 1])  # drawn for any size

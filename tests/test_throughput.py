@@ -245,9 +245,11 @@ def test_tokens_per_second_counts_the_time_the_data_loader_takes(tmp_path):
     assert slow_wall - slow_seconds >= 2 * 64 * 0.04 * 0.9, measured
 
 
-def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path):
+def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
+    from lmrecipes import peak_flops
     from lmrecipes.peak_flops import cpu_peak_flops
 
+    monkeypatch.setattr(peak_flops, "load_average", lambda: 0.0)  # the cores to itself (this suite's are shared)
     cache = tmp_path / "peaks.json"
     peak, source = cpu_peak_flops("fp32", cache)
     assert peak > 0 and "best of 5, measured now" in source and cache.is_file()
@@ -255,11 +257,66 @@ def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path):
     assert again == peak and "measured earlier on this machine" in source
 
 
-def test_mfu_is_never_above_one(tmp_path):
-    callback = ThroughputCallback(flops_per_token=1e6, peak_flops=1e9, world_size=1)
+def test_a_busy_machine_is_told_by_its_load_beyond_the_cpus_the_measurement_leaves_free(monkeypatch):
+    from lmrecipes import peak_flops
+
+    monkeypatch.setattr(peak_flops.os, "cpu_count", lambda: 8)
+    for threads, load, busy in ((8, 1.2, False), (8, 3.0, True), (2, 7.0, False), (2, 7.9, True), (8, None, False)):
+        monkeypatch.setattr(peak_flops, "load_average", lambda load=load: load)
+        reason = peak_flops.busy_machine(threads)
+        assert (reason == f"load average {load:.1f} on 8 CPUs") if busy else reason is None, (threads, load)
+
+
+def test_a_cpu_peak_measured_under_load_is_never_kept_and_a_beaten_one_is_measured_again(tmp_path, monkeypatch):
+    """Measured while the cores were busy, a peak is low (every later MFU would be too high): used once, not kept.
+    Measured again (a run beat the cached one): replaced when the machine is quiet, else dropped."""
+    import json
+
+    from lmrecipes import peak_flops
+
+    measured, load = iter([1e9] * 5 + [4e9] * 5 + [8e9] * 5 + [2e9] * 5), {"now": 9.0}
+    monkeypatch.setattr(peak_flops, "measure_cpu_matmul_flops", lambda dtype: next(measured))
+    monkeypatch.setattr(peak_flops, "load_average", lambda: load["now"])
+    cache = tmp_path / "peaks.json"
+    peak, source = peak_flops.cpu_peak_flops("fp32", cache)
+    assert peak == 1e9 and "while the machine was busy (load average 9.0 on " in source and "not kept" in source
+    assert not cache.exists()
+    load["now"] = 0.0
+    assert peak_flops.cpu_peak_flops("fp32", cache)[0] == 4e9  # quiet: kept
+    (key, kept), = json.loads(cache.read_text()).items()
+    assert kept == 4e9 and peak_flops.cpu_peak_flops("fp32", cache) == (4e9, f"CPU matmul peak measured earlier on "
+                                                                              f"this machine ({key})")
+    cache.write_text(json.dumps({key: 4e9, "another CPU": 1.0}))
+    peak, source = peak_flops.cpu_peak_flops("fp32", cache, remeasure=True)
+    assert peak == 8e9 and "measured again" in source and json.loads(cache.read_text())[key] == 8e9
+    load["now"] = 9.0
+    peak, source = peak_flops.cpu_peak_flops("fp32", cache, remeasure=True)
+    assert peak == 2e9 and "busy" in source and json.loads(cache.read_text()) == {"another CPU": 1.0}
+
+
+def measured_mfu(tmp_path, peak, remeasure=None, tokens=5000):
+    """The metrics of a run of 1e6 FLOPs/token that trained `tokens` tokens in 1 s against `peak`."""
+    callback = ThroughputCallback(flops_per_token=1e6, peak_flops=peak, world_size=1, remeasure_peak=remeasure)
     args, state = TrainingArguments(output_dir=str(tmp_path), report_to="none"), TrainerState()
     state.num_input_tokens_seen = 0
     callback.on_train_begin(args, state, None)
-    callback.train_seconds, state.num_input_tokens_seen = 1.0, 5000  # 5e9 FLOP/s against a 1e9 peak
+    callback.train_seconds, state.num_input_tokens_seen = 1.0, tokens
     callback.on_train_end(args, state, None)
-    assert callback.metrics["mfu"] == 1.0
+    return callback
+
+
+def test_an_mfu_that_reaches_its_peak_basis_measures_the_peak_again_or_is_not_trusted(tmp_path):
+    """A peak is what the device can do: a run that reaches it (5e9 FLOP/s against 1e9) proves the basis wrong. A
+    CPU's peak is measured again once; if the run still reaches it, MFU is unknown, never 100%."""
+    calls = []
+    again = measured_mfu(tmp_path, 1e9, lambda: calls.append(1) or (1e10, "measured again"))
+    assert again.metrics["mfu"] == pytest.approx(0.5) and again.metrics["mfu_trusted"] is True
+    assert again.metrics["mfu_peak_flops_per_device"] == 1e10 and again.metrics["mfu_peak_source"] == "measured again"
+    still = measured_mfu(tmp_path, 1e9, lambda: calls.append(1) or (2e9, "measured again, busy"))
+    assert still.metrics["mfu"] is None and still.metrics["mfu_trusted"] is False
+    still._update(TrainerState(num_input_tokens_seen=100))  # later updates: still not trusted, not measured again
+    assert still.metrics["mfu"] is None and len(calls) == 2
+    exactly = measured_mfu(tmp_path, 5e9)  # a data sheet's peak (no measuring again), reached exactly
+    assert exactly.metrics["mfu"] is None and exactly.metrics["mfu_trusted"] is False
+    assert measured_mfu(tmp_path, 1e10).metrics["mfu_trusted"] is True
+    assert measured_mfu(tmp_path, None).metrics["mfu_trusted"] is None  # no basis: unknown, not untrusted

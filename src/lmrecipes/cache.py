@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -27,7 +28,8 @@ logger = logging.getLogger("lmrecipes")
 def atomic_directory(target: Path, replace=None):
     """Yield a temporary folder beside `target`; rename it to `target` only if the block finishes.
 
-    A killed process leaves a `.tmp-*` folder, never a half-written `target`. When `target` exists at the end it is
+    A killed process leaves a `.tmp-*` folder, never a half-written `target`. The folder has the mode the user's
+    umask gives a new folder (its files keep the modes their writers give). When `target` exists at the end it is
     kept (another process finished first) unless `replace` is given: then the earlier folder is renamed aside, the
     new one takes its place, and `replace(aside)` disposes of the earlier one (the new folder is in place whatever
     it does).
@@ -35,7 +37,7 @@ def atomic_directory(target: Path, replace=None):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     name = _short_name(target.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{_writer()}-", dir=target.parent))
+    tmp = _new_folder(target.parent, f".tmp-{name}-{_writer()}-")
     try:
         yield tmp
         if target.exists() and not target.is_symlink() and replace is not None:
@@ -50,6 +52,19 @@ def atomic_directory(target: Path, replace=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A new folder `prefix` + a random tail in `parent`, with the mode the umask gives a new folder (0755 under
+    022). Hand-written: tempfile.mkdtemp makes it 0700 whatever the umask, and an exported model, cache entry or
+    publish folder renamed from it would stay unreadable to the teammates of a shared machine."""
+    while True:
+        folder = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(mode=0o777)  # less the umask
+            return folder
+        except FileExistsError:
+            continue
 
 
 # Written last into every cache entry: the size of each of its files. An entry without it, or whose files differ
@@ -72,7 +87,7 @@ def _abandoned(folder: Path, name: str, day_s: float = 86400.0) -> bool:
     """A temporary folder of atomic_directory for the folder `name` whose writer is gone: a process of this machine
     that has ended, or any writer a day ago (one on another machine sharing the folder cannot be asked)."""
     try:
-        # .tmp-NAME-HOST-PID-RANDOM or .old-...: NAME and HOST may hold dashes, PID and mkdtemp's RANDOM do not
+        # .tmp-NAME-HOST-PID-RANDOM or .old-...: NAME and HOST may hold dashes, PID and the RANDOM tail do not
         host, pid, _ = folder.name[len(f".tmp-{_short_name(name)}-"):].rsplit("-", 2)
         if host == socket.gethostname():
             os.kill(int(pid), 0)

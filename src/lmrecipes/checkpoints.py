@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from .cache import flushed_sizes
-from .ownership import files_in, write_json_atomically
+from .ownership import files_in, give_umask_modes, write_json_atomically
 
 # Written by lmrecipes into a checkpoint after every file of it is on disk (fsync): the size of each file then.
 MANIFEST = ".lmrecipes-checkpoint.json"
@@ -93,7 +93,9 @@ def missing_training_state(folder: Path) -> list[str]:
 def write_manifest(folder: Path, run_id: str | None = None) -> None:
     """Flush every file of the checkpoint to disk, then record their sizes in the manifest (itself flushed): a
     checkpoint with a manifest survived a power loss as it was saved. `run_id`: the run that wrote it (a copy of
-    another run's checkpoint put in its place is told apart)."""
+    another run's checkpoint put in its place is told apart). Its safetensors files get the umask's mode
+    (ownership.give_umask_modes: safetensors writes them 0600)."""
+    give_umask_modes(folder, "*.safetensors")
     write_json_atomically(folder / MANIFEST, {"written_by": "lmrecipes", "run_id": run_id,
                                               "sizes": flushed_sizes(folder, MANIFEST)})
     directory = os.open(folder, os.O_RDONLY)

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-from .arguments import ClassificationDataArguments, FinetuneArguments, ModelArguments, RunArguments, TokenizerArguments
+from .arguments import (
+    FINETUNE_ARGUMENTS,
+    ClassificationDataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    RunArguments,
+    TokenizerArguments,
+)
 from .data.classification import load_classification_data, tokenize_for_classification
 from .data.sources import source_fingerprint
 from .errors import RecipeError
@@ -24,6 +31,7 @@ from .modeling import build_classifier, count_parameters
 from .recipe import resolved_recipe
 from .run import Run
 from .run_folder import is_run_folder, record_run, run_inputs, run_record
+from .run_report import RunReport, split_sources
 from .tasks import Task, task_class
 from .tasks.base import Documents, logits_of, metrics_function, task_loss
 from .tokenizer import load_tokenizer, prepare_pad_token
@@ -136,13 +144,17 @@ def per_text(prediction, documents: Documents | None):
 
 
 def save_test_predictions(out: Path, task: Task, logits, targets, dataset) -> None:
-    """The prediction and the target of every test text, in the test split's order (as the task writes them: label
-    ids, 0/1 rows, scores), and a hash of the rows' token ids (two runs scored the same rows in the same order only
-    if it matches)."""
+    """The prediction and the target of every test text, in the test split's order: as the task compares them
+    (`predictions`, `references`: label ids, 0/1 rows, scores) and, for labels, by name (`predicted_labels`,
+    `reference_labels`: a label, or a list of labels per row); and a hash of the rows' token ids (two runs scored
+    the same rows in the same order only if it matches)."""
     rows = hashlib.sha256(json.dumps([list(ids) for ids in dataset["input_ids"]]).encode()).hexdigest()
+    predictions, references = task.predictions(logits), np.asarray(targets).tolist()
+    named = task.named(predictions)  # None for scores
+    names = {} if named is None else {"predicted_labels": named, "reference_labels": task.named(references)}
     (out / TEST_PREDICTIONS).write_text(json.dumps({
         "problem_type": task.problem_type, "labels": task.labels, "test_inputs_sha256": rows,
-        "predictions": task.predictions(logits), "references": np.asarray(targets).tolist()}))
+        "predictions": predictions, "references": references, **names}))
 
 
 def choose_best_metric(training_args, task: Task, finetune_args: FinetuneArguments, explicit: dict) -> None:
@@ -164,16 +176,23 @@ def choose_best_metric(training_args, task: Task, finetune_args: FinetuneArgumen
                     "(class_weights: balanced weighs the loss)", imbalanced)
 
 
+def split_rows(encoded: dict, documents: Documents | None) -> dict[str, str]:
+    """Per split, what the run uses of it, in words: rows, or texts and the windows they were cut into."""
+    if documents is None:
+        return {split: f"{len(rows):,} rows" for split, rows in encoded.items()}
+    return {split: f"{documents.texts[split]:,} texts in {len(rows):,} windows" for split, rows in encoded.items()}
+
+
 def classifier_to_train(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer, task: Task,
-                        encoded: dict):
+                        encoded: dict, documents: Documents | None = None):
     """The classifier as it trains (LoRA-wrapped when asked), logged with its data."""
     model, new_modules = build_classifier(model_args, finetune_args, tokenizer, task)
     if finetune_args.use_lora:
         model = apply_lora(model, finetune_args, new_modules)
-    logger.info("Classifier (%s): %s parameters, %s trainable; labels %s; %d/%d/%d train/validation/test rows "
-                "(windows with long_text: chunk)",
-                task.problem_type, f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}",
-                task.labels, len(encoded["train"]), len(encoded["validation"]), len(encoded["test"]))
+    logger.info("Classifier (%s): %s parameters, %s trainable; labels %s; %s (long_text: %s)", task.problem_type,
+                f"{count_parameters(model):,}", f"{count_parameters(model, trainable_only=True):,}", task.labels,
+                ", ".join(f"{split} {rows}" for split, rows in split_rows(encoded, documents).items()),
+                "chunk" if documents is not None else "truncate, longer texts cut at max_length tokens")
     for line in task.notes():
         logger.info("%s", line)
     return model
@@ -187,17 +206,45 @@ def save_labels(out: Path, task: Task, model, model_args, finetune_args, data_ar
          "long_text": data_args.long_text, "stride": data_args.window_overlap()}, indent=2))
 
 
+def save_test_results(out: Path, task: Task, logits, targets, dataset) -> dict:
+    """The test split's predictions per row (for paired comparisons of runs on the same test split: label_curve), the
+    task's detailed metrics, and its figures of the split ({file name: figure}, for results.md)."""
+    save_test_predictions(out, task, logits, targets, dataset)
+    detailed = task.detailed_metrics(logits, targets)
+    if detailed:
+        (out / TEST_DETAILS).write_text(json.dumps(detailed))
+    return task.test_figures(task.predictions(logits), np.asarray(targets).tolist())
+
+
+def finetuning_report(model_args: ModelArguments, finetune_args: FinetuneArguments, data_args, task: Task, model,
+                      encoded: dict, documents: Documents | None, figures: dict) -> RunReport:
+    """What results.md says the run trained on what."""
+    start = "random weights (init_from: scratch)" if finetune_args.init_from == "scratch" else \
+        model_args.model_name_or_path
+    lora = f", LoRA rank {finetune_args.lora_r}" if finetune_args.use_lora else ""
+    labels = ", ".join(task.labels[:20]) + (f" and {len(task.labels) - 20} more" if len(task.labels) > 20 else "")
+    return RunReport("Fine-tuning", {
+        "model": f"{model.config.model_type} from {start}{lora}: {count_parameters(model):,} parameters, "
+                 f"{count_parameters(model, trainable_only=True):,} trained",
+        "task": f"{task.problem_type}, {task.card_description.format(labels=labels)}",
+        "data": split_sources(data_args, split_rows(encoded, documents))}, figures=figures)
+
+
 def evaluate_classifier(trainer, task: Task, encoded: dict, documents: Documents | None) -> tuple[dict, dict, tuple]:
     """(validation metrics, test metrics with the task's text-blind baseline, the test split's (logits, targets)
-    per text)."""
+    per text); without a test split (test_fraction 0), ({...}, {}, None)."""
     eval_metrics = trainer.evaluate(metric_key_prefix="eval")
+    eval_metrics["eval_samples"] = documents.texts["validation"] if documents is not None \
+        else len(encoded["validation"])
+    if "test" not in encoded:
+        trainer.log_metrics("eval", {k: v for k, v in eval_metrics.items() if not isinstance(v, list)})
+        trainer.save_metrics("eval", eval_metrics)
+        return eval_metrics, {}, None
     test = predict_in_order(trainer, encoded["test"])
     test_metrics = dict(test.metrics)
     test_logits, test_targets = per_text(test, documents)
     train_targets = documents.split_targets("train") if documents is not None else encoded["train"]["labels"]
     test_metrics.update(task.baseline(np.asarray(train_targets), test_targets))
-    eval_metrics["eval_samples"] = documents.texts["validation"] if documents is not None \
-        else len(encoded["validation"])
     test_metrics["test_samples"] = len(test_targets)
     for split, metrics in (("eval", eval_metrics), ("test", test_metrics)):
         trainer.log_metrics(split, {k: v for k, v in metrics.items() if not isinstance(v, list)})
@@ -225,7 +272,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
     if not model_args.model_name_or_path:
         raise RecipeError("key 'model_name_or_path': fine-tuning needs a checkpoint (local folder or Hub id)")
     check_model_selection(finetune_args, training_args)
-    recipe = resolved_recipe(explicit, model_args, tokenizer_args, data_args, finetune_args)
+    recipe = resolved_recipe(explicit, model_args, tokenizer_args, data_args, finetune_args,
+                             left_out=FINETUNE_ARGUMENTS.left_out)
     check_base_run_finished(resolve_model_path(model_args.model_name_or_path))
     tokenizer = load_tokenizer(
         resolve_model_path(tokenizer_args.tokenizer_name_or_path or model_args.model_name_or_path),
@@ -237,7 +285,7 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                                                 training_args.label_smoothing_factor)
         check_validation_size(training_args, finetune_args, data_args, len(splits["validation"]))
         encoded, documents = tokenize_for_classification(splits, tokenizer, task, data_args, training_args.seed)
-    model = classifier_to_train(model_args, finetune_args, tokenizer, task, encoded)
+    model = classifier_to_train(model_args, finetune_args, tokenizer, task, encoded, documents)
     choose_best_metric(training_args, task, finetune_args, explicit)
     stopping = [EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)] \
         if finetune_args.early_stopping_patience is not None else []
@@ -263,13 +311,15 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         logger.info("%s", task.tune(*per_text(predict_in_order(trainer, encoded["validation"]), documents)))
         if training_args.should_save:
             save_labels(out, task, model, model_args, finetune_args, data_args)
-    eval_metrics, test_metrics, (test_logits, test_targets) = evaluate_classifier(trainer, task, encoded, documents)
-    if training_args.should_save:  # per row, for paired comparisons of runs on the same test split (label_curve)
-        save_test_predictions(out, task, test_logits, test_targets, encoded["test"])
-        detailed = task.detailed_metrics(test_logits, test_targets)
-        if detailed:
-            (out / TEST_DETAILS).write_text(json.dumps(detailed))
+    eval_metrics, test_metrics, test_rows = evaluate_classifier(trainer, task, encoded, documents)
+    figures = save_test_results(out, task, *test_rows, encoded["test"]) \
+        if training_args.should_save and test_rows is not None else {}
     if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
         merge_adapter(training_args.output_dir, out / "merged", replace=True)  # a merge a stop cut short
+    best = task.best_metric[0]
+    said = task.summary(test_metrics) if test_metrics else \
+        f"no test split (test_fraction: 0); validation {best} {eval_metrics.get(f'eval_{best}', float('nan')):.4f}"
     return run.finish({**train_metrics, **eval_metrics, **test_metrics},
-                      f"Fine-tuning done: {task.summary(test_metrics)}. Model in {training_args.output_dir}")
+                      f"Fine-tuning done: {said}. Model in {training_args.output_dir}",
+                      report=finetuning_report(model_args, finetune_args, data_args, task, model, encoded, documents,
+                                               figures))

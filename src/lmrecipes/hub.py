@@ -28,6 +28,7 @@ from .ownership import (
     check_name_fits,
     delete_checked,
     files_in,
+    give_umask_modes,
     publish_folder_owns,
     write_publish_manifest,
 )
@@ -163,6 +164,17 @@ def check_tokenizer_loads(folder: Path, model_dir: Path) -> None:
         raise RecipeError(f"{model_dir}: its tokenizer cannot be loaded ({str(err).split('(', 1)[-1]}") from None
 
 
+def _finish_publish_folder(folder: Path, model_dir: Path, kind: str, repo_id: str, args: PublishArguments,
+                           base_model: str | None) -> None:
+    """With the model's files copied into `folder`: local paths shortened, the tokenizer checked, the card written
+    (from the run in `model_dir`), the umask's modes given, then the manifest."""
+    _make_paths_public(folder)
+    check_tokenizer_loads(folder, model_dir)
+    write_model_card(folder, kind, repo_id, args, base_model, run_dir=model_dir)
+    give_umask_modes(folder)  # copies keep their source's modes (safetensors writes 0600): the umask's instead
+    write_publish_manifest(folder)
+
+
 def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]:
     """Write the Hub-ready folder (atomically: a finished one or none); returns (folder, kind, base_model)."""
     model_dir = Path(args.model_dir)
@@ -216,10 +228,7 @@ def build_publish_folder(args: PublishArguments) -> tuple[Path, str, str | None]
             for folder in OBJECTIVES[kind].saved_folders if kind in OBJECTIVES else ():  # e.g. ELECTRA's generator/
                 if (model_dir / folder).is_dir():
                     shutil.copytree(model_dir / folder, tmp / folder)
-        _make_paths_public(tmp)
-        check_tokenizer_loads(tmp, model_dir)
-        write_model_card(tmp, kind, repo_id, args, base_model)
-        write_publish_manifest(tmp)
+        _finish_publish_folder(tmp, model_dir, kind, repo_id, args, base_model)
     if in_run:
         record_run(model_dir, done_pending=[tmp.name])
     return target, kind, base_model

@@ -24,6 +24,7 @@ import numpy as np
 
 from .arguments.pipeline import ALL
 from .errors import RecipeError
+from .figures import new_figure, save_figure
 from .finetuning import TEST_PREDICTIONS
 
 INTERVAL_METHOD = (
@@ -210,12 +211,7 @@ def reference_points(curve: dict, reference: dict | None) -> list[tuple[int, str
 def plot_label_curve(curve: dict, path: Path, reference: dict | None = None) -> None:
     """Test accuracy against labels, each arm with its interval; `reference` (arguments.pipeline.
     read_reference_curve): another model's curve on the same samples, dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(6, 4)
     counts = [p["labels"] for p in curve["points"]]
     for arm, name in (("pretrained", "(a) pretrained"), ("scratch", "(b) from scratch")):
         points = [p for p in curve["points"] if arm in p]
@@ -237,6 +233,4 @@ def plot_label_curve(curve: dict, path: Path, reference: dict | None = None) -> 
     ax.set(xlabel="training labels (log scale)", ylabel="test accuracy (%)",
            title="label efficiency (mean over seeds, 95% interval)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

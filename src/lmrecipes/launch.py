@@ -26,7 +26,8 @@ logger = logging.getLogger("lmrecipes")
 
 
 def setup_logging(training_args) -> None:
-    """Readable logs from the main process; warnings only from the others."""
+    """Readable logs from the main process; warnings only from the others. transformers logs at `log_level` (its
+    warnings by default) from the start, not only once the Trainer exists (model loading comes before it)."""
     import transformers
 
     level = logging.INFO if training_args.should_log else logging.WARNING
@@ -34,6 +35,16 @@ def setup_logging(training_args) -> None:
                         stream=sys.stdout, level=level, force=True)
     logging.getLogger("lmrecipes").setLevel(level)
     transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if not has_accelerator():
+        logging.getLogger("DeepSpeed").addFilter(_not_deepspeed_on_cpu)
+
+
+def _not_deepspeed_on_cpu(record: logging.LogRecord) -> bool:
+    """False for DeepSpeed's warning, on a machine without an accelerator, that it uses the CPU "if you have GPU or
+    other accelerator, we were unable to detect it": accelerate imports DeepSpeed wherever it is installed, also
+    for runs that do not use it, and there is nothing to detect (lmrecipes logs the device it trains on)."""
+    return not record.getMessage().startswith("Setting accelerator to CPU")
 
 
 def launched_processes() -> int:

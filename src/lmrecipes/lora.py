@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from .arguments import FinetuneArguments
 from .cache import atomic_directory, path_fingerprint
 from .errors import RecipeError, first_line
+from .ownership import give_umask_modes
 from .run_folder import recorded_local_model
 from .values import read_json_file
 
@@ -135,6 +136,7 @@ def write_classifier(model_dir, folder: Path) -> None:
     if is_adapter_dir(model_dir):
         model = model.merge_and_unload()
     model.save_pretrained(folder, safe_serialization=True)
+    give_umask_modes(folder, "*.safetensors")  # safetensors writes its files 0600, whatever the umask
     tokenizer.save_pretrained(folder)
     for extra in ("labels.json", "recipe.yaml", "all_results.json"):
         if (Path(model_dir) / extra).is_file():

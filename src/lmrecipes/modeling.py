@@ -3,6 +3,7 @@ the language model an objective pretrains, and the sequence classifier a task fi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from huggingface_hub.errors import StrictDataclassError
@@ -168,6 +169,29 @@ def pretraining_model(config, objective: Objective, model_args: ModelArguments, 
     return build_language_model(config, objective, model_args, data_args.mlm_probability)
 
 
+def _not_a_loading_table(record: logging.LogRecord) -> bool:
+    """False for transformers' loading table when it lists only weights missing from or unused in the checkpoint;
+    a table of mismatched shapes or conversion errors stays (the error raised after it points to it)."""
+    message = record.getMessage()
+    return record.funcName != "log_state_dict_report" or "MISMATCH" in message or "CONVERSION" in message
+
+
+@contextlib.contextmanager
+def loading_report_in_one_line():
+    """transformers 5 logs a table (a warning) of the weights a checkpoint lacks or holds unused, e.g. those of a new
+    classifier head; build_classifier says it in one line, so the table is left out unless transformers' own
+    details are asked for (log_level: info or debug)."""
+    from transformers.utils import logging as transformers_logging
+
+    source = logging.getLogger("transformers.modeling_utils")
+    if transformers_logging.get_verbosity() > logging.INFO:
+        source.addFilter(_not_a_loading_table)
+    try:
+        yield
+    finally:
+        source.removeFilter(_not_a_loading_table)
+
+
 def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArguments, tokenizer,
                      task: Task) -> tuple[object, list[str]]:
     """(AutoModelForSequenceClassification with the task's head (labels from the data), the outermost modules whose
@@ -185,14 +209,16 @@ def build_classifier(model_args: ModelArguments, finetune_args: FinetuneArgument
         logger.info("init_from: scratch: %s with random weights", config.model_type)
         return AutoModelForSequenceClassification.from_config(config, **kwargs), []
     try:  # safetensors only: a checkpoint holding nothing but pickled weights is refused
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, use_safetensors=True, output_loading_info=True, revision=model_args.model_revision,
-            **kwargs)
+        with loading_report_in_one_line():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, use_safetensors=True, output_loading_info=True,
+                revision=model_args.model_revision, **kwargs)
     except Exception as err:  # noqa: BLE001 - also safetensors' SafetensorError (a plain Exception): weights cut short
         raise RecipeError(f"key 'model_name_or_path': cannot load {model_args.model_name_or_path!r} (safetensors "
                           f"weights only): {first_line(err)}") from None
-    logger.info("Loaded the body of %s; newly initialised: %s; not used: %s", model_args.model_name_or_path,
-                ", ".join(sorted(info["missing_keys"])) or "none", ", ".join(sorted(info["unexpected_keys"])) or "none")
+    logger.info("Loaded the body of %s; new (randomly initialised): %s; in the checkpoint but not used: %s",
+                model_args.model_name_or_path, ", ".join(sorted(info["missing_keys"])) or "none",
+                ", ".join(sorted(info["unexpected_keys"])) or "none")
     # Modules holding new weights (the head; BERT's pooler when the checkpoint had none) are trained in full by LoRA.
     return model, outermost_new_modules(model, info["missing_keys"])
 

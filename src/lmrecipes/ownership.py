@@ -1,10 +1,12 @@
 """Deleting only what lmrecipes wrote. A folder is emptied only when every file in it is accounted for by a record
 lmrecipes itself wrote there (a run's marker, a publish folder's manifest); otherwise it is refused untouched,
 naming what is not accounted for. Symbolic links are never followed, and a folder holding the working directory is
-never deleted. Hand-written: neither the Trainer nor huggingface_hub has a notion of who owns a folder."""
+never deleted. Hand-written: neither the Trainer nor huggingface_hub has a notion of who owns a folder. And the
+modes of what lmrecipes writes: those the user's umask gives (`umask`, `give_umask_modes`)."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -60,15 +62,72 @@ def delete_checked(folder: Path, files: list[str], last: str | None = None, keep
         folder.rmdir()
 
 
+# ---------------------------------------------------------------- modes: what a plain open() or mkdir would give
+# Files lmrecipes writes through a temporary name get the modes the user's umask gives new files, so that
+# teammates on a shared machine read them as they read config.json: tempfile.mkstemp / mkdtemp make 0600 / 0700,
+# and safetensors (0.8) writes its files through a temporary file of mode 0600 renamed into place, whatever the
+# umask. Hand-written: neither tempfile nor safetensors offers a mode.
+
+
+def umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (/proc/self/status), else by setting
+    it and putting it back (a file another thread creates in between would get 022)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file under the user's umask (0644 under 022)."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode of a new folder under the user's umask (0755 under 022)."""
+    return 0o777 & ~umask()
+
+
+def give_umask_mode(path: Path) -> None:
+    """`path` (a file or folder lmrecipes wrote) gets the mode a new one gets under the umask. Symbolic links are
+    left alone (chmod would change what they point at); a filesystem that refuses chmod keeps the writer's mode
+    (never a reason to fail a run or a publish)."""
+    try:
+        if not path.is_symlink():
+            os.chmod(path, folder_mode() if path.is_dir() else file_mode())
+    except OSError:
+        pass
+
+
+def give_umask_modes(folder: Path, pattern: str | None = None) -> None:
+    """`give_umask_mode` to `folder`, its subfolders and files (a folder lmrecipes has just written whole); with
+    `pattern` (e.g. '*.safetensors'), only to the files below `folder` whose name matches it."""
+    if pattern is None:
+        give_umask_mode(folder)
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in (dirs + names) if pattern is None else fnmatch.filter(names, pattern):
+            give_umask_mode(Path(root) / name)
+
+
 def write_text_atomically(path: Path, text: str, mode: int | None = None) -> None:
     """Written whole or not at all: a temporary file `.NAME.*.tmp` beside `path`, flushed to disk, then renamed
-    into place (never an empty file after a crash). `mode`: the file's permissions, instead of mkstemp's 0600."""
+    into place (never an empty file after a crash). `mode`: the file's permissions; by default those of a new file
+    under the umask (`file_mode`), never mkstemp's 0600."""
+    write_bytes_atomically(path, text.encode("utf-8"), mode)
+
+
+def write_bytes_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """`data` written as write_text_atomically writes text (e.g. a figure's PNG)."""
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        if mode is not None:
-            os.fchmod(handle, mode)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        os.fchmod(handle, file_mode() if mode is None else mode)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -80,32 +80,80 @@ def cpu_model_name() -> str:
     return cpuinfo_value("model name") or platform.processor() or platform.machine()
 
 
-def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None) -> tuple[float, str]:
-    """(peak FLOP/s, where it comes from) of this CPU at the current thread count: the best of several timed
-    matmuls, measured once per CPU model, thread count, dtype and torch version and kept in a cache file
-    ($LMRECIPES_CACHE or ~/.cache/lmrecipes, cpu-peak-flops.json), so that a run started while the machine is busy
-    does not measure a low peak (and report a high MFU) and runs on one machine share one basis."""
-    threads = torch.get_num_threads()
-    key = f"{cpu_model_name()} | {threads} threads | {dtype_name} | torch {torch.__version__}"
+# Other work may take this much of a core beyond the CPUs the measurement leaves free before the machine counts as
+# busy: this process's own thread (which runs the measurement) plus half a core of background.
+LOAD_SLACK = 1.5
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the system keeps none)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_machine(threads: int) -> str | None:
+    """Why a matmul on `threads` threads would not get the cores to itself now ('load average 3.1 on 2 CPUs'), or
+    None: the load average beyond the CPUs the threads leave free, this process and a little background."""
+    load, cpus = load_average(), os.cpu_count() or 1
+    if load is not None and load > max(cpus - threads, 0) + LOAD_SLACK:
+        return f"load average {load:.1f} on {cpus} CPUs"
+    return None
+
+
+def _peak_cache(cache_file: Path | None) -> tuple[Path, dict]:
     cache_file = cache_file or Path(os.environ.get("LMRECIPES_CACHE") or Path.home() / ".cache" / "lmrecipes") \
         / "cpu-peak-flops.json"
     try:
         known = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         known = {}
-    known = known if isinstance(known, dict) else {}
-    if isinstance(known.get(key), (int, float)) and known[key] > 0:
-        return float(known[key]), f"CPU matmul peak measured earlier on this machine ({key})"
-    peak = max(measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
-               for _ in range(5))
-    if os.environ.get("LOCAL_RANK", "0") != "0":  # processes sharing the cores measured each other: not kept
-        return peak, f"CPU matmul peak, best of 5, measured now alongside other processes ({key})"
+    return cache_file, known if isinstance(known, dict) else {}
+
+
+def _keep_peak(cache_file: Path, known: dict, key: str, peak: float | None) -> None:
+    """Write the cache with `peak` for `key` (None: without it); a read-only home: measured again next time."""
+    kept = {name: value for name, value in known.items() if name != key}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(cache_file, {**known, key: peak})
-    except OSError:  # a read-only home: measured again next time
+        write_json_atomically(cache_file, kept if peak is None else {**kept, key: peak})
+    except OSError:
         pass
-    return peak, f"CPU matmul peak, best of 5, measured now ({key})"
+
+
+_MEASURED_UNDER_LOAD: dict[str, tuple[float, str]] = {}  # this process's: kept in memory only (remeasure replaces)
+
+
+def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None, remeasure: bool = False) -> tuple[float, str]:
+    """(peak FLOP/s, where it comes from) of this CPU at the current thread count: the best of several timed
+    matmuls, measured once per CPU model, thread count, dtype and torch version and kept in a cache file
+    ($LMRECIPES_CACHE or ~/.cache/lmrecipes, cpu-peak-flops.json), so that runs on one machine share one basis. A
+    peak measured while the machine was busy (`busy_machine`, before or after) is low (and would make every later
+    MFU high): it is used for this run only, never kept. `remeasure`: the cached peak proved wrong (a run beat it),
+    so it is measured again and replaces the cached one (or, measured under load too, the cached one is dropped)."""
+    threads = torch.get_num_threads()
+    key = f"{cpu_model_name()} | {threads} threads | {dtype_name} | torch {torch.__version__}"
+    cache_file, known = _peak_cache(cache_file)
+    if not remeasure and isinstance(known.get(key), (int, float)) and known[key] > 0:
+        return float(known[key]), f"CPU matmul peak measured earlier on this machine ({key})"
+    if not remeasure and key in _MEASURED_UNDER_LOAD:  # the next run of a notebook or test session: not again
+        return _MEASURED_UNDER_LOAD[key]
+    busy = busy_machine(threads)
+    peak = max(measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
+               for _ in range(5))
+    busy = busy or busy_machine(threads)
+    again = "measured again (the earlier peak was beaten in training)" if remeasure else "measured now"
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # processes sharing the cores measured each other: not kept
+        return peak, f"CPU matmul peak, best of 5, {again} alongside other processes ({key})"
+    if busy:
+        if remeasure:
+            _keep_peak(cache_file, known, key, None)
+        _MEASURED_UNDER_LOAD[key] = (peak, f"CPU matmul peak, best of 5, {again} while the machine was busy ({busy}): "
+                                           f"not kept ({key})")
+        return _MEASURED_UNDER_LOAD[key]
+    _keep_peak(cache_file, known, key, peak)
+    return peak, f"CPU matmul peak, best of 5, {again} ({key})"
 
 
 def measure_cpu_matmul_flops(dtype=torch.float32, size: int = 1024, seconds: float = 0.3) -> float:

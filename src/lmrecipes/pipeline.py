@@ -16,6 +16,7 @@ from .arguments.pipeline import read_reference_curve
 from .data.classification import load_classification_data
 from .demonstrations import demonstrate, demonstrations_markdown
 from .errors import RecipeError
+from .figures import new_figure, plot_losses, read_log_history, save_figure
 from .finetuning import TEST_PREDICTIONS
 from .label_curve import ALL, CurveRun, curve_markdown, plan_runs, plot_label_curve, reference_points, summarize_curve
 from .lora import export_classifier
@@ -254,33 +255,13 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _loss_history(folder: Path):
-    state = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-    train = [(e["step"], e["loss"]) for e in state if "loss" in e]
-    evaluation = [(e["step"], e["eval_loss"]) for e in state if "eval_loss" in e]
-    return train, evaluation
-
-
 def plot_loss_curves(pretrain_dir: Path, finetune_dirs: dict, path: Path, loss_label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    train, evaluation = _loss_history(pretrain_dir)
-    left.plot(*zip(*train), label="train") if train else None
-    left.plot(*zip(*evaluation), "o-", label="held-out") if evaluation else None
+    figure, (left, right) = new_figure(11, 4, columns=2)
+    plot_losses(left, read_log_history(pretrain_dir), eval_name="held-out")
     left.set(title="pretraining", xlabel="step", ylabel=loss_label)
     left.legend()
     for name, folder in finetune_dirs.items():
-        train, evaluation = _loss_history(folder)
-        if train:
-            right.plot(*zip(*train), label=f"{name}: train")
-        if evaluation:
-            right.plot(*zip(*evaluation), "o--", label=f"{name}: validation")
+        plot_losses(right, read_log_history(folder), prefix=f"{name}: ", eval_style="o--")
     right.set(title="sentiment fine-tuning", xlabel="step", ylabel="loss")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(figure, path)

@@ -24,6 +24,7 @@ from .objectives.documents import use_document_masking
 from .recipe import resolved_recipe
 from .run import Run
 from .run_folder import run_inputs
+from .run_report import RunReport, split_sources
 from .tokenizer import get_or_train_tokenizer, tokenizer_made_once
 
 logger = logging.getLogger("lmrecipes")
@@ -120,6 +121,21 @@ def evaluate_language_model(trainer, objective: Objective, bytes_per_token: floa
     return metrics
 
 
+def pretraining_report(config, objective: Objective, model_args: ModelArguments, data_args: PretrainDataArguments,
+                       model, train_dataset, eval_dataset) -> RunReport:
+    """What results.md says the run trained on what."""
+    start = f"from {model_args.model_name_or_path}" if model_args.model_name_or_path else "from random weights"
+    blocks = {split: f"{len(dataset):,} blocks of {data_args.block_size} tokens" if hasattr(dataset, "__len__")
+              else f"streamed in blocks of {data_args.block_size} tokens"
+              for split, dataset in (("train", train_dataset), ("validation", eval_dataset))}
+    data = split_sources(data_args, blocks)
+    if data_args.token_shards_dir:
+        data += f"; training blocks read from the token shards in {data_args.token_shards_dir}"
+    return RunReport("Pretraining", {"model": f"{config.model_type} ({objective.name}), "
+                                              f"{count_parameters(model):,} parameters, {start}", "data": data},
+                     objective.loss_label, validation_keys=tuple(key for key, _, _ in objective.reported_metrics))
+
+
 def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArguments,
                     data_args: PretrainDataArguments, training_args: RunArguments, explicit: dict | None = None,
                     callbacks=()) -> dict:
@@ -172,4 +188,6 @@ def run_pretraining(model_args: ModelArguments, tokenizer_args: TokenizerArgumen
                       if eval_metrics.get(key) is not None)
     summary = (f"Pretraining done: held-out {objective.loss_label} {eval_metrics['eval_loss']:.4f}{figures}. Model in "
                f"{training_args.output_dir}")
-    return run.finish({**train_metrics, **eval_metrics}, summary, folders=objective.saved_folders)
+    return run.finish({**train_metrics, **eval_metrics}, summary, folders=objective.saved_folders,
+                      report=pretraining_report(config, objective, model_args, data_args, model, train_dataset,
+                                                eval_dataset))

@@ -10,7 +10,6 @@ back out.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import json
 import re
@@ -23,6 +22,8 @@ from transformers import HfArgumentParser
 
 from .errors import RecipeError, first_line
 from .ownership import write_text_atomically
+from .recipe_help import help_text
+from .recipe_names import translate_flags, translate_recipe, unknown_keys_error
 from .values import find_file, parse_mapping, yaml_boolean
 
 
@@ -240,18 +241,37 @@ def split_recipe_path(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
+def _print_help_and_exit(dataclass_types, flags: list[str]) -> None:
+    main = sys.modules.get("__main__")
+    if "--help_all" in flags:
+        HfArgumentParser(dataclass_types).print_help()
+    else:
+        print(help_text(Path(sys.argv[0]).name, getattr(main, "__doc__", "") or "", dataclass_types,
+                        getattr(dataclass_types, "left_out", {}), getattr(dataclass_types, "aliases", {})), end="")
+    raise SystemExit(0)
+
+
 def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | None = None):
-    """Parse a recipe (path in argv, or an in-memory `recipe` dict) plus flags into the given dataclasses.
+    """Parse a recipe (path in argv, or an in-memory `recipe` dict) plus flags into the given dataclasses (a tuple,
+    or a KeySet that also leaves keys out and reads aliases).
 
     Returns the dataclass instances followed by the dict of keys the user set (YAML and flags), resolved.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help", "--help_all"} & set(argv):
+        _print_help_and_exit(dataclass_types, argv)
     path, flags = split_recipe_path(argv)
+    parser = _RecipeArgumentParser(dataclass_types)
+    left_out = getattr(dataclass_types, "left_out", {})  # the parser keeps them: HfArgumentParser reads every field
+    known = {action.dest for action in parser._actions} - {"help"} - set(left_out)
+    aliases = getattr(dataclass_types, "aliases", {})
     source = "recipe"
     recipe = dict(recipe or {})
     if path is not None:
         recipe = merge_recipe(read_recipe_file(path), recipe, dataclass_types)
         source = path
+    recipe = translate_recipe(recipe, aliases, known)
+    flags = translate_flags(flags, aliases, known)
     mapping_flags, flags = _split_mapping_flags(flags, mapping_keys(dataclass_types))
     for key, value in mapping_flags:
         recipe = merge_recipe(recipe, {key: value}, dataclass_types)
@@ -261,12 +281,8 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     recipe = {key: yaml_boolean(value) if key in booleans else value for key, value in recipe.items()}
     flags = _boolean_flags(flags, booleans)
 
-    parser = _RecipeArgumentParser(dataclass_types)
-    known = {action.dest for action in parser._actions} - {"help"}
-    for key in recipe:
-        if key not in known:
-            raise RecipeError(f"{source}: unknown key '{key}'{_did_you_mean(str(key), known)}")
-
+    unknown_in_file = [str(key) for key in recipe if key not in known]
+    recipe = {key: value for key, value in recipe.items() if key in known}
     yaml_argv = _yaml_to_argv(recipe)
     try:
         parser.parse_known_args(yaml_argv)  # type errors in the file are named as the file's
@@ -274,11 +290,12 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         if "arguments are required" not in str(err):  # those may still come from the command line
             raise RecipeError(f"{source}: {err}") from None
     _, unknown = parser.parse_known_args(yaml_argv + flags)  # the file's keys are known: the rest are flags
+    unknown_flags = [f"--{_flag(a)[0]}" for a in unknown if a.startswith("--")] + \
+        [f"--{key}" for key, _, _ in map(_flag, flags) if key in left_out]
+    if unknown_in_file or unknown_flags:
+        where = source if not unknown_flags else "command line" if not unknown_in_file else f"{source} and command line"
+        raise unknown_keys_error(unknown_in_file + unknown_flags, where, known, dataclass_types)
     if unknown:
-        first = next((a for a in unknown if a.startswith("--")), None)
-        if first is not None:
-            key = _flag(first)[0]
-            raise RecipeError(f"unknown command-line key '--{key}'{_did_you_mean(key, known)}")
         raise RecipeError(f"unknown command-line argument(s): {' '.join(unknown)}")
     try:
         parsed = parser.parse_args_into_dataclasses(args=yaml_argv + flags, look_for_args_file=False)
@@ -288,7 +305,11 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RecipeError(first) from None
 
-    set_keys = list(recipe) + [key for key, _, _ in map(_flag, flags) if key]
+    return (*parsed, _explicit(list(recipe) + [key for key, _, _ in map(_flag, flags) if key], known, parsed))
+
+
+def _explicit(set_keys: list[str], known: set[str], parsed) -> dict:
+    """The keys the user set (YAML and flags), with their parsed values."""
     set_keys = [k[3:] if k.startswith("no_") and k[3:] in known else k for k in set_keys]
     explicit = {}
     for key in dict.fromkeys(set_keys):
@@ -298,7 +319,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
                 if key == "report_to" and explicit[key] == []:  # TrainingArguments turns "none" into []: keep the
                     explicit[key] = "none"  # recipe's word, so the run's recipe.yaml parses again
                 break
-    return (*parsed, explicit)
+    return explicit
 
 
 def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
@@ -309,13 +330,6 @@ def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
     if isinstance(recipe, dict):
         return parse_recipe(argument_types, [], recipe=merge_recipe(recipe, overrides, argument_types))
     return parse_recipe(argument_types, [str(recipe)] if recipe is not None else [], recipe=overrides)
-
-
-def _did_you_mean(key: str, known) -> str:
-    """' (did you mean 'x'?)': a key that the typed one abbreviates, else the closest spelling."""
-    starting = sorted(k for k in known if k.startswith(key))
-    close = starting[:1] or difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _plain(value):
@@ -335,15 +349,17 @@ def _plain(value):
 SECRET_KEYS = {"hub_token", "push_to_hub_token"}
 
 
-def resolved_recipe(explicit: dict, *own_args) -> dict:
-    """The recipe as it ran: every field of lmrecipes' own dataclasses plus the TrainingArguments keys the user set.
+def resolved_recipe(explicit: dict, *own_args, left_out=()) -> dict:
+    """The recipe as it ran: every field of lmrecipes' own dataclasses that the script uses (not those it leaves
+    out) plus the TrainingArguments keys the user set.
 
     Secrets (hub tokens) are never part of it.
     """
     out = {}
     for obj in own_args:
         for f in dataclasses.fields(obj):
-            out[f.name] = _plain(getattr(obj, f.name))
+            if f.name not in left_out:
+                out[f.name] = _plain(getattr(obj, f.name))
     out.update(explicit)
     return {k: v for k, v in out.items() if k not in SECRET_KEYS}
 

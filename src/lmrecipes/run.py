@@ -41,6 +41,7 @@ from .run_folder import (
     run_record,
 )
 from .run_lock import unlock_run_folder
+from .run_report import RunReport, log_scalars_only, write_run_report
 from .throughput import ThroughputCallback, throughput_callback
 
 logger = logging.getLogger("lmrecipes")
@@ -63,8 +64,11 @@ class Run:
         training_args.logging_nan_inf_filter = False
         # data-loader workers kept between epochs and evaluations: restarting them stalls every rank each time
         training_args.dataloader_persistent_workers = training_args.dataloader_num_workers > 0
+        if training_args.device.type == "cpu":  # pinned memory speeds copies to an accelerator; torch warns without
+            training_args.dataloader_pin_memory = False
         self.hub = hub_target(training_args)
         self.meter = self.model = None  # the ThroughputCallback (tokens/s, MFU) and the model: throughput()
+        self.log_history = []  # the Trainer's, once training starts (results.md's loss curve)
 
     def throughput(self, model, seq_len: int, packed: bool = False) -> ThroughputCallback:
         """The tokens/s and MFU callback of this run (logs the precision and the MFU basis). `packed`: every row is
@@ -120,6 +124,7 @@ class Run:
         trainer.add_callback(NonFiniteLossGuard())
         trainer.add_callback(RunFilesRecorder())
         trainer.add_callback(NoStepPastTheEnd())
+        log_scalars_only(trainer)
         announce_stream_skip(trainer, checkpoint)
         try:
             metrics = self._train_and_save(trainer, checkpoint)
@@ -130,6 +135,7 @@ class Run:
             raise RecipeError(f"writing {where} failed ({first_line(err)}): free some space (the disk or quota is "
                               "full), then run the same command again (it resumes from the last complete checkpoint, "
                               "if any)") from None
+        self.log_history = trainer.state.log_history  # the final evaluations add to it
         metrics.update(self.meter.metrics)
         metrics.setdefault("mfu", None)  # stated as unknown (null) rather than guessed
         # the Trainer's table formats every value as a number: unknown ones (null) are saved, not printed
@@ -157,10 +163,14 @@ class Run:
             record_saved_files(Path(self.args.output_dir))
         return metrics
 
-    def finish(self, results: dict, summary: str, folders: tuple[str, ...] = ()) -> dict:
-        """The run is done: the files it wrote since training (results, `folders` that belong to the model) are
-        recorded and the run marked finished; `summary` printed (main process); published when asked."""
+    def finish(self, results: dict, summary: str, folders: tuple[str, ...] = (), report: RunReport | None = None
+               ) -> dict:
+        """The run is done: results.md and its figures written (`report`), the files it wrote since training
+        (results, `folders` that belong to the model) recorded and the run marked finished; `summary` printed (main
+        process); published when asked."""
         if self.args.should_save:
+            if report is not None:
+                write_run_report(Path(self.args.output_dir), report, results, self.log_history)
             record_saved_files(Path(self.args.output_dir), finished=True, folders=folders)
         if self.args.should_log:
             print(summary, flush=True)

@@ -28,6 +28,7 @@ from .ownership import (
     check_name_fits,
     delete_checked,
     files_in,
+    give_umask_mode,
     publish_folder_owns,
     write_json_atomically,
 )
@@ -102,10 +103,15 @@ def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
 RUN_MARKER = ".lmrecipes-run.json"
 
 
+# Written atomically by lmrecipes into a finished run: results.md and its figures (run_report, tasks/)
+RESULT_FILES = ("results.md", "loss_curve.png", "confusion_matrix.png", "predicted_vs_true.png")
+
+
 def _own_leftover(name: str) -> bool:
     """A top-level name only lmrecipes' own writes leave in a run folder: its lock, and the temporary file of a
-    marker or recipe update a stop cut short (an atomic write's)."""
-    return name == RUN_LOCK or any(fnmatch.fnmatch(name, f".{own}.*.tmp") for own in (RUN_MARKER, RUN_RECIPE))
+    marker, recipe or result update a stop cut short (an atomic write's)."""
+    return name == RUN_LOCK or any(fnmatch.fnmatch(name, f".{own}.*.tmp") for own in (RUN_MARKER, RUN_RECIPE,
+                                                                                       *RESULT_FILES))
 
 
 # Top-level names a run writes when it saves the model and its results (Trainer, tokenizer, peft, lmrecipes). Only
@@ -115,7 +121,7 @@ SAVED_NAMES = ("*.safetensors", "model.safetensors.index.json", "config.json", "
                "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
                "training_args.bin", "trainer_state.json", "train_results.json", "eval_results.json",
                "test_results.json", "all_results.json", "test_predictions.json", "test_details.json", "merged/*",
-               "runs/*tfevents*")  # TensorBoard's files grow after training too (the final evaluations' logs)
+               "runs/*tfevents*", *RESULT_FILES)  # TensorBoard's files grow after training (the final evaluations')
 
 
 def run_record(out: Path) -> dict:
@@ -208,11 +214,15 @@ def files_written_since(out: Path, since: float, patterns=SAVED_NAMES, found_bef
 
 def record_saved_files(out: Path, finished: bool | None = None, folders: tuple[str, ...] = ()) -> None:
     """Record the model, tokenizer and results files this session of the run wrote (see SAVED_NAMES), and those
-    in `folders` (subfolders that belong to the model: objectives.Objective.saved_folders)."""
+    in `folders` (subfolders that belong to the model: objectives.Objective.saved_folders). The safetensors files
+    among them get the umask's mode (ownership.give_umask_mode: safetensors writes them 0600)."""
     record = run_record(out)
     since = record.get("session_start", float("inf"))
     patterns = SAVED_NAMES + tuple(f"{folder}/*" for folder in folders)
-    record_run(out, files_written_since(out, since - 1.0, patterns, record.get("found_at_start")), finished=finished)
+    written = files_written_since(out, since - 1.0, patterns, record.get("found_at_start"))
+    for name in fnmatch.filter(written, "*.safetensors"):
+        give_umask_mode(out / name)
+    record_run(out, written, finished=finished)
 
 
 def run_inputs(model_args, tokenizer, data_fingerprint: str) -> dict:

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from .peak_flops import describe_hardware, peak_flops_per_device, tf32_allowed
+from .peak_flops import cpu_peak_flops, describe_hardware, peak_flops_per_device, tf32_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +160,19 @@ class ThroughputCallback(TrainerCallback):
       batch short, several fill it from the start, accelerate's `even_batches`), with no device sync per
       micro-batch; else the Trainer's own count (`include_num_input_tokens_seen`, a gather per micro-batch).
     - The attention kernels that ran, read from one profiled warm-up step.
+    - MFU: against the peak basis; training never beats it, so an MFU of 100% or more says the basis is wrong (a CPU
+      peak measured while the cores were busy). The peak is measured again once (`remeasure_peak`, which replaces
+      a cached CPU peak); if training still beats it, MFU is not trusted: reported as unknown (`mfu` null,
+      `mfu_trusted` false), never as 100%.
     """
 
     def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int, hardware: str = "",
                  tokens_per_row: int | None = None, rows_per_batch: int = 1, accumulation: int = 1, device=None,
-                 peak_source: str = "", max_steps: int = 0):
+                 peak_source: str = "", max_steps: int = 0, remeasure_peak=None):
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
         self.hardware, self.device, self.peak_source = hardware, device, peak_source
+        self.remeasure_peak = remeasure_peak  # () -> (peak, source), or None: a basis that cannot be measured again
+        self.mfu_trusted: bool | None = None if peak_flops is None else True
         self.tokens_per_row, self.rows_per_batch, self.accumulation = tokens_per_row, rows_per_batch, accumulation
         self.batches_per_epoch = self.rows_per_epoch = None  # per process, from the data loader; None for a stream
         self.window = max(1, min(20, max_steps // 10))
@@ -174,7 +180,6 @@ class ThroughputCallback(TrainerCallback):
         self.metrics: dict[str, float | str | None] = {}
         self.attention = "not profiled"
         self._profiler = None
-        self._warned = False
         self._reset()
 
     def _reset(self):
@@ -255,13 +260,22 @@ class ThroughputCallback(TrainerCallback):
         self._restart_clock()
 
     def _mfu(self, per_device: float) -> float | None:
-        mfu = per_device * self.flops_per_token / self.peak_flops if self.peak_flops else None
-        if mfu is not None and mfu > 1.0:  # the peak is what this device was measured to do: it cannot be beaten
-            if not self._warned:
-                logger.warning("MFU computed as %.0f%%: the peak basis (%.3g FLOP/s) is below what training achieved; "
-                               "reporting 100%%", 100 * mfu, self.peak_flops)
-                self._warned = True
-            mfu = 1.0
+        """MFU against the peak basis; None when there is none or it proved wrong (training reached it)."""
+        if not self.peak_flops or not self.mfu_trusted:
+            return None
+        mfu = per_device * self.flops_per_token / self.peak_flops
+        if mfu >= 1.0 and self.remeasure_peak is not None:  # the basis was measured low: once more
+            remeasure, self.remeasure_peak, before = self.remeasure_peak, None, self.peak_flops
+            self.peak_flops, self.peak_source = remeasure()
+            self._restart_clock()  # the measurement is not training time
+            logger.warning("MFU computed as %.0f%% of the peak basis (%.3g FLOP/s): the peak measured again is "
+                           "%.3g FLOP/s (%s)", 100 * mfu, before, self.peak_flops, self.peak_source)
+            mfu = per_device * self.flops_per_token / self.peak_flops
+        if mfu >= 1.0:  # a peak is what the device can do: reaching it means the basis is wrong, not the run fast
+            self.mfu_trusted = False
+            logger.warning("MFU computed as %.0f%%: the peak basis (%.3g FLOP/s, %s) is below what training "
+                           "achieved; MFU is not reported (unknown)", 100 * mfu, self.peak_flops, self.peak_source)
+            return None
         return mfu
 
     def _update(self, state):
@@ -273,6 +287,7 @@ class ThroughputCallback(TrainerCallback):
         total = float(np.median(rates)) if rates else whole_loop
         per_device = total / self.world_size
         memory, memory_kind = peak_memory(self.device)
+        mfu = self._mfu(per_device)  # first: it may measure the peak again
         self.metrics = {
             "train_tokens_per_second": total, "train_tokens_per_second_per_device": per_device,
             "train_tokens_per_second_p10": float(np.percentile(rates, 10)) if rates else None,
@@ -282,7 +297,7 @@ class ThroughputCallback(TrainerCallback):
             "warmup_steps": min(self.steps, self.warmup_steps), "warmup_seconds": self.warmup_seconds,
             "first_step_seconds": self.first_step_seconds,
             "data_wait_fraction": min(1.0, self.data_seconds / self.train_seconds),
-            "mfu": self._mfu(per_device), "mfu_flops_per_token": self.flops_per_token,
+            "mfu": mfu, "mfu_trusted": self.mfu_trusted, "mfu_flops_per_token": self.flops_per_token,
             "mfu_peak_flops_per_device": self.peak_flops, "mfu_peak_source": self.peak_source,
             "peak_memory_gb": memory, "peak_memory_kind": memory_kind, "attention_kernel": self.attention,
             "tf32": tf32_allowed(), "train_tokens": self.tokens(state), "hardware": self.hardware}
@@ -294,7 +309,8 @@ class ThroughputCallback(TrainerCallback):
             logger.info("step %d: %.0f tokens/s (%.0f per device; %s), MFU %s", state.global_step,
                         self.metrics["train_tokens_per_second"], self.metrics["train_tokens_per_second_per_device"],
                         f"median of {len(self.windows)} windows" if self.windows else "warm-up included",
-                        f"{100 * mfu:.1f}%" if mfu is not None else "unknown")
+                        f"{100 * mfu:.1f}%" if mfu is not None else
+                        "not trusted (training beat its peak basis)" if self.mfu_trusted is False else "unknown")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._profiler is not None:  # the run ended inside the profiled step
@@ -311,6 +327,10 @@ def throughput_callback(model, training_args, seq_len: int, packed: bool) -> Thr
                 "bf16 autocast" if training_args.bf16 else "fp32",
                 getattr(training_args, "precision_choice", "TrainingArguments"))
     peak, source = peak_flops_per_device(training_args.device, dtype)
+    # a CPU's measured peak can be measured again (a data sheet's cannot), by one process of a machine: several
+    # measuring at once would measure each other
+    remeasure = (lambda: cpu_peak_flops(dtype, remeasure=True)) \
+        if training_args.device.type == "cpu" and training_args.local_process_index == 0 else None
     per_token = model_flops_per_token(model, seq_len)
     logger.info("MFU basis: %.3g FLOPs/token, peak %s per device (%s)", per_token,
                 f"{peak:.3g} FLOP/s" if peak else "unknown", source)
@@ -322,4 +342,5 @@ def throughput_callback(model, training_args, seq_len: int, packed: bool) -> Thr
                               tokens_per_row=seq_len if packed else None,
                               rows_per_batch=training_args.per_device_train_batch_size,
                               accumulation=training_args.gradient_accumulation_steps,
-                              device=training_args.device, peak_source=source, max_steps=training_args.max_steps)
+                              device=training_args.device, peak_source=source, max_steps=training_args.max_steps,
+                              remeasure_peak=remeasure)

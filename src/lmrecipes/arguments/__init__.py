@@ -9,20 +9,36 @@ RunArguments. Objectives declare their own keys in their modules; ModelArguments
     pipeline.py  PipelineArguments
     publish.py   PublishArguments
 
-The tuples below are what each script parses, in order.
+The key sets below are what each script parses, in order: the dataclasses, the keys of theirs a script leaves out
+(fine-tuning loads its checkpoint's tokenizer and trains no objective) and Hugging Face's example-script names it
+reads (hf_names.py).
 """
 
+import dataclasses
+
+from ..objectives import OBJECTIVE_KEYS
+from ..recipe_names import KeySet
 from .data import ClassificationDataArguments, DataSourceArguments, PretrainDataArguments
 from .finetune import FinetuneArguments
+from .hf_names import ALIASES, NOT_TAKEN
 from .model import ModelArguments, TokenizerArguments
 from .pipeline import PipelineArguments
 from .publish import PublishArguments
 from .run import RunArguments
 
-PRETRAIN_ARGUMENTS = (ModelArguments, TokenizerArguments, PretrainDataArguments, RunArguments)
-FINETUNE_ARGUMENTS = (ModelArguments, TokenizerArguments, ClassificationDataArguments, FinetuneArguments,
-                      RunArguments)
+PRETRAINING_ONLY = {
+    **{f.name: "a pretraining objective's key; fine-tuning trains a classifier" for keys in OBJECTIVE_KEYS
+       for f in dataclasses.fields(keys)},
+    "objective": "a pretraining key; fine-tuning trains a classifier",
+    **{f.name: "a key of tokenizer training; fine-tuning uses the checkpoint's tokenizer (or tokenizer_name_or_path)"
+       for f in dataclasses.fields(TokenizerArguments) if f.name != "tokenizer_name_or_path"},
+}
 
-__all__ = ["FINETUNE_ARGUMENTS", "PRETRAIN_ARGUMENTS", "ClassificationDataArguments", "DataSourceArguments",
-           "FinetuneArguments", "ModelArguments", "PipelineArguments", "PretrainDataArguments", "PublishArguments",
-           "RunArguments", "TokenizerArguments"]
+PRETRAIN_ARGUMENTS = KeySet((ModelArguments, TokenizerArguments, PretrainDataArguments, RunArguments),
+                            aliases=ALIASES, not_taken=NOT_TAKEN)
+FINETUNE_ARGUMENTS = KeySet((ModelArguments, TokenizerArguments, ClassificationDataArguments, FinetuneArguments,
+                             RunArguments), left_out=PRETRAINING_ONLY, aliases=ALIASES, not_taken=NOT_TAKEN)
+
+__all__ = ["FINETUNE_ARGUMENTS", "PRETRAINING_ONLY", "PRETRAIN_ARGUMENTS", "ClassificationDataArguments",
+           "DataSourceArguments", "FinetuneArguments", "ModelArguments", "PipelineArguments", "PretrainDataArguments",
+           "PublishArguments", "RunArguments", "TokenizerArguments"]

@@ -83,6 +83,11 @@ class PretrainDataArguments(DataSourceArguments):
     """Pretraining data: packed into fixed-length blocks."""
 
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training block (sequence length)."})
+    line_by_line: bool = field(
+        default=False,
+        metadata={"help": "Text files (.txt): false (the default): each file is one document; true: each line is a "
+                  "document (blank lines skipped), as run_clm.py reads them and as scripts/predict.py reads a .txt. "
+                  "Documents matter for the held-out split (by document) and for document_masking."})
     mlm_probability: float = field(
         default=0.15, metadata={"help": "masked_lm: fraction of tokens masked (DataCollatorForLanguageModeling)."}
     )
@@ -139,7 +144,9 @@ class ClassificationDataArguments(DataSourceArguments):
         default=None, metadata={"help": "Local test files. Default: a deterministic held-out split of train."}
     )
     test_fraction: float = field(
-        default=0.1, metadata={"help": "Fraction of training rows held out as the test split when none is given."}
+        default=0.1, metadata={"help": "Fraction of training rows held out as the test split when no test_file is "
+                               "given. 0: no test split (the run evaluates validation only; score a test file later "
+                               "with scripts/predict.py --label_column)."}
     )
     max_length: int = field(default=128, metadata={"help": "Tokens per input: truncated there (long_text: "
                                                        "truncate) or cut into windows of this size (chunk)."})
@@ -156,8 +163,8 @@ class ClassificationDataArguments(DataSourceArguments):
         super().__post_init__()
         if self.train_file is None and self.dataset_name is None:
             self.train_file = [EMBEDDED_SENTIMENT]
-        if not 0.0 < self.test_fraction < 1.0 or self.validation_fraction + self.test_fraction >= 1.0:
-            raise RecipeError(f"key 'test_fraction': must be in (0, 1) with validation_fraction + test_fraction < 1, "
+        if not 0.0 <= self.test_fraction < 1.0 or self.validation_fraction + self.test_fraction >= 1.0:
+            raise RecipeError(f"key 'test_fraction': must be in [0, 1) with validation_fraction + test_fraction < 1, "
                               f"got {self.test_fraction}")
         if self.max_length < 2:
             raise RecipeError(f"key 'max_length': must be at least 2, got {self.max_length}")

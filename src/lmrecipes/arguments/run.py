@@ -15,8 +15,8 @@ from ..values import auto_true_false
 
 @dataclass
 class RunArguments(TrainingArguments):
-    """`transformers.TrainingArguments` plus the consent to overwrite that it no longer has (transformers 5 dropped
-    `overwrite_output_dir`; run_folder.claim_output_dir reads it), and bf16: auto."""
+    """What lmrecipes adds to TrainingArguments: bf16 auto, and the consent to overwrite a run folder. (transformers 5
+    dropped `overwrite_output_dir`; run_folder.claim_output_dir reads it.)"""
 
     overwrite_output_dir: bool = field(
         default=False,

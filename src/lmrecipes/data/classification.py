@@ -25,8 +25,8 @@ def _unlabelled(dataset, column: str) -> int:
 
 def load_classification_data(args: ClassificationDataArguments, problem_type: str = "single_label_classification",
                              finetune_args: FinetuneArguments | None = None, label_smoothing: float = 0.0):
-    """(train / validation / test splits, held out deterministically when missing; the task, which read its labels
-    from them)."""
+    """(train / validation / test splits, held out deterministically when missing (no test split when test_fraction
+    is 0 and no test_file is given); the task, which read its labels from them)."""
     if args.streaming:
         raise RecipeError("key 'streaming': fine-tuning loads its data into memory; set streaming: false")
     task_type = task_class(problem_type)
@@ -51,7 +51,8 @@ def load_classification_data(args: ClassificationDataArguments, problem_type: st
                            f"{split}_fraction")
             del raw[split]
     fractions = {name: fraction for name, fraction in
-                 (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw}
+                 (("validation", args.validation_fraction), ("test", args.test_fraction)) if name not in raw
+                 and fraction > 0}  # test_fraction 0: no test split
     if fractions:
         raw.update(split_held_out(raw["train"], fractions, args.text_column))
     for split, dataset in raw.items():
@@ -61,7 +62,7 @@ def load_classification_data(args: ClassificationDataArguments, problem_type: st
         if unlabelled:
             raise RecipeError(f"key 'label_column': {unlabelled} of {len(dataset)} rows of the {split} split have "
                               "no label (-1); label them or leave them out")
-    splits = {k: raw[k] for k in ("train", "validation", "test")}
+    splits = {k: raw[k] for k in ("train", "validation", "test") if k in raw}
     return splits, task_type.from_data(splits, args, finetune_args or FinetuneArguments(problem_type=problem_type),
                                        label_smoothing=label_smoothing)
 

@@ -41,14 +41,29 @@ def corpus_texts(dataset, column: str):
 def load_corpus(data_args: PretrainDataArguments):
     """The raw train/validation splits and their fingerprint (what the tokenizer and the packed data depend on)."""
     raw, fingerprint = load_raw_splits(data_args, streaming=data_args.streaming,
+                                       text_sample_by="line" if data_args.line_by_line else "document",
                                        rules=RowRules(texts={"text_column": data_args.text_column}))
+    if data_args.line_by_line:  # blank lines are no documents (run_mlm.py's line_by_line drops them too)
+        column = data_args.text_column
+        raw = {name: split.filter(lambda batch: [bool(text and text.strip()) for text in batch[column]],
+                                  batched=True, **({} if data_args.streaming else {"desc": "Blank lines"}))
+               for name, split in raw.items()}
     if "validation" not in raw:
-        raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction},
-                                  data_args.text_column))
-    # the training split, and so the tokenizer and the packed data, also depend on these keys and rows checks
-    fingerprint = hashlib.sha256(json.dumps([fingerprint, data_args.text_column, data_args.validation_fraction,
-                                             data_args.skip_bad_rows]).encode()).hexdigest()
-    return raw, fingerprint
+        try:
+            raw.update(split_held_out(raw["train"], {"validation": data_args.validation_fraction},
+                                      data_args.text_column))
+        except RecipeError as err:
+            if data_args.line_by_line or not any(".txt" in name for name in data_args.train_file or ()):
+                raise
+            raise RecipeError(f"{err} (a .txt file is one document; line_by_line: true reads one per line)") from None
+    return raw, corpus_fingerprint(fingerprint, data_args)
+
+
+def corpus_fingerprint(files_fingerprint: str, data_args) -> str:
+    """What a pretraining run's marker records of its data (sources.source_fingerprint of the files): the
+    training split, and so the tokenizer and the packed data, also depend on these keys and rows checks."""
+    return hashlib.sha256(json.dumps([files_fingerprint, data_args.text_column, data_args.validation_fraction,
+                                      data_args.skip_bad_rows, data_args.line_by_line]).encode()).hexdigest()
 
 
 def _block_packer(tokenizer, block_size: int, wrap: bool, with_bytes: bool):

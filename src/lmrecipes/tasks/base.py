@@ -25,7 +25,10 @@ class Task:
     best_metric: ClassVar[tuple[str, bool]] = ("loss", False)  # default (metric_for_best_model, greater_is_better)
     card_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (result key, metric type, name) for the card
     card_description: ClassVar[str] = ""  # what the model is, for the card: "{labels}" is replaced by the labels
-    card_call: ClassVar[str] = 'classify("A warm, funny and moving film.")'  # the card's text-classification call
+    # the card's text-classification call on an example ({text}: a Python literal of a text of the run's data)
+    card_call: ClassVar[str] = "classify({text})"
+    # the card's scores from the mean logits of a long text's windows (long_text: chunk), per label
+    card_scores: ClassVar[str] = "logits.softmax(-1)"
     scalar_labels: ClassVar[bool] = True  # one value per row in label_column, checked by rows.check_rows
     tunes: ClassVar[bool] = False  # has something to choose on the validation split after training (`tune`)
     weighs_classes: ClassVar[bool] = False  # reads class_weights
@@ -95,8 +98,25 @@ class Task:
         """Per row, what test_predictions.json records as the prediction (comparable to the targets)."""
         raise NotImplementedError
 
+    def test_figures(self, predictions: list, references: list) -> dict:
+        """The task's figures of the test split, from its predictions and targets per row as test_predictions.json
+        holds them: {file name: figure (figures.new_figure)}, shown in results.md; {} when it draws none. Their
+        names are among run_folder.SAVED_NAMES (recorded as the run's)."""
+        return {}
+
     def outputs(self, logits: np.ndarray) -> list[dict]:
         """Per row, what predict.py writes (label and score, labels above threshold, a score)."""
+        raise NotImplementedError
+
+    def named(self, values) -> list | None:
+        """Per row, targets or `predictions` in the labels' names (test_predictions.json); None where the task's
+        values are not labels (a score)."""
+        return None
+
+    def file_targets(self, values: list, places: list[str], column: str) -> list:
+        """The targets of label values read from a file to score predictions against (predict.py --label_column),
+        as `targets` gives them: labels by name as in training (or by id); `places` ("FILE line N") name the row
+        of a value that is not a label in a one-line error."""
         raise NotImplementedError
 
     def summary(self, test_metrics: dict) -> str:
@@ -186,9 +206,40 @@ def metrics_function(task: Task, documents: Documents | None = None):
     return compute
 
 
+def file_label_ids(labels: list[str]) -> dict[str, int]:
+    """Label -> id for labels read from a file: the names as in training, and the ids ("3" or 3) where no name is
+    a number (where one is, "3" is a name)."""
+    ids = {name: i for i, name in enumerate(labels)}
+    if not any(name.lstrip("-").isdigit() for name in labels):
+        ids.update({str(i): i for i in range(len(labels))})
+    return ids
+
+
+def file_label_id(value, ids: dict[str, int], labels: list[str], place: str, column: str) -> int:
+    """The id of a label read from a file (`ids`: file_label_ids); a value that is no label is a one-line error
+    naming it and the model's labels."""
+    found = ids.get(label_key(value))
+    if found is None:
+        shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
+        raise RecipeError(f"{place}: label {value!r} in column {column!r} (--label_column) is not one of the "
+                          f"model's labels: {shown}")
+    return found
+
+
 def check_split_labels(splits: dict, unknown, what: str) -> None:
     """`unknown(split) -> set` of labels of a split never seen in training: an error naming them."""
     for split in ("validation", "test"):
-        unseen = unknown(splits[split])
+        unseen = sorted(unknown(splits[split])) if split in splits else []  # test_fraction 0: no test split
         if unseen:
-            raise RecipeError(f"key '{what}': label(s) {sorted(unseen)} in the {split} split never occur in training")
+            shown = ", ".join(map(str, unseen[:5])) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+            numbers = all(_is_number(label) for label in unseen)
+            raise RecipeError(f"key '{what}': label(s) {shown} in the {split} split never occur in training" +
+                              ("; for a number per text set problem_type: regression" if numbers else ""))
+
+
+def _is_number(label) -> bool:
+    try:
+        float(label)
+    except (TypeError, ValueError):
+        return False
+    return True

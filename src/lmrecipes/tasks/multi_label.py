@@ -3,14 +3,17 @@ a decision threshold tuned on the validation split and saved with the model."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import ClassVar
 
 import numpy as np
 
 from ..errors import RecipeError
+from ..figures import new_figure, plot_counts
 from ..metrics import load_metric
-from .base import Task, check_split_labels, label_key
-from .single_label import AVERAGED
+from .base import Task, check_split_labels, file_label_id, file_label_ids, label_key
+from .single_label import AVERAGED, CONFUSION_MATRIX, PER_CLASS_LIMIT
 
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)  # searched on the validation split after training
 
@@ -23,7 +26,8 @@ class MultiLabelClassification(Task):
     card_metrics = (("test_f1_micro", "f1", "Micro F1"), ("test_f1", "f1", "Macro F1"),
                     ("test_subset_accuracy", "accuracy", "Subset accuracy"))
     card_description = "a multi-label sequence classifier (labels: {labels}; threshold in labels.json)"
-    card_call = 'classify("A warm, funny and moving film.", top_k=None)'
+    card_call = "classify({text}, top_k=None)"
+    card_scores = "logits.sigmoid()"  # a label applies at or above the threshold in labels.json
 
     scalar_labels = False  # a row's labels are a list (or several columns): checked here, not by rows.check_rows
     tunes = True  # the decision threshold
@@ -133,11 +137,51 @@ class MultiLabelClassification(Task):
     def predictions(self, logits):
         return self.decide(logits).tolist()
 
+    def test_figures(self, predictions, references):
+        """confusion_matrix.png: per label, the test rows by whether they have it and whether it was predicted (up
+        to PER_CLASS_LIMIT labels)."""
+        count = len(self.labels)
+        if count > PER_CLASS_LIMIT:
+            return {}
+        predicted, true = np.asarray(predictions).round(), np.asarray(references).round()
+        columns = min(count, 5)
+        figure, axes = new_figure(2.6 * columns, 2.6 * -(-count // columns), -(-count // columns), columns)
+        for label, ax in itertools.zip_longest(range(count), np.ravel(axes)):
+            if label is None:
+                ax.axis("off")
+                continue
+            matrix = [[int(((true[:, label] == t) & (predicted[:, label] == p)).sum()) for p in (0, 1)]
+                      for t in (0, 1)]
+            plot_counts(ax, matrix, ["no", "yes"], ["no", "yes"])
+            ax.set(title=self.labels[label], xlabel="predicted", ylabel="true")
+        figure.suptitle(f"{len(references):,} test rows, threshold {self.threshold:.2f}")
+        return {CONFUSION_MATRIX: figure}
+
     def outputs(self, logits):
         probabilities = _sigmoid(logits)
         return [{"labels": [name for name, p in zip(self.labels, row) if p >= self.threshold],
                  "scores": {name: round(float(p), 6) for name, p in zip(self.labels, row)}}
                 for row in probabilities]
+
+    def named(self, values):
+        return [[name for name, v in zip(self.labels, row) if v >= 0.5] for row in values]
+
+    def file_targets(self, values, places, column):
+        """A row's labels: a list (jsonl, json), or in a csv cell a JSON list (as predict.py writes label sets) or
+        one label."""
+        ids, out = file_label_ids(self.labels), []
+        for value, place in zip(values, places):
+            if isinstance(value, str) and value.lstrip().startswith("["):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    raise RecipeError(f"{place}: column {column!r} (--label_column) holds {value[:40]!r}, not a "
+                                      'JSON list of labels such as ["action", "comedy"]') from None
+            target = [0.0] * len(self.labels)
+            for label in value if isinstance(value, list) else [value]:
+                target[file_label_id(label, ids, self.labels, place, column)] = 1.0
+            out.append(target)
+        return out
 
     def summary(self, test_metrics):
         return (f"test micro F1 {test_metrics['test_f1_micro']:.4f}, macro F1 {test_metrics['test_f1']:.4f}, subset "

@@ -8,10 +8,12 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import RecipeError
+from ..figures import new_figure
 from ..metrics import load_metric
 from .base import Task
 
 SCORES = ("mse", "mae", "pearsonr", "spearmanr")
+PREDICTED_VS_TRUE = "predicted_vs_true.png"
 
 
 class Regression(Task):
@@ -21,7 +23,8 @@ class Regression(Task):
     card_metrics = (("test_pearsonr", "pearsonr", "Pearson r"), ("test_spearmanr", "spearmanr", "Spearman r"),
                     ("test_mse", "mse", "MSE"), ("test_mae", "mae", "MAE"))
     card_description = "a text regression model (predicts {labels})"
-    card_call = 'classify("A warm, funny and moving film.", function_to_apply="none")'
+    card_call = 'classify({text}, function_to_apply="none")'
+    card_scores = "logits"
 
     def __init__(self, column: str):
         self.column, self.labels = column, [column]
@@ -72,8 +75,32 @@ class Regression(Task):
     def predictions(self, logits):
         return np.asarray(logits).reshape(-1).tolist()
 
+    def test_figures(self, predictions, references):
+        """predicted_vs_true.png: each test row's predicted score against its true one."""
+        figure, ax = new_figure(5, 5)
+        ax.scatter(references, predictions, s=10, alpha=0.5)
+        both = np.concatenate([np.asarray(references, dtype=float), np.asarray(predictions, dtype=float)])
+        low, high = float(both.min()), float(both.max())
+        ax.plot([low, high], [low, high], "--", color="gray", label="predicted = true")
+        ax.set(xlabel=f"true {self.column}", ylabel=f"predicted {self.column}", title=f"{len(references):,} test rows")
+        ax.legend()
+        return {PREDICTED_VS_TRUE: figure}
+
     def outputs(self, logits):
         return [{"score": float(v)} for v in np.asarray(logits).reshape(-1)]
+
+    def file_targets(self, values, places, column):
+        out = []
+        for value, place in zip(values, places):
+            try:
+                number = None if isinstance(value, bool) else float(value)
+            except (TypeError, ValueError):
+                number = None
+            if number is None or not math.isfinite(number):
+                raise RecipeError(f"{place}: column {column!r} (--label_column) holds {value!r}, not a number "
+                                  "(the model predicts scores)")
+            out.append(number)
+        return out
 
     def summary(self, test_metrics):
         return (f"test Pearson r {test_metrics['test_pearsonr']:.4f}, Spearman r {test_metrics['test_spearmanr']:.4f}, "

@@ -8,8 +8,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import RecipeError
+from ..figures import new_figure, plot_counts
 from ..metrics import load_metric
-from .base import Task, check_split_labels, label_key
+from .base import Task, check_split_labels, file_label_id, file_label_ids, label_key
 
 logger = logging.getLogger("lmrecipes")
 
@@ -128,10 +129,28 @@ class SingleLabelClassification(Task):
     def predictions(self, logits):
         return np.argmax(logits, axis=-1).tolist()
 
+    def test_figures(self, predictions, references):
+        """confusion_matrix.png: the test rows of each (true, predicted) label."""
+        count = len(self.labels)
+        matrix = np.zeros((count, count), dtype=np.int64)
+        np.add.at(matrix, (np.asarray(references, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+        size = min(3.5 + 0.3 * count, 16)
+        figure, ax = new_figure(size + 0.5, size)
+        plot_counts(ax, matrix, self.labels, self.labels)
+        ax.set(xlabel="predicted label", ylabel="true label", title=f"{len(references):,} test rows")
+        return {CONFUSION_MATRIX: figure}
+
     def outputs(self, logits):
         probabilities = _softmax(logits)
         best = probabilities.argmax(axis=-1)
         return [{"label": self.labels[i], "score": float(p[i])} for i, p in zip(best, probabilities)]
+
+    def named(self, values):
+        return [self.labels[int(i)] for i in values]
+
+    def file_targets(self, values, places, column):
+        ids = file_label_ids(self.labels)
+        return [file_label_id(value, ids, self.labels, place, column) for value, place in zip(values, places)]
 
     def summary(self, test_metrics):
         return (f"test accuracy {test_metrics['test_accuracy']:.4f}, macro F1 {test_metrics['test_f1']:.4f} "
@@ -143,6 +162,8 @@ class SingleLabelClassification(Task):
             lines.append(f"Class weights in the loss: {dict(zip(self.labels, [round(w, 4) for w in self.weights]))}")
         return lines
 
+
+CONFUSION_MATRIX = "confusion_matrix.png"
 
 # Classes up to which the results list per-class metrics and the confusion matrix (its size grows as the square).
 PER_CLASS_LIMIT = 50

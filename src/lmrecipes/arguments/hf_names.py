@@ -1,0 +1,107 @@
+"""The names Hugging Face's example scripts (run_classification.py, run_clm.py, run_mlm.py) and transformers 4's
+TrainingArguments give to what lmrecipes has under another key. A user with those habits types them; each is read as
+lmrecipes' key where the meaning is the same (and recorded under that key in the run's recipe.yaml), and refused in
+one line that says what lmrecipes does instead where it is not."""
+
+from __future__ import annotations
+
+from ..errors import RecipeError
+from ..recipe_names import Alias
+from ..tasks import TASKS
+
+CLASSIFICATION = "run_classification.py"
+CLM = "run_clm.py"
+TRANSFORMERS_4 = "transformers 4's TrainingArguments"
+
+
+def _number(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"key '{name}': expected a number, got {value!r}") from None
+
+
+def _warmup_ratio(value) -> dict:
+    ratio = _number("warmup_ratio", value)
+    if not 0 <= ratio < 1:
+        raise RecipeError(f"key 'warmup_ratio': a fraction of the steps in [0, 1), got {value!r}")
+    return {"warmup_steps": ratio}  # transformers 5: a warmup_steps below 1 is a ratio of the total steps
+
+
+def _text_column_names(value) -> dict:
+    names = [name.strip() for name in (value if isinstance(value, list) else str(value).split(",")) if name.strip()]
+    if not 1 <= len(names) <= 2:
+        raise RecipeError(f"key 'text_column_names': lmrecipes reads one text column (text_column) or a pair "
+                          f"(text_column, text_pair_column), got {len(names)} columns: {value!r}")
+    return {"text_column": names[0], **({"text_pair_column": names[1]} if len(names) == 2 else {})}
+
+
+def _metric_name(value) -> dict:
+    computed = sorted({name for task in TASKS.values() for name in task.metric_names if name != "loss"})
+    if value not in computed:
+        raise RecipeError(f"key 'metric_name': every run computes all of its problem type's metrics "
+                          f"({', '.join(computed)}); {value!r} is not one of them")
+    return {}  # computed anyway; metric_for_best_model chooses checkpoints
+
+
+def _validation_percentage(value) -> dict:
+    percent = _number("validation_split_percentage", value)
+    return {"validation_fraction": percent / 100}
+
+
+def _sampling(on: str, off: str | None):
+    def translate(value) -> dict:
+        if value:
+            return {"train_sampling_strategy": on} if on else {}
+        return {"train_sampling_strategy": off} if off else {}
+    return translate
+
+
+def _problem_type(value) -> dict:
+    return {"problem_type": "regression"} if value else {}
+
+
+def _always(key: str, what: str, instead: str):
+    def translate(value) -> dict:
+        if value:
+            return {}
+        raise RecipeError(f"key '{key}': every run {what}; {instead}")
+    return translate
+
+
+def _do_predict(value) -> dict:
+    return {} if value else {"test_fraction": 0.0}
+
+
+ALIASES: dict[str, Alias] = {
+    "label_column_name": Alias(CLASSIFICATION, lambda value: {"label_column": value}),
+    "text_column_names": Alias(CLASSIFICATION, _text_column_names),
+    "max_seq_length": Alias(CLASSIFICATION, lambda value: {"max_length": value}),
+    "metric_name": Alias(CLASSIFICATION, _metric_name),
+    "do_regression": Alias(CLASSIFICATION, _problem_type, boolean=True),
+    "shuffle_train_dataset": Alias(CLASSIFICATION, _sampling("", "sequential"), boolean=True),
+    "validation_split_percentage": Alias(CLM, _validation_percentage),
+    "evaluation_strategy": Alias(TRANSFORMERS_4, lambda value: {"eval_strategy": value}),
+    "warmup_ratio": Alias(TRANSFORMERS_4, _warmup_ratio),
+    "group_by_length": Alias(TRANSFORMERS_4, _sampling("group_by_length", ""), boolean=True),
+    "do_train": Alias("the example scripts", _always("do_train", "trains", "to score a trained model on a file "
+                                                     "use scripts/predict.py MODEL FILE --label_column COLUMN"),
+                      boolean=True),
+    "do_eval": Alias("the example scripts", _always("do_eval", "evaluates its validation split at the end",
+                                                    "eval_strategy: no turns off the evaluations during training"),
+                     boolean=True),
+    "do_predict": Alias("the example scripts", _do_predict, boolean=True),
+}
+"""Read as lmrecipes' keys. A bare boolean flag (`--do_regression`) is true; do_predict: false turns the test
+split off (test_fraction: 0), do_train / do_eval: false are refused (every run trains and evaluates)."""
+
+NOT_TAKEN: dict[str, str] = {
+    "pad_to_max_length": "each batch is padded to its longest row (DataCollatorWithPadding)",
+    "overwrite_cache": "the data cache is keyed by the data's contents; delete data_cache_dir to rebuild it",
+    "max_predict_samples": "scripts/predict.py scores any file (--label_column); max_eval_samples limits validation",
+    "use_fast_tokenizer": "fast tokenizers are always used",
+    "remove_splits": "train_file, validation_file and test_file name the splits used",
+    "keep_linebreaks": "text files are read as they are (line_by_line: true makes each line a document)",
+    "cache_dir": "the Hugging Face cache holds downloads; data_cache_dir holds lmrecipes' tokenized data",
+}
+"""Example-script keys with no lmrecipes equivalent: named in the unknown-key error with what lmrecipes does."""
