@@ -486,7 +486,7 @@ def test_bad_classification_input_fails_in_one_line(tmp_path, capsys, causal_run
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "b"][i % 2]}) + "\n" for i in range(40)))
     test.write_text("".join(json.dumps({"text": f"t {i}", "label": ["a", "c"][i % 2]}) + "\n" for i in range(10)))
-    cases.append((["--train_file", train, "--test_file", test], "label(s) ['c'] in the test split never occur"))
+    cases.append((["--train_file", train, "--test_file", test], "label(s) c in the test split never occur"))
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     cases.append((["--train_file", empty], "key 'train_file'"))

@@ -34,10 +34,19 @@ def test_hugging_face_flag_names_are_read_as_lmrecipes_keys_and_recorded_under_t
     assert not {"vocab_size", "tokenizer_type", "generator_size", "fused_loss", "objective"} & set(recipe)
 
     # the same names in a recipe file; a pair of text columns; run_classification.py's do_regression
-    *_, explicit = load_recipe({"text_column_names": "question,answer", "do_regression": True,
-                                "do_predict": False}, FINETUNE_ARGUMENTS)
-    assert (explicit["text_column"], explicit["text_pair_column"], explicit["problem_type"],
-            explicit["test_fraction"]) == ("question", "answer", "regression", 0.0)
+    *_, explicit = load_recipe({"text_column_names": "question", "do_regression": True, "do_predict": False},
+                               FINETUNE_ARGUMENTS)
+    assert (explicit["text_column"], explicit["problem_type"], explicit["test_fraction"]) == \
+        ("question", "regression", 0.0)
+    # false means false: over a recipe's own settings
+    *_, explicit = parse_recipe(FINETUNE_ARGUMENTS, [MINILM, "--group_by_length", "false", "--shuffle_train_dataset",
+                                                     "false", "--do_regression", "false"])
+    assert (explicit["train_sampling_strategy"], explicit["problem_type"]) == ("random", "single_label_classification")
+
+    # a fine-tuning recipe.yaml written before fine-tuning left pretraining keys out still runs
+    *_, explicit = load_recipe({"vocab_size": 8192, "objective": None, "tokenizer_type": None, "lowercase": False},
+                               FINETUNE_ARGUMENTS)
+    assert not {"vocab_size", "objective", "lowercase"} & set(explicit)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -49,8 +58,13 @@ def test_hugging_face_flag_names_are_read_as_lmrecipes_keys_and_recorded_under_t
                               "scripts/predict.py MODEL FILE --label_column COLUMN"),
     (["--do_eval", "no"], "key 'do_eval': every run evaluates its validation split at the end"),
     (["--metric_name", "bleu"], "key 'metric_name': every run computes all of its problem type's metrics"),
-    (["--text_column_names", "a,b,c"], "key 'text_column_names': lmrecipes reads one text column (text_column) or a "
-                                       "pair (text_column, text_pair_column), got 3 columns"),
+    (["--text_column_names", "a,b"], "key 'text_column_names': lmrecipes reads one text column (text_column); two "
+                                     "columns are a pair (text_column, text_pair_column: encoded as a pair, not "
+                                     "joined), got 'a,b'"),
+    (["--max_seq_length", "64", "--max_length", "32"], "key 'max_seq_length' (the name in run_classification.py for "
+                                                       "max_length) and 'max_length' are both given; give one"),
+    (["--objective", "clm", "--no_lowercase"], "command line: 2 unknown keys: '--objective' (a pretraining key; "
+                                               "fine-tuning trains a classifier); '--lowercase' (a key of tokenizer"),
     (["--warmup_ratio", "3"], "key 'warmup_ratio': a fraction of the steps in [0, 1), got '3'"),
 ])
 def test_unknown_keys_are_named_at_once_and_refused_names_say_what_happens_instead(capsys, tmp_path, flags,
@@ -66,6 +80,10 @@ def test_a_recipe_file_with_unknown_keys_names_them_all(tmp_path):
     with pytest.raises(RecipeError, match=r"mine.yaml: 2 unknown keys: 'learnin_rate' \(did you mean "
                                           r"'learning_rate'\?\); 'blok_size' \(did you mean 'block_size'\?\)"):
         parse_recipe(PRETRAIN_ARGUMENTS, [str(recipe)])
+    # a fine-tuning name in pretraining: said so, not "did you mean" itself
+    with pytest.raises(RecipeError, match=r"'--max_seq_length' \(the name in run_classification.py for max_length, "
+                                          r"which this script does not have\)"):
+        parse_recipe(PRETRAIN_ARGUMENTS, [str(REPO / "recipes/tiny-llama/pretrain.yaml"), "--max_seq_length", "64"])
 
 
 def test_help_shows_the_scripts_own_keys_grouped_and_help_all_everything(capsys):

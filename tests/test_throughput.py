@@ -249,7 +249,7 @@ def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path, monkeypatc
     from lmrecipes import peak_flops
     from lmrecipes.peak_flops import cpu_peak_flops
 
-    monkeypatch.setattr(peak_flops, "load_average", lambda: 0.0)  # the cores to itself (this suite's are shared)
+    monkeypatch.setattr(peak_flops, "other_work", lambda cpus: 0.0)  # the cores to itself (this suite's are shared)
     cache = tmp_path / "peaks.json"
     peak, source = cpu_peak_flops("fp32", cache)
     assert peak > 0 and "best of 5, measured now" in source and cache.is_file()
@@ -260,11 +260,14 @@ def test_a_cpu_peak_is_measured_once_per_machine_and_cached(tmp_path, monkeypatc
 def test_a_busy_machine_is_told_by_its_load_beyond_the_cpus_the_measurement_leaves_free(monkeypatch):
     from lmrecipes import peak_flops
 
-    monkeypatch.setattr(peak_flops.os, "cpu_count", lambda: 8)
-    for threads, load, busy in ((8, 1.2, False), (8, 3.0, True), (2, 7.0, False), (2, 7.9, True), (8, None, False)):
-        monkeypatch.setattr(peak_flops, "load_average", lambda load=load: load)
+    monkeypatch.setattr(peak_flops, "usable_cpus", lambda: set(range(8)))
+    for threads, work, busy in ((8, 0.4, False), (8, 1.0, True), (2, 6.4, False), (2, 6.6, True), (8, None, False)):
+        monkeypatch.setattr(peak_flops, "other_work", lambda cpus, work=work: work)
         reason = peak_flops.busy_machine(threads)
-        assert (reason == f"load average {load:.1f} on 8 CPUs") if busy else reason is None, (threads, load)
+        assert (reason == f"other processes kept {work:.1f} of 8 CPUs busy") if busy else reason is None, \
+            (threads, work)
+    work = peak_flops.other_work({0})  # this process sleeps while it samples: its own work is not counted
+    assert work is None or 0.0 <= work <= 1.0
 
 
 def test_a_cpu_peak_measured_under_load_is_never_kept_and_a_beaten_one_is_measured_again(tmp_path, monkeypatch):
@@ -276,10 +279,12 @@ def test_a_cpu_peak_measured_under_load_is_never_kept_and_a_beaten_one_is_measur
 
     measured, load = iter([1e9] * 5 + [4e9] * 5 + [8e9] * 5 + [2e9] * 5), {"now": 9.0}
     monkeypatch.setattr(peak_flops, "measure_cpu_matmul_flops", lambda dtype: next(measured))
-    monkeypatch.setattr(peak_flops, "load_average", lambda: load["now"])
+    monkeypatch.setattr(peak_flops, "other_work", lambda cpus: load["now"])
+    monkeypatch.setattr(peak_flops, "usable_cpus", lambda: {0, 1})
     cache = tmp_path / "peaks.json"
     peak, source = peak_flops.cpu_peak_flops("fp32", cache)
-    assert peak == 1e9 and "while the machine was busy (load average 9.0 on " in source and "not kept" in source
+    assert peak == 1e9 and "while the machine was busy (other processes kept 9.0 of 2 CPUs busy)" in source and \
+        "not kept" in source
     assert not cache.exists()
     load["now"] = 0.0
     assert peak_flops.cpu_peak_flops("fp32", cache)[0] == 4e9  # quiet: kept

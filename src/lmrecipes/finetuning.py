@@ -255,6 +255,14 @@ def evaluate_classifier(trainer, task: Task, encoded: dict, documents: Documents
     return eval_metrics, test_metrics, (test_logits, test_targets)
 
 
+def said_at_the_end(task: Task, eval_metrics: dict, test_metrics: dict) -> str:
+    """The end-of-run line's figures: the task's test summary, or validation's without a test split."""
+    if test_metrics:
+        return task.summary(test_metrics)
+    best = task.best_metric[0]
+    return f"no test split (test_fraction: 0); validation {best} {eval_metrics.get(f'eval_{best}', float('nan')):.4f}"
+
+
 def check_base_run_finished(path: str) -> None:
     """A pretraining run to fine-tune from has finished: a stopped one has no final model yet (only checkpoints)."""
     folder = Path(path)
@@ -298,7 +306,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
                                                                    finetune_args.head_learning_rate)
         if finetune_args.head_learning_rate is not None else None,
         callbacks=[throughput, *stopping, *callbacks]))
-    finished = run.claim(recipe, run_inputs(model_args, tokenizer, source_fingerprint(data_args)))
+    finished = run.claim(recipe, run_inputs(model_args, tokenizer, source_fingerprint(data_args)),
+                         unused_keys=set(FINETUNE_ARGUMENTS.left_out))
     if finished is not None:
         return finished
     out = Path(training_args.output_dir)
@@ -316,10 +325,8 @@ def run_finetuning(model_args: ModelArguments, tokenizer_args: TokenizerArgument
         if training_args.should_save and test_rows is not None else {}
     if finetune_args.use_lora and finetune_args.merge_lora and training_args.should_save:
         merge_adapter(training_args.output_dir, out / "merged", replace=True)  # a merge a stop cut short
-    best = task.best_metric[0]
-    said = task.summary(test_metrics) if test_metrics else \
-        f"no test split (test_fraction: 0); validation {best} {eval_metrics.get(f'eval_{best}', float('nan')):.4f}"
     return run.finish({**train_metrics, **eval_metrics, **test_metrics},
-                      f"Fine-tuning done: {said}. Model in {training_args.output_dir}",
+                      f"Fine-tuning done: {said_at_the_end(task, eval_metrics, test_metrics)}. Model in "
+                      f"{training_args.output_dir}",
                       report=finetuning_report(model_args, finetune_args, data_args, task, model, encoded, documents,
                                                figures))

@@ -171,7 +171,7 @@ def _load_classifier_lines(kind: str, repo_id: str, labels: list[str], problem_t
     """Code that loads the classifier as `model` and its tokenizer as `tokenizer`."""
     if kind == "classifier":
         return ["from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-                f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}")',
+                f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", use_safetensors=True)',
                 f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")']
     # the base model's config has no labels: the head is rebuilt with the run's (labels.json), else LABEL_0/LABEL_1
     return ["from peft import AutoPeftModelForSequenceClassification",

@@ -80,25 +80,54 @@ def cpu_model_name() -> str:
     return cpuinfo_value("model name") or platform.processor() or platform.machine()
 
 
-# Other work may take this much of a core beyond the CPUs the measurement leaves free before the machine counts as
-# busy: this process's own thread (which runs the measurement) plus half a core of background.
-LOAD_SLACK = 1.5
+# Work of other processes the measurement tolerates beyond the CPUs its threads leave free: half a core of background.
+LOAD_SLACK = 0.5
+SAMPLE_SECONDS = 0.25
 
 
-def load_average() -> float | None:
-    """The machine's 1-minute load average (None where the system keeps none)."""
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity: a container's or taskset's share, not the host's count)."""
     try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]]:
+    times = {}
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(v) for v in values]
+                times[int(name[3:])] = (sum(ticks[:8]), ticks[3] + ticks[4])  # (all, idle + iowait)
+    return times
+
+
+def other_work(cpus: set[int]) -> float | None:
+    """CPUs' worth of work that other processes do on `cpus` now: their busy time over SAMPLE_SECONDS while this
+    process sleeps (/proc/stat). Hand-written: the load average counts this process's own training too, and decays
+    over a minute, so that a machine would look busy right after the run before; None where /proc/stat is missing."""
+    try:
+        before = _cpu_times(cpus)
+        time.sleep(SAMPLE_SECONDS)
+        after = _cpu_times(cpus)
+    except (OSError, ValueError):
         return None
+    busy = 0.0
+    for cpu, (total, idle) in before.items():
+        spent = after.get(cpu, (total, idle))[0] - total
+        busy += (spent - (after[cpu][1] - idle)) / spent if spent > 0 else 0.0
+    return busy if before else None
 
 
 def busy_machine(threads: int) -> str | None:
-    """Why a matmul on `threads` threads would not get the cores to itself now ('load average 3.1 on 2 CPUs'), or
-    None: the load average beyond the CPUs the threads leave free, this process and a little background."""
-    load, cpus = load_average(), os.cpu_count() or 1
-    if load is not None and load > max(cpus - threads, 0) + LOAD_SLACK:
-        return f"load average {load:.1f} on {cpus} CPUs"
+    """Why a matmul on `threads` threads would not get the cores to itself now ('other processes kept 1.8 of 2 CPUs
+    busy'), or None: other work beyond the CPUs the threads leave free and a little background."""
+    cpus = usable_cpus()
+    work = other_work(cpus)
+    if work is not None and work > max(len(cpus) - threads, 0) + LOAD_SLACK:
+        return f"other processes kept {work:.1f} of {len(cpus)} CPUs busy"
     return None
 
 
@@ -137,9 +166,9 @@ def cpu_peak_flops(dtype_name: str, cache_file: Path | None = None, remeasure: b
     cache_file, known = _peak_cache(cache_file)
     if not remeasure and isinstance(known.get(key), (int, float)) and known[key] > 0:
         return float(known[key]), f"CPU matmul peak measured earlier on this machine ({key})"
-    if not remeasure and key in _MEASURED_UNDER_LOAD:  # the next run of a notebook or test session: not again
-        return _MEASURED_UNDER_LOAD[key]
     busy = busy_machine(threads)
+    if not remeasure and busy and key in _MEASURED_UNDER_LOAD:  # still busy: this process's earlier measurement
+        return _MEASURED_UNDER_LOAD[key]
     peak = max(measure_cpu_matmul_flops(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
                for _ in range(5))
     busy = busy or busy_machine(threads)

@@ -64,6 +64,9 @@ def _task(args: PipelineArguments):
     if finetune.problem_type != "single_label_classification":  # the curve compares accuracies per test row
         raise RecipeError(f"key 'finetune_recipe': the pipeline's label curve measures single-label accuracy; "
                           f"{args.finetune_recipe} sets problem_type: {finetune.problem_type}")
+    if task_data.test_fraction == 0 and not task_data.test_file:
+        raise RecipeError("key 'test_fraction': the pipeline's label curve compares the runs on a test split; "
+                          "give test_file or a test_fraction above 0")
     if task_data.max_train_samples is not None:
         raise RecipeError("key 'max_train_samples': the pipeline's label_counts choose the training rows of each run;"
                           " remove it from the fine-tuning recipe / finetune_overrides")

@@ -17,6 +17,7 @@ from transformers import DataCollatorWithPadding
 from .data.rows import csv_records, json_records, text_problem
 from .errors import RecipeError
 from .lora import load_classifier
+from .ownership import file_mode
 from .recipe import read_run_recipe
 from .run_folder import is_run_folder
 from .tasks import Task, saved_task
@@ -348,7 +349,7 @@ def _write(path: Path, key: str, write) -> None:
     except OSError as err:
         raise RecipeError(f"key '{key}': cannot write {path} ({err.strerror or err})") from None
     try:
-        os.fchmod(handle, 0o666 & ~_umask())
+        os.fchmod(handle, file_mode())
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             write(out)
         os.replace(tmp, path)
@@ -357,12 +358,6 @@ def _write(path: Path, key: str, write) -> None:
         if isinstance(err, OSError):
             raise RecipeError(f"key '{key}': cannot write {path} ({err.strerror or err})") from None
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_output_path(output: Path, input_path: Path, model_dir: Path, key: str = "output") -> None:

@@ -23,7 +23,14 @@ from transformers import HfArgumentParser
 from .errors import RecipeError, first_line
 from .ownership import write_text_atomically
 from .recipe_help import help_text
-from .recipe_names import translate_flags, translate_recipe, unknown_keys_error
+from .recipe_names import (
+    applicable,
+    drop_left_out_defaults,
+    take_out_flags,
+    translate_flags,
+    translate_recipe,
+    unknown_keys_error,
+)
 from .values import find_file, parse_mapping, yaml_boolean
 
 
@@ -246,8 +253,10 @@ def _print_help_and_exit(dataclass_types, flags: list[str]) -> None:
     if "--help_all" in flags:
         HfArgumentParser(dataclass_types).print_help()
     else:
-        print(help_text(Path(sys.argv[0]).name, getattr(main, "__doc__", "") or "", dataclass_types,
-                        getattr(dataclass_types, "left_out", {}), getattr(dataclass_types, "aliases", {})), end="")
+        left_out = getattr(dataclass_types, "left_out", {})
+        keys = {f.name for t in dataclass_types for f in dataclasses.fields(t)} - set(left_out)
+        print(help_text(Path(sys.argv[0]).name, getattr(main, "__doc__", "") or "", dataclass_types, left_out,
+                        applicable(getattr(dataclass_types, "aliases", {}), keys)), end="")
     raise SystemExit(0)
 
 
@@ -270,8 +279,8 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     if path is not None:
         recipe = merge_recipe(read_recipe_file(path), recipe, dataclass_types)
         source = path
-    recipe = translate_recipe(recipe, aliases, known)
-    flags = translate_flags(flags, aliases, known)
+    recipe = drop_left_out_defaults(translate_recipe(recipe, aliases, known), left_out, dataclass_types)
+    flags, left_out_flags = take_out_flags(translate_flags(flags, aliases, known), left_out)
     mapping_flags, flags = _split_mapping_flags(flags, mapping_keys(dataclass_types))
     for key, value in mapping_flags:
         recipe = merge_recipe(recipe, {key: value}, dataclass_types)
@@ -290,8 +299,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         if "arguments are required" not in str(err):  # those may still come from the command line
             raise RecipeError(f"{source}: {err}") from None
     _, unknown = parser.parse_known_args(yaml_argv + flags)  # the file's keys are known: the rest are flags
-    unknown_flags = [f"--{_flag(a)[0]}" for a in unknown if a.startswith("--")] + \
-        [f"--{key}" for key, _, _ in map(_flag, flags) if key in left_out]
+    unknown_flags = [f"--{_flag(a)[0]}" for a in unknown if a.startswith("--")] + left_out_flags
     if unknown_in_file or unknown_flags:
         where = source if not unknown_flags else "command line" if not unknown_in_file else f"{source} and command line"
         raise unknown_keys_error(unknown_in_file + unknown_flags, where, known, dataclass_types)
@@ -374,7 +382,7 @@ class _NoAliasDumper(yaml.SafeDumper):
 def write_recipe(path: str | Path, recipe: dict, header: str = "") -> None:
     """Written whole or not at all (a temporary file `.NAME.*.tmp` beside it, renamed into place)."""
     text = yaml.dump(recipe, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True)
-    write_text_atomically(Path(path), (header + "\n" if header else "") + text, mode=0o644)  # a recipe's usual mode
+    write_text_atomically(Path(path), (header + "\n" if header else "") + text)  # the umask's mode
 
 
 RUN_RECIPE = "recipe.yaml"

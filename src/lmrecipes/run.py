@@ -104,11 +104,13 @@ class Run:
             raise
         return trainer
 
-    def claim(self, recipe: dict, inputs: dict) -> dict | None:
+    def claim(self, recipe: dict, inputs: dict, unused_keys=frozenset()) -> dict | None:
         """output_dir for this recipe and these inputs (run_folder.claim_output_dir): None to go on, or the
-        results of a finished run of the same recipe (nothing to do)."""
+        results of a finished run of the same recipe (nothing to do). `unused_keys`: keys an earlier run's recipe may
+        hold that this job no longer writes (not a change)."""
         try:
-            return claim_output_dir(self.args, recipe, f"# Resolved recipe of this run (lmrecipes {self.job})", inputs)
+            return claim_output_dir(self.args, recipe, f"# Resolved recipe of this run (lmrecipes {self.job})", inputs,
+                                    unused_keys)
         except OSError as err:  # a read-only disk (remounted after I/O errors), no permission
             raise RecipeError(f"key 'output_dir': cannot write into {self.args.output_dir} ({err.strerror or err})")\
                 from None

@@ -54,8 +54,7 @@ def check_output_dir_is_a_folder(out: Path) -> None:
         raise RecipeError(f"key 'output_dir': {out}: {err.strerror or err}") from None
 
 
-# Keys that change how a run is watched, fed or pruned, not what it trains: a rerun differing only in these is the
-# same run.
+# Keys that change how a run is watched, fed or pruned, not what it trains: a rerun differing only in these is same.
 COSMETIC_KEYS = {"overwrite_output_dir", "resume_from_checkpoint", "output_dir", "logging_steps", "logging_dir",
                  "disable_tqdm", "report_to", "push_to_hub", "hub_model_id", "hub_private_repo", "save_total_limit",
                  "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
@@ -101,7 +100,6 @@ def _remove_incomplete_checkpoint(out: Path, folder: Path) -> None:
 # the files the run wrote, the checkpoint being written ("pending"), and whether the run finished.
 # overwrite_output_dir deletes what it records and nothing else.
 RUN_MARKER = ".lmrecipes-run.json"
-
 
 # Written atomically by lmrecipes into a finished run: results.md and its figures (run_report, tasks/)
 RESULT_FILES = ("results.md", "loss_curve.png", "confusion_matrix.png", "predicted_vs_true.png")
@@ -266,22 +264,23 @@ def remove_run_folder(out: Path) -> None:
     delete_checked(out, [name for name in files if name != RUN_LOCK], last=RUN_MARKER, keep_folder=True)
 
 
-# A stream is split between data-loader workers and packed inside them: their number changes its order and blocks.
-STREAM_ORDER_KEYS = {"dataloader_num_workers", "preprocessing_num_workers"}
+STREAM_ORDER_KEYS = {"dataloader_num_workers", "preprocessing_num_workers"}  # a stream's order and blocks
 
 
-def _comparable(recipe: dict) -> dict:
+def _changed_keys(previous: dict, recipe: dict, unused_keys) -> list[str]:
+    """Keys whose values differ, but for cosmetic keys, `unused_keys`, and a key one recipe lacks and the other
+    holds as null or false (a key added since, at its default)."""
     cosmetic = COSMETIC_KEYS - STREAM_ORDER_KEYS if recipe.get("streaming") is True else COSMETIC_KEYS
-    return {k: v for k, v in recipe.items() if k not in cosmetic}
-
-
-LENGTH_KEYS = {"max_steps", "num_train_epochs"}
+    one_sided = {k: previous.get(k, recipe.get(k)) for k in previous.keys() ^ recipe.keys()}
+    added = {k for k, v in one_sided.items() if v is None or v is False}
+    return sorted(k for k in (previous.keys() | recipe.keys()) - cosmetic - set(unused_keys) - added
+                  if previous.get(k) != recipe.get(k))
 
 
 def _train_on_hint(out: Path, changed: list[str]) -> str:
     """A finished run asked to train longer: how to go on from its last checkpoint into a new folder (the finished
     run stays as it is)."""
-    checkpoint = find_last_complete_checkpoint(out) if set(changed) <= LENGTH_KEYS else None
+    checkpoint = find_last_complete_checkpoint(out) if set(changed) <= {"max_steps", "num_train_epochs"} else None
     return (f"; to train on from where it stopped: --resume_from_checkpoint {checkpoint} --output_dir NEW_FOLDER"
             if checkpoint else "")
 
@@ -341,7 +340,8 @@ def _finished_results(out: Path, results_file: Path) -> dict:
     return results
 
 
-def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None) -> dict | None:
+def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | None = None,
+                     unused_keys=frozenset()) -> dict | None:
     """Make sure `output_dir` may be used for this recipe, then write the resolved recipe into it.
 
     - empty or new folder: used;
@@ -369,8 +369,7 @@ def claim_output_dir(training_args, recipe: dict, header: str, inputs: dict | No
             if not training_args.overwrite_output_dir:
                 check_recipe_unchanged(out, "output_dir")
             previous = read_run_recipe(out)
-            changed = sorted(k for k in set(_comparable(previous)) | set(_comparable(recipe))
-                             if previous.get(k) != recipe.get(k))
+            changed = _changed_keys(previous, recipe, unused_keys)
             earlier_inputs = run_record(out).get("inputs") or {}
             changed += [f"the contents of {k}" for k in sorted((inputs or {}).keys() | earlier_inputs.keys())
                         if (inputs or {}).get(k) != earlier_inputs.get(k)]

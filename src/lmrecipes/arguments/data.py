@@ -86,7 +86,7 @@ class PretrainDataArguments(DataSourceArguments):
     line_by_line: bool = field(
         default=False,
         metadata={"help": "Text files (.txt): false (the default): each file is one document; true: each line is a "
-                  "document (blank lines skipped), as run_clm.py reads them and as scripts/predict.py reads a .txt. "
+                  "document (blank lines skipped), as run_mlm.py's line_by_line and scripts/predict.py read a .txt. "
                   "Documents matter for the held-out split (by document) and for document_masking."})
     mlm_probability: float = field(
         default=0.15, metadata={"help": "masked_lm: fraction of tokens masked (DataCollatorForLanguageModeling)."}

@@ -12,6 +12,7 @@ from ..tasks import TASKS
 CLASSIFICATION = "run_classification.py"
 CLM = "run_clm.py"
 TRANSFORMERS_4 = "transformers 4's TrainingArguments"
+EXAMPLES = "the example scripts"
 
 
 def _number(name: str, value) -> float:
@@ -30,10 +31,10 @@ def _warmup_ratio(value) -> dict:
 
 def _text_column_names(value) -> dict:
     names = [name.strip() for name in (value if isinstance(value, list) else str(value).split(",")) if name.strip()]
-    if not 1 <= len(names) <= 2:
-        raise RecipeError(f"key 'text_column_names': lmrecipes reads one text column (text_column) or a pair "
-                          f"(text_column, text_pair_column), got {len(names)} columns: {value!r}")
-    return {"text_column": names[0], **({"text_pair_column": names[1]} if len(names) == 2 else {})}
+    if len(names) != 1:
+        raise RecipeError(f"key 'text_column_names': lmrecipes reads one text column (text_column); two columns are "
+                          f"a pair (text_column, text_pair_column: encoded as a pair, not joined), got {value!r}")
+    return {"text_column": names[0]}
 
 
 def _metric_name(value) -> dict:
@@ -49,16 +50,12 @@ def _validation_percentage(value) -> dict:
     return {"validation_fraction": percent / 100}
 
 
-def _sampling(on: str, off: str | None):
-    def translate(value) -> dict:
-        if value:
-            return {"train_sampling_strategy": on} if on else {}
-        return {"train_sampling_strategy": off} if off else {}
-    return translate
+def _group_by_length(value) -> dict:
+    return {"train_sampling_strategy": "group_by_length" if value else "random"}
 
 
 def _problem_type(value) -> dict:
-    return {"problem_type": "regression"} if value else {}
+    return {"problem_type": "regression" if value else "single_label_classification"}
 
 
 def _always(key: str, what: str, instead: str):
@@ -74,26 +71,28 @@ def _do_predict(value) -> dict:
 
 
 ALIASES: dict[str, Alias] = {
-    "label_column_name": Alias(CLASSIFICATION, lambda value: {"label_column": value}),
-    "text_column_names": Alias(CLASSIFICATION, _text_column_names),
-    "max_seq_length": Alias(CLASSIFICATION, lambda value: {"max_length": value}),
-    "metric_name": Alias(CLASSIFICATION, _metric_name),
-    "do_regression": Alias(CLASSIFICATION, _problem_type, boolean=True),
-    "shuffle_train_dataset": Alias(CLASSIFICATION, _sampling("", "sequential"), boolean=True),
-    "validation_split_percentage": Alias(CLM, _validation_percentage),
-    "evaluation_strategy": Alias(TRANSFORMERS_4, lambda value: {"eval_strategy": value}),
-    "warmup_ratio": Alias(TRANSFORMERS_4, _warmup_ratio),
-    "group_by_length": Alias(TRANSFORMERS_4, _sampling("group_by_length", ""), boolean=True),
-    "do_train": Alias("the example scripts", _always("do_train", "trains", "to score a trained model on a file "
-                                                     "use scripts/predict.py MODEL FILE --label_column COLUMN"),
-                      boolean=True),
-    "do_eval": Alias("the example scripts", _always("do_eval", "evaluates its validation split at the end",
-                                                    "eval_strategy: no turns off the evaluations during training"),
+    "label_column_name": Alias(CLASSIFICATION, lambda value: {"label_column": value}, ("label_column",)),
+    "text_column_names": Alias(CLASSIFICATION, _text_column_names, ("text_column",)),
+    "max_seq_length": Alias(CLASSIFICATION, lambda value: {"max_length": value}, ("max_length",)),
+    "metric_name": Alias(CLASSIFICATION, _metric_name, ("problem_type",)),
+    "do_regression": Alias(CLASSIFICATION, _problem_type, ("problem_type",), boolean=True),
+    "shuffle_train_dataset": Alias(CLASSIFICATION, lambda value: {}, ("problem_type",), boolean=True),
+    "validation_split_percentage": Alias(CLM, _validation_percentage, ("validation_fraction",)),
+    "evaluation_strategy": Alias(TRANSFORMERS_4, lambda value: {"eval_strategy": value}, ("eval_strategy",)),
+    "warmup_ratio": Alias(TRANSFORMERS_4, _warmup_ratio, ("warmup_steps",)),
+    "group_by_length": Alias(TRANSFORMERS_4, _group_by_length, ("train_sampling_strategy",), boolean=True),
+    "do_train": Alias(EXAMPLES, _always("do_train", "trains", "to score a trained model on a file use "
+                                        "scripts/predict.py MODEL FILE --label_column COLUMN"), (), boolean=True),
+    "do_eval": Alias(EXAMPLES, _always("do_eval", "evaluates its validation split at the end",
+                                       "eval_strategy: no turns off the evaluations during training"), (),
                      boolean=True),
-    "do_predict": Alias("the example scripts", _do_predict, boolean=True),
+    "do_predict": Alias(EXAMPLES, _do_predict, ("test_fraction",), boolean=True),
 }
-"""Read as lmrecipes' keys. A bare boolean flag (`--do_regression`) is true; do_predict: false turns the test
-split off (test_fraction: 0), do_train / do_eval: false are refused (every run trains and evaluates)."""
+"""Read as lmrecipes' keys by the scripts that have the keys an alias sets (its third field; metric_name and
+shuffle_train_dataset set nothing, and belong to fine-tuning). A bare boolean flag (`--do_regression`) is true.
+shuffle_train_dataset: the Trainer shuffles every epoch either way (run_classification.py's true is one more
+shuffle before). do_predict: false turns the test split off (test_fraction: 0); do_train / do_eval: false are
+refused (every run trains and evaluates)."""
 
 NOT_TAKEN: dict[str, str] = {
     "pad_to_max_length": "each batch is padded to its longest row (DataCollatorWithPadding)",
@@ -102,6 +101,7 @@ NOT_TAKEN: dict[str, str] = {
     "use_fast_tokenizer": "fast tokenizers are always used",
     "remove_splits": "train_file, validation_file and test_file name the splits used",
     "keep_linebreaks": "text files are read as they are (line_by_line: true makes each line a document)",
+    "line_by_line": "pretraining's key (one document per line of a .txt file)",
     "cache_dir": "the Hugging Face cache holds downloads; data_cache_dir holds lmrecipes' tokenized data",
 }
 """Example-script keys with no lmrecipes equivalent: named in the unknown-key error with what lmrecipes does."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from ..errors import RecipeError
 from ..values import find_file, parse_mapping
 from .data import ClassificationDataArguments
+from .hf_names import ALIASES
 
 ALL = "all"
 # what the pretrained model is shown continuing (causal) or filling (masked: a mask after the prompt), in summary.md:
@@ -80,6 +81,8 @@ def check_arm_overrides(overrides: dict, key: str) -> None:
     """An arm's own fine-tuning keys may not touch what makes the comparison paired (the data, its sample, the
     seed) nor what the curve sets per run: a one-line error naming the key."""
     fixed = {f.name for f in fields(ClassificationDataArguments)} | set(CURVE_RUN_KEYS)
+    # Hugging Face's names of those keys too (hf_names: max_seq_length, evaluation_strategy, ...)
+    fixed |= {name for name, alias in ALIASES.items() if set(alias.targets) & fixed}
     clash = sorted(set(overrides) & fixed)
     if clash:
         raise RecipeError(f"key '{key}': {', '.join(clash)} must be the same for both arms (the data and its "

@@ -63,7 +63,10 @@ def corpus_fingerprint(files_fingerprint: str, data_args) -> str:
     """What a pretraining run's marker records of its data (sources.source_fingerprint of the files): the
     training split, and so the tokenizer and the packed data, also depend on these keys and rows checks."""
     return hashlib.sha256(json.dumps([files_fingerprint, data_args.text_column, data_args.validation_fraction,
-                                      data_args.skip_bad_rows, data_args.line_by_line]).encode()).hexdigest()
+                                      data_args.skip_bad_rows,
+                                      # only when set: the fingerprints of corpora read before the key stay valid
+                                      *([data_args.line_by_line] if data_args.line_by_line else [])]
+                                     ).encode()).hexdigest()
 
 
 def _block_packer(tokenizer, block_size: int, wrap: bool, with_bytes: bool):
