@@ -81,9 +81,10 @@ def test_a_recipe_file_with_unknown_keys_names_them_all(tmp_path):
                                           r"'learning_rate'\?\); 'blok_size' \(did you mean 'block_size'\?\)"):
         parse_recipe(PRETRAIN_ARGUMENTS, [str(recipe)])
     # a fine-tuning name in pretraining: said so, not "did you mean" itself
-    with pytest.raises(RecipeError, match=r"'--max_seq_length' \(the name in run_classification.py for max_length, "
-                                          r"which this script does not have\)"):
-        parse_recipe(PRETRAIN_ARGUMENTS, [str(REPO / "recipes/tiny-llama/pretrain.yaml"), "--max_seq_length", "64"])
+    with pytest.raises(RecipeError, match=r"'--max_seq_length' \(a name in run_classification.py, for a key this "
+                                          r"script does not have\); '--label_column' \(a fine-tuning key\)"):
+        parse_recipe(PRETRAIN_ARGUMENTS, [str(REPO / "recipes/tiny-llama/pretrain.yaml"), "--max_seq_length", "64",
+                                          "--label_column", "x"])
 
 
 def test_help_shows_the_scripts_own_keys_grouped_and_help_all_everything(capsys):
@@ -143,3 +144,26 @@ def test_a_text_file_is_one_document_unless_line_by_line(tmp_path):
                                    line_by_line=True)
     raw, fingerprint = load_corpus(data)
     assert len(raw["train"]) + len(raw["validation"]) == 120, "one document per line, blank lines skipped"
+
+
+def test_aliases_through_the_api_replace_the_recipes_keys_and_a_repeated_alias_is_named(tmp_path):
+    # an override's alias replaces the file's key, as a flag does (was: "both given" for every shipped recipe)
+    _, _, data, finetune, training, explicit = load_recipe(MINILM, FINETUNE_ARGUMENTS, label_column_name="category",
+                                                           max_seq_length=32, evaluation_strategy="no",
+                                                           do_predict=False)
+    assert (data.label_column, data.max_length, training.eval_strategy.value, data.test_fraction, data.test_file) == \
+        ("category", 32, "no", 0.0, None)
+    with pytest.raises(RecipeError, match="key 'do_predict' .* and 'test_file' are both given"):
+        parse_recipe(FINETUNE_ARGUMENTS, [MINILM, "--do_predict", "false", "--test_file", "t.csv"])
+    with pytest.raises(RecipeError, match="command-line key '--label_column_name' is given twice"):
+        parse_recipe(FINETUNE_ARGUMENTS, [MINILM, "--label_column_name", "a", "--label_column_name", "a"])
+
+
+def test_labels_read_back_from_a_file_as_training_read_them():
+    from lmrecipes.tasks import MultiLabelClassification, SingleLabelClassification
+
+    task = SingleLabelClassification(["0", "1", "2"], "score")  # trained on a csv column of 0.0 / 1.0 / 2.0
+    assert task.file_targets(["2.0", "0", 1.0], ["f line 2", "f line 3", "f line 4"], "score") == [2, 0, 1]
+    columns = MultiLabelClassification(["toxic", "obscene"], ["toxic", "obscene"], True, 0.5)
+    with pytest.raises(RecipeError, match="one 0/1 column per label \\(toxic, obscene\\)"):
+        columns.file_targets(["1"], ["f line 2"], "toxic")

@@ -279,6 +279,7 @@ def test_a_cpu_peak_measured_under_load_is_never_kept_and_a_beaten_one_is_measur
 
     measured, load = iter([1e9] * 5 + [4e9] * 5 + [8e9] * 5 + [2e9] * 5), {"now": 9.0}
     monkeypatch.setattr(peak_flops, "measure_cpu_matmul_flops", lambda dtype: next(measured))
+    monkeypatch.setattr(peak_flops, "_MEASURED_UNDER_LOAD", {})  # not this test session's own measurements
     monkeypatch.setattr(peak_flops, "other_work", lambda cpus: load["now"])
     monkeypatch.setattr(peak_flops, "usable_cpus", lambda: {0, 1})
     cache = tmp_path / "peaks.json"
@@ -286,6 +287,7 @@ def test_a_cpu_peak_measured_under_load_is_never_kept_and_a_beaten_one_is_measur
     assert peak == 1e9 and "while the machine was busy (other processes kept 9.0 of 2 CPUs busy)" in source and \
         "not kept" in source
     assert not cache.exists()
+    assert peak_flops.cpu_peak_flops("fp32", cache) == (peak, source), "still busy: the process's own, not again"
     load["now"] = 0.0
     assert peak_flops.cpu_peak_flops("fp32", cache)[0] == 4e9  # quiet: kept
     (key, kept), = json.loads(cache.read_text()).items()

@@ -1,10 +1,8 @@
 """Recipes: a flat YAML file whose values are defaults, overridden by command-line flags.
 
-`HfArgumentParser` does the typing and the help texts. What it does not do, and is written here: take a YAML
-file as *defaults* that flags override (its own `parse_yaml_file` cannot mix the two), merge mapping-valued keys
-(`config_overrides`, ...) key by key instead of replacing them, read YAML with `true`/`false` as its only booleans,
-name the recipe key in a one-line error instead of printing the argparse usage wall, and write the resolved recipe
-back out.
+`HfArgumentParser` does the typing and the help texts. Written here, as it does not: a YAML file as *defaults* that
+flags override (`parse_yaml_file` cannot mix the two), mapping-valued keys merged key by key, YAML booleans only
+`true`/`false`, one-line errors naming the key instead of the argparse usage wall, the resolved recipe written out.
 """
 
 from __future__ import annotations
@@ -260,9 +258,10 @@ def _print_help_and_exit(dataclass_types, flags: list[str]) -> None:
     raise SystemExit(0)
 
 
-def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | None = None):
-    """Parse a recipe (path in argv, or an in-memory `recipe` dict) plus flags into the given dataclasses (a tuple,
-    or a KeySet that also leaves keys out and reads aliases).
+def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | None = None,
+                 base: dict | None = None):
+    """Parse a recipe (path in argv, or an in-memory `base` dict) with the keys of `recipe` laid over it, plus flags,
+    into the given dataclasses (a tuple, or a KeySet that also leaves keys out and reads aliases).
 
     Returns the dataclass instances followed by the dict of keys the user set (YAML and flags), resolved.
     """
@@ -274,12 +273,13 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
     left_out = getattr(dataclass_types, "left_out", {})  # the parser keeps them: HfArgumentParser reads every field
     known = {action.dest for action in parser._actions} - {"help"} - set(left_out)
     aliases = getattr(dataclass_types, "aliases", {})
-    source = "recipe"
-    recipe = dict(recipe or {})
-    if path is not None:
-        recipe = merge_recipe(read_recipe_file(path), recipe, dataclass_types)
-        source = path
-    recipe = drop_left_out_defaults(translate_recipe(recipe, aliases, known), left_out, dataclass_types)
+    source = "recipe" if path is None else path
+    # each layer's aliases read on their own: an override's (the API's, a pipeline's) replaces the file's key
+    recipe = translate_recipe(dict(recipe or {}), aliases, known)
+    if path is not None or base is not None:
+        base = read_recipe_file(path) if path is not None else base
+        recipe = merge_recipe(translate_recipe(dict(base), aliases, known), recipe, dataclass_types)
+    recipe = drop_left_out_defaults(recipe, left_out, dataclass_types)
     flags, left_out_flags = take_out_flags(translate_flags(flags, aliases, known), left_out)
     mapping_flags, flags = _split_mapping_flags(flags, mapping_keys(dataclass_types))
     for key, value in mapping_flags:
@@ -336,7 +336,7 @@ def load_recipe(recipe: str | Path | dict | None, argument_types, **overrides):
     Overrides replace plain keys; mapping-valued keys (`config_overrides`, `special_tokens`, ...) are merged key by
     key into the recipe's mapping (`{"__replace__": True, ...}` replaces it instead)."""
     if isinstance(recipe, dict):
-        return parse_recipe(argument_types, [], recipe=merge_recipe(recipe, overrides, argument_types))
+        return parse_recipe(argument_types, [], recipe=overrides, base=recipe)
     return parse_recipe(argument_types, [str(recipe)] if recipe is not None else [], recipe=overrides)
 
 

@@ -53,7 +53,7 @@ def _defining_class(cls, name: str):
 def help_text(prog: str, description: str, types, left_out=frozenset(), aliases=None) -> str:
     from transformers import TrainingArguments
 
-    lines = [f"usage: {prog} RECIPE.yaml [--key value ...]   (YAML values are defaults; flags override them)", ""]
+    lines = [f"usage: {prog} [RECIPE.yaml | FOLDER] [--key value ...]   (as in the examples below)", ""]
     lines += [description.strip(), ""] if description else []
     for cls in types:
         hints = typing.get_type_hints(cls)

@@ -104,13 +104,16 @@ def translate_flags(flags: list[str], aliases: dict[str, Alias], known: set[str]
     recipe file holds is overridden, as any flag overrides the file."""
     aliases = applicable(aliases, known)
     given = {name for name in map(_flag_name, flags) if name and name not in aliases}
-    out, i = [], 0
+    out, i, seen = [], 0, set()
     while i < len(flags):
         name = _flag_name(flags[i])
         if name not in aliases:
             out.append(flags[i])
             i += 1
             continue
+        if name in seen:
+            raise RecipeError(f"command-line key '--{name}' is given twice; give it once")
+        seen.add(name)
         value, after = _flag_value(flags, i, aliases[name], name)
         keys = _translated(name, value, aliases[name], given)
         given |= set(keys)
@@ -138,8 +141,7 @@ def unknown_keys_error(unknown: list[str], source: str, known, keys: KeySet | tu
     for key in dict.fromkeys(unknown):
         name = key.lstrip("-")
         alias = aliases.get(name)
-        elsewhere = f"the name in {alias.source} for {', '.join(alias.targets)}, which this script does not have" \
-            if alias else None
+        elsewhere = f"a name in {alias.source}, for a key this script does not have" if alias else None
         why = left_out.get(name) or not_taken.get(name) or elsewhere
         parts.append(f"'{key}' ({why})" if why else f"'{key}'{did_you_mean(name, known, aliases)}")
     noun = "unknown key" if len(parts) == 1 else f"{len(parts)} unknown keys"

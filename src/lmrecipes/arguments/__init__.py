@@ -34,10 +34,14 @@ PRETRAINING_ONLY = {
        for f in dataclasses.fields(TokenizerArguments) if f.name != "tokenizer_name_or_path"},
 }
 
+_PRETRAINING = {f.name for f in dataclasses.fields(PretrainDataArguments)}
+_FINETUNING = {f.name for t in (ClassificationDataArguments, FinetuneArguments) for f in dataclasses.fields(t)}
 PRETRAIN_ARGUMENTS = KeySet((ModelArguments, TokenizerArguments, PretrainDataArguments, RunArguments),
-                            aliases=ALIASES, not_taken=NOT_TAKEN)
+                            aliases=ALIASES, not_taken={**NOT_TAKEN, **dict.fromkeys(_FINETUNING - _PRETRAINING,
+                                                                                     "a fine-tuning key")})
 FINETUNE_ARGUMENTS = KeySet((ModelArguments, TokenizerArguments, ClassificationDataArguments, FinetuneArguments,
-                             RunArguments), left_out=PRETRAINING_ONLY, aliases=ALIASES, not_taken=NOT_TAKEN)
+                             RunArguments), left_out=PRETRAINING_ONLY, aliases=ALIASES,
+                            not_taken={**NOT_TAKEN, **dict.fromkeys(_PRETRAINING - _FINETUNING, "a pretraining key")})
 
 __all__ = ["FINETUNE_ARGUMENTS", "PRETRAINING_ONLY", "PRETRAIN_ARGUMENTS", "ClassificationDataArguments",
            "DataSourceArguments", "FinetuneArguments", "ModelArguments", "PipelineArguments", "PretrainDataArguments",

@@ -141,7 +141,8 @@ class ClassificationDataArguments(DataSourceArguments):
         metadata={"help": "multi_label_classification only: one 0/1 column per label, instead of a list-valued "
                   "label_column (the column names are the label names)."})
     test_file: list[str] | None = field(
-        default=None, metadata={"help": "Local test files. Default: a deterministic held-out split of train."}
+        default=None, metadata={"help": "Local test files. Default: a deterministic held-out split of train (none: no "
+                                "test file)."}
     )
     test_fraction: float = field(
         default=0.1, metadata={"help": "Fraction of training rows held out as the test split when no test_file is "
@@ -163,6 +164,8 @@ class ClassificationDataArguments(DataSourceArguments):
         super().__post_init__()
         if self.train_file is None and self.dataset_name is None:
             self.train_file = [EMBEDDED_SENTIMENT]
+        if self.test_file is not None and [name.lower() for name in self.test_file] in (["none"], []):
+            self.test_file = None
         if not 0.0 <= self.test_fraction < 1.0 or self.validation_fraction + self.test_fraction >= 1.0:
             raise RecipeError(f"key 'test_fraction': must be in [0, 1) with validation_fraction + test_fraction < 1, "
                               f"got {self.test_fraction}")

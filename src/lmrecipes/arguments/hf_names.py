@@ -67,7 +67,7 @@ def _always(key: str, what: str, instead: str):
 
 
 def _do_predict(value) -> dict:
-    return {} if value else {"test_fraction": 0.0}
+    return {} if value else {"test_fraction": 0.0, "test_file": ["none"]}  # no test split at all
 
 
 ALIASES: dict[str, Alias] = {
@@ -86,7 +86,7 @@ ALIASES: dict[str, Alias] = {
     "do_eval": Alias(EXAMPLES, _always("do_eval", "evaluates its validation split at the end",
                                        "eval_strategy: no turns off the evaluations during training"), (),
                      boolean=True),
-    "do_predict": Alias(EXAMPLES, _do_predict, ("test_fraction",), boolean=True),
+    "do_predict": Alias(EXAMPLES, _do_predict, ("test_fraction", "test_file"), boolean=True),
 }
 """Read as lmrecipes' keys by the scripts that have the keys an alias sets (its third field; metric_name and
 shuffle_train_dataset set nothing, and belong to fine-tuning). A bare boolean flag (`--do_regression`) is true.
@@ -101,7 +101,6 @@ NOT_TAKEN: dict[str, str] = {
     "use_fast_tokenizer": "fast tokenizers are always used",
     "remove_splits": "train_file, validation_file and test_file name the splits used",
     "keep_linebreaks": "text files are read as they are (line_by_line: true makes each line a document)",
-    "line_by_line": "pretraining's key (one document per line of a .txt file)",
     "cache_dir": "the Hugging Face cache holds downloads; data_cache_dir holds lmrecipes' tokenized data",
 }
 """Example-script keys with no lmrecipes equivalent: named in the unknown-key error with what lmrecipes does."""

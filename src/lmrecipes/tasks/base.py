@@ -219,6 +219,8 @@ def file_label_id(value, ids: dict[str, int], labels: list[str], place: str, col
     """The id of a label read from a file (`ids`: file_label_ids); a value that is no label is a one-line error
     naming it and the model's labels."""
     found = ids.get(label_key(value))
+    if found is None and isinstance(value, str) and _is_number(value):  # a csv's "2.0": training read the number
+        found = ids.get(label_key(float(value)))
     if found is None:
         shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
         raise RecipeError(f"{place}: label {value!r} in column {column!r} (--label_column) is not one of the "

@@ -168,7 +168,12 @@ class MultiLabelClassification(Task):
 
     def file_targets(self, values, places, column):
         """A row's labels: a list (jsonl, json), or in a csv cell a JSON list (as predict.py writes label sets) or
-        one label."""
+        one label. A model trained on one 0/1 column per label is scored against a list-valued column only (its
+        0/1 values would read as label ids)."""
+        if self.column_per_label:
+            raise RecipeError(f"--label_column: this model learnt from one 0/1 column per label "
+                              f"({', '.join(self.columns)}); score it against a column holding each row's list of "
+                              'labels, e.g. ["a", "b"]')
         ids, out = file_label_ids(self.labels), []
         for value, place in zip(values, places):
             if isinstance(value, str) and value.lstrip().startswith("["):
