@@ -141,7 +141,7 @@ def training_line(results: dict, log_history: list[dict]) -> str:
     steps = max((entry.get("step", 0) for entry in log_history), default=0)
     parts = [f"{steps:,} steps"]
     if results.get("epoch") is not None:
-        parts[0] += f" ({results['epoch']:.3g} epochs)"
+        parts[0] += f" ({results['epoch']:.3g} epoch{'' if results['epoch'] == 1 else 's'})"
     if results.get("train_runtime") is not None:
         parts.append(f"in {_duration(results['train_runtime'])}")
     if results.get("train_tokens") is not None:
