@@ -91,8 +91,8 @@ ALIASES: dict[str, Alias] = {
 """Read as lmrecipes' keys by the scripts that have the keys an alias sets (its third field; metric_name and
 shuffle_train_dataset set nothing, and belong to fine-tuning). A bare boolean flag (`--do_regression`) is true.
 shuffle_train_dataset: the Trainer shuffles every epoch either way (run_classification.py's true is one more
-shuffle before). do_predict: false turns the test split off (test_fraction: 0); do_train / do_eval: false are
-refused (every run trains and evaluates)."""
+shuffle before). do_predict: false turns the test split off (test_fraction: 0, test_file: none); do_train / do_eval:
+false are refused (every run trains and evaluates)."""
 
 NOT_TAKEN: dict[str, str] = {
     "pad_to_max_length": "each batch is padded to its longest row (DataCollatorWithPadding)",
