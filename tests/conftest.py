@@ -210,6 +210,15 @@ def learnable_csv(tmp_path_factory):
     return str(path)
 
 
+def write_csv(path, header, rows):
+    """A user's own CSV file: a header row, then the rows."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
 # ---------------------------------------------------------------- a user's scripts and recipes, killed runs
 
 

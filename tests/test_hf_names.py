@@ -2,11 +2,10 @@
 so), every unknown key is named at once, --help shows the script's own keys, and their own data's quirks (float
 labels, .txt files, no test split) get what they mean or a one-line answer. Parsing and loading only: no training."""
 
-import csv
 
 import pytest
 
-from conftest import REPO, run_finetune_script
+from conftest import REPO, run_finetune_script, write_csv
 from lmrecipes.arguments import FINETUNE_ARGUMENTS, PRETRAIN_ARGUMENTS
 from lmrecipes.data.classification import load_classification_data
 from lmrecipes.data.packing import load_corpus
@@ -110,17 +109,9 @@ def test_help_shows_the_scripts_own_keys_grouped_and_help_all_everything(capsys)
     assert "--adam_beta2" in help_of("finetune.py", "--help_all")
 
 
-def _csv(path, header, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
-
-
 def test_float_labels_under_classification_point_to_regression_and_test_fraction_0_holds_out_no_test(tmp_path):
-    scored = _csv(tmp_path / "tweets.csv", ["tweet", "score"],
-                  [[f"tweet number {i} about things", round(i * 0.37 % 5, 2)] for i in range(60)])
+    scored = str(write_csv(tmp_path / "tweets.csv", ["tweet", "score"],
+                  [[f"tweet number {i} about things", round(i * 0.37 % 5, 2)] for i in range(60)]))
     _, _, data, finetune, _, _ = load_recipe(MINILM, FINETUNE_ARGUMENTS, train_file=[scored], text_column="tweet",
                                              label_column="score")
     with pytest.raises(RecipeError) as err:

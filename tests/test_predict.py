@@ -13,20 +13,12 @@ import re
 import numpy as np
 import pytest
 
-from conftest import REPO, learnable_review, read_json
+from conftest import REPO, learnable_review, read_json, write_csv
 from lmrecipes import RecipeError
 from lmrecipes.finetuning import save_test_predictions
 from lmrecipes.prediction import read_inputs
 from lmrecipes.tasks import MultiLabelClassification, Regression, SingleLabelClassification
 from test_finetune import run_predict
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from .recipe_help import help_text
 from .recipe_names import (
     applicable,
     drop_left_out_defaults,
+    flag_parts,
     take_out_flags,
     translate_flags,
     translate_recipe,
@@ -137,18 +138,12 @@ def merge_recipe(base: dict, overrides: dict, dataclass_types) -> dict:
     return merged
 
 
-def _flag(token: str) -> tuple[str | None, bool, str]:
-    """`--some-key=value` -> ('some_key', True, 'value'); `--key` -> ('key', False, ''); a value -> (None, ...)."""
-    name, sep, value = token.partition("=")
-    return (name[2:].replace("-", "_") if name.startswith("--") else None), bool(sep), value
-
-
 def _split_mapping_flags(flags: list[str], keys) -> tuple[list[tuple[str, str]], list[str]]:
     """Take `--key value` / `--key=value` flags of mapping-valued keys out of argv, in order (they are merged into
     the recipe one after the other, not parsed by argparse)."""
     found, rest, i = [], [], 0
     while i < len(flags):
-        key, sep, value = _flag(flags[i])
+        key, sep, value = flag_parts(flags[i])
         if key in keys:
             if not sep:
                 if i + 1 >= len(flags):
@@ -164,7 +159,7 @@ def _split_mapping_flags(flags: list[str], keys) -> tuple[list[tuple[str, str]],
 def _refuse_repeated_flags(flags: list[str]) -> None:
     """argparse keeps the last of a flag given twice, silently (mapping flags, merged in order, are taken out
     before)."""
-    given = [key for key, _, _ in map(_flag, flags) if key]
+    given = [key for key, _, _ in map(flag_parts, flags) if key]
     given = [key[3:] if key.startswith("no_") else key for key in given]
     twice = next((key for i, key in enumerate(given) if key in given[:i]), None)
     if twice is not None:
@@ -175,7 +170,7 @@ def _boolean_flags(flags: list[str], booleans: set[str]) -> list[str]:
     """`--key on` / `--key=off` for a boolean key as true / false, as in a recipe file (argparse knows yes/no only)."""
     out = list(flags)
     for i, flag in enumerate(out):
-        key, sep, value = _flag(flag)
+        key, sep, value = flag_parts(flag)
         if key in booleans:
             if sep and value.lower() in ("on", "off"):
                 out[i] = f"{flag.partition('=')[0]}={str(yaml_boolean(value)).lower()}"
@@ -299,7 +294,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         if "arguments are required" not in str(err):  # those may still come from the command line
             raise RecipeError(f"{source}: {err}") from None
     _, unknown = parser.parse_known_args(yaml_argv + flags)  # the file's keys are known: the rest are flags
-    unknown_flags = [f"--{_flag(a)[0]}" for a in unknown if a.startswith("--")] + left_out_flags
+    unknown_flags = [f"--{flag_parts(a)[0]}" for a in unknown if a.startswith("--")] + left_out_flags
     if unknown_in_file or unknown_flags:
         where = source if not unknown_flags else "command line" if not unknown_in_file else f"{source} and command line"
         raise unknown_keys_error(unknown_in_file + unknown_flags, where, known, dataclass_types)
@@ -313,7 +308,7 @@ def parse_recipe(dataclass_types, argv: list[str] | None = None, recipe: dict | 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RecipeError(first) from None
 
-    return (*parsed, _explicit(list(recipe) + [key for key, _, _ in map(_flag, flags) if key], known, parsed))
+    return (*parsed, _explicit(list(recipe) + [key for key, _, _ in map(flag_parts, flags) if key], known, parsed))
 
 
 def _explicit(set_keys: list[str], known: set[str], parsed) -> dict:

@@ -81,7 +81,7 @@ def translate_recipe(recipe: dict, aliases: dict[str, Alias], known: set[str]) -
 
 def _flag_value(flags: list[str], i: int, alias: Alias, name: str) -> tuple[object, int]:
     """The value of the alias flag at flags[i] and the index after it."""
-    given, sep, value = flags[i].partition("=")
+    _, sep, value = flag_parts(flags[i])
     if sep:
         return value, i + 1
     following = flags[i + 1] if i + 1 < len(flags) else None
@@ -95,8 +95,14 @@ def _flag_value(flags: list[str], i: int, alias: Alias, name: str) -> tuple[obje
     return following, i + 2
 
 
+def flag_parts(token: str) -> tuple[str | None, bool, str]:
+    """`--some-key=value` -> ('some_key', True, 'value'); `--key` -> ('key', False, ''); a value -> (None, ...)."""
+    name, sep, value = token.partition("=")
+    return (name[2:].replace("-", "_") if name.startswith("--") else None), bool(sep), value
+
+
 def _flag_name(token: str) -> str | None:
-    return token.partition("=")[0][2:].replace("-", "_") if token.startswith("--") else None
+    return flag_parts(token)[0]
 
 
 def translate_flags(flags: list[str], aliases: dict[str, Alias], known: set[str]) -> list[str]:
